@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // DATA payloads as `bytes::Bytes`: handed to QUIC without a copy.
+        .bytes(".Data.data")
         .compile_fds(fds)?;
     Ok(())
 }

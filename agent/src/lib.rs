@@ -1,1 +1,121 @@
+//! konnq-agent: keeps a QUIC connection to a konnq server and dials TCP
+//! targets for it, one QUIC stream per proxied connection.
+//!
+//! - [`session`]: connect (TLS 1.3, optional client certificate), identify
+//!   on the control stream, then accept dial streams until the connection
+//!   ends; reconnect forever with jittered exponential backoff.
+//! - [`dial`]: one dial stream (header, TCP dial, answer, byte copy).
+//! - [`admin`]: `/healthz`, `/readyz` (connected to a server), `/metrics`.
 
+pub mod admin;
+pub mod dial;
+pub mod metrics;
+pub mod session;
+
+use std::net::SocketAddr;
+
+use konnq_shared::config::AgentConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info};
+
+pub use metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("TLS: {0}")]
+    Tls(#[from] konnq_shared::tls::TlsError),
+    #[error("QUIC endpoint: {0}")]
+    Quic(#[from] konnq_shared::quic::QuicSetupError),
+    #[error("{key} {addr}: {source}")]
+    Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
+}
+
+/// The agent's bound sockets (health and admin HTTP).
+pub struct Listeners {
+    pub health: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &AgentConfig) -> Result<Self, AgentError> {
+        let bind = |key, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { key, addr, source })
+        };
+        Ok(Listeners {
+            health: bind("health-server-port", SocketAddr::new(cfg.health_bind_address, cfg.health_server_port)).await?,
+            admin: bind("admin-server-port", SocketAddr::new(cfg.admin_bind_address, cfg.admin_server_port)).await?,
+        })
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    pub metrics: Metrics,
+    pub health_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    connected: watch::Receiver<bool>,
+    tasks: JoinSet<()>,
+    endpoint: quinn::Endpoint,
+}
+
+impl AgentHandle {
+    /// Waits until the agent is (or is not) connected to a server.
+    pub async fn wait_connected(&self, want: bool) {
+        let mut rx = self.connected.clone();
+        let _ = rx.wait_for(|&c| c == want).await;
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Stops the agent: closes the QUIC connection (the server answers every
+    /// affected client at once) and every target connection.
+    pub async fn shutdown(mut self) {
+        self.endpoint.close(quinn::VarInt::from_u32(konnq_shared::quic::codes::SHUTDOWN), b"agent shutting down");
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        info!("agent stopped");
+    }
+}
+
+/// Starts the agent: the server connection loop and the HTTP endpoints.
+pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle, AgentError> {
+    let metrics = Metrics::new();
+    let endpoint = session::endpoint(&cfg)?;
+    let (connected_tx, connected) = watch::channel(false);
+    let health_addr = listeners.health.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
+    let admin_addr = listeners.admin.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
+    let mut tasks = JoinSet::new();
+    let connector = session::Connector::new(cfg, endpoint.clone(), metrics.clone(), connected_tx)?;
+    tasks.spawn(connector.run());
+    let rx = connected.clone();
+    tasks.spawn(async move {
+        if let Err(e) = admin::serve_health(listeners.health, rx).await {
+            error!("health server failed: {e}");
+        }
+    });
+    let m = metrics.clone();
+    tasks.spawn(async move {
+        if let Err(e) = admin::serve_admin(listeners.admin, m).await {
+            error!("admin server failed: {e}");
+        }
+    });
+    info!(%health_addr, %admin_addr, "konnq-agent started");
+    Ok(AgentHandle { metrics, health_addr, admin_addr, connected, tasks, endpoint })
+}
+
+/// Runs until `signal` resolves.
+pub async fn run(
+    cfg: AgentConfig,
+    listeners: Listeners,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let handle = start(cfg, listeners).await?;
+    signal.await;
+    handle.shutdown().await;
+    Ok(())
+}

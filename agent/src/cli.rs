@@ -1,0 +1,307 @@
+//! Command line of `konnq-agent`: upstream proxy-agent's flag names and an
+//! optional `--config` TOML file under them.
+//!
+//! Flags and TOML keys are the same words (`--ca-cert` ↔ `ca-cert`); both
+//! become a [`RawAgentConfig`], flags overlaid on the file, then validated.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use konnq_shared::config::{
+    normalize_go_flags, parse_duration, parse_go_bool, AgentConfig, ConfigError, Problem,
+    RawAgentConfig,
+};
+
+/// konnq-agent: connects to konnq servers over QUIC and dials cluster targets.
+#[derive(Debug, Parser)]
+#[command(name = "konnq-agent", version)]
+pub struct Cli {
+    /// TOML config file (see conf/agent.toml); flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Server host name or address [default: 127.0.0.1].
+    #[arg(long, value_name = "HOST")]
+    pub proxy_server_host: Option<String>,
+    /// Server UDP (QUIC) port [default: 8091].
+    #[arg(long, value_name = "PORT")]
+    pub proxy_server_port: Option<u16>,
+    /// CA that signed the server's certificate (required).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate for mTLS (with --agent-key).
+    #[arg(long, value_name = "FILE")]
+    pub agent_cert: Option<PathBuf>,
+    /// Client key for mTLS (with --agent-cert).
+    #[arg(long, value_name = "FILE")]
+    pub agent_key: Option<PathBuf>,
+    /// Name to verify in the server certificate [default: --proxy-server-host].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+
+    /// Id of this agent [default: random].
+    #[arg(long, value_name = "ID")]
+    pub agent_id: Option<String>,
+    /// Reachability for routing: host=a&ipv4=1.2.3.4&ipv6=::1&cidr=10.0.0.0/8&default-route=true
+    #[arg(long, value_name = "IDS")]
+    pub agent_identifiers: Option<String>,
+
+    /// Admin / metrics port [default: 8094].
+    #[arg(long, value_name = "PORT")]
+    pub admin_server_port: Option<u16>,
+    /// Admin / metrics address [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub admin_bind_address: Option<IpAddr>,
+    /// /healthz and /readyz port [default: 8093].
+    #[arg(long, value_name = "PORT")]
+    pub health_server_port: Option<u16>,
+    /// /healthz and /readyz address [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub health_bind_address: Option<IpAddr>,
+
+    /// Service-account token file sent to the server.
+    #[arg(long, value_name = "FILE")]
+    pub service_account_token_path: Option<PathBuf>,
+    /// First reconnect delay, e.g. 1s [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub sync_interval: Option<Duration>,
+    /// Longest reconnect delay, e.g. 10s [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub sync_interval_cap: Option<Duration>,
+    /// TCP dial timeout to targets, e.g. 5s [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub dial_timeout: Option<Duration>,
+
+    /// Accepted for compatibility; konnq always logs to stderr.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub logtostderr: Option<bool>,
+    /// Log verbosity (-v=4 and --v=4 work too) [default: 0].
+    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    pub v: Option<u8>,
+}
+
+impl Cli {
+    /// Parses `std::env::args`, accepting Go-style `-flag=value` spellings;
+    /// prints help / errors and exits like `Cli::parse`.
+    pub fn parse_go_style() -> Cli {
+        Cli::try_parse_go_style(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_go_style`] on the given arguments (first = program name).
+    pub fn try_parse_go_style<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let command = Cli::command();
+        let longs: Vec<&str> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .collect();
+        Cli::try_parse_from(normalize_go_flags(args, &longs))
+    }
+
+    /// Loads `--config` if given, overlays the flags and validates. The error
+    /// lists every problem, each naming its flag (or config key).
+    pub fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let config_file = self.config.clone();
+        let file = match &config_file {
+            Some(path) => RawAgentConfig::from_file(path)?,
+            None => RawAgentConfig::default(),
+        };
+        match file.overlay(self.into_raw()).validate() {
+            Ok(config) => Ok(config),
+            Err(ConfigError::Invalid(problems)) => {
+                let lines: Vec<String> = problems
+                    .iter()
+                    .map(|p| describe(p, config_file.as_deref()))
+                    .collect();
+                anyhow::bail!("invalid configuration:\n  {}", lines.join("\n  "))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// The flags as a raw config layer (`None` = flag not given).
+    fn into_raw(self) -> RawAgentConfig {
+        let Cli {
+            config: _,
+            proxy_server_host,
+            proxy_server_port,
+            ca_cert,
+            agent_cert,
+            agent_key,
+            server_name,
+            agent_id,
+            agent_identifiers,
+            admin_server_port,
+            admin_bind_address,
+            health_server_port,
+            health_bind_address,
+            service_account_token_path,
+            sync_interval,
+            sync_interval_cap,
+            dial_timeout,
+            logtostderr,
+            v,
+        } = self;
+        RawAgentConfig {
+            agent_id,
+            agent_identifiers,
+            proxy_server_host,
+            proxy_server_port,
+            server_name,
+            ca_cert,
+            agent_cert,
+            agent_key,
+            health_bind_address,
+            health_server_port,
+            admin_bind_address,
+            admin_server_port,
+            sync_interval,
+            sync_interval_cap,
+            dial_timeout,
+            service_account_token_path,
+            quic: None,
+            v,
+            logtostderr,
+        }
+    }
+}
+
+/// `--ca-cert: ...` for keys that are flags; nested keys exist only in the file.
+fn describe(problem: &Problem, config_file: Option<&Path>) -> String {
+    let key = &problem.key;
+    match (key.contains('.'), config_file) {
+        (true, Some(file)) => format!("{key} (in {}): {}", file.display(), problem.message),
+        (true, None) => format!("{key}: {}", problem.message),
+        (false, _) if key == "v" => format!("-v: {}", problem.message),
+        (false, _) => format!("--{key}: {}", problem.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use konnq_shared::config::AgentIdentifiers;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_go_style(std::iter::once("konnq-agent").chain(args.iter().copied()))
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<AgentConfig> {
+        let all: Vec<&str> = std::iter::once("--ca-cert=/p/ca.crt")
+            .chain(args.iter().copied())
+            .collect();
+        parse(&all).expect("flags parse").into_config()
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        let toml_text = "ca-cert = \"/file/ca.crt\"\nproxy-server-host = \"file.example\"\nproxy-server-port = 9000\n\
+                         [quic]\nkeep-alive-interval = \"2s\"\n";
+        std::fs::write(&file, toml_text).unwrap();
+        let cli = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--proxy-server-port=9001",
+            "--sync-interval=500ms",
+        ])
+        .unwrap();
+        let c = cli.into_config().expect("valid");
+        assert_eq!(c.proxy_server_port, 9001, "flag wins");
+        assert_eq!(c.proxy_server_host, "file.example", "file value kept");
+        assert_eq!(c.ca_cert, PathBuf::from("/file/ca.crt"));
+        assert_eq!(c.sync_interval, Duration::from_millis(500));
+        assert_eq!(c.quic.keep_alive_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_flag_value_names_the_flag() {
+        let err = parse(&["--proxy-server-port=-1"]).unwrap_err().to_string();
+        assert!(err.contains("--proxy-server-port"), "{err}");
+        let err = parse(&["--sync-interval=often"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--sync-interval") && err.contains("invalid duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_flags() {
+        let text = config(&[
+            "--agent-cert=/a.crt",
+            "--agent-identifiers=colour=blue",
+            "--sync-interval-cap=1ms",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("--agent-key: required when agent-cert is set"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--agent-identifiers: unknown identifier key \"colour\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("--sync-interval-cap: must be at least sync-interval"),
+            "{text}"
+        );
+        let err = parse(&[]).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("--ca-cert: required"), "{err}");
+    }
+
+    #[test]
+    fn nested_keys_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[quic]\nidle-timeout = \"1s\"\n").unwrap();
+        let text = config(&["--config", file.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(&format!("quic.idle-timeout (in {})", file.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn verbosity_go_style() {
+        for spelling in [&["-v=4"][..], &["--v=4"], &["-v", "4"], &["-v4"]] {
+            let cli = parse(spelling).unwrap_or_else(|e| panic!("{spelling:?}: {e}"));
+            assert_eq!(cli.v, Some(4), "{spelling:?}");
+        }
+        assert_eq!(config(&["-v=4"]).unwrap().log.verbosity, 4);
+    }
+
+    #[test]
+    fn upstream_style_flags() {
+        let c = config(&[
+            "-logtostderr=true",
+            "-proxy-server-host=konnq.kube-system.svc",
+            "--agent-identifiers=host=node1&ipv4=10.0.0.5&default-route=true",
+            "--agent-cert=/a.crt",
+            "--agent-key=/a.key",
+            "--server-name=konnq-server",
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_server_host, "konnq.kube-system.svc");
+        assert_eq!(c.tls_server_name(), "konnq-server");
+        assert_eq!(
+            c.agent_identifiers,
+            AgentIdentifiers {
+                host: vec!["node1".into()],
+                ipv4: vec!["10.0.0.5".parse().unwrap()],
+                default_route: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(c.agent_tls, Some(("/a.crt".into(), "/a.key".into())));
+    }
+}

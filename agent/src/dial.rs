@@ -1,0 +1,171 @@
+//! One dial stream: read the dial header, dial the target with a timeout
+//! (abandoned at once if the server resets the stream), answer, then copy
+//! bytes both ways until either side ends. There is no half-close in the
+//! Konnectivity protocol, so the first end closes the whole connection.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use konnq_shared::quic::{codes, read_frame};
+use konnq_shared::wire::{self, DialHeader, DialResult};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::metrics::{GaugeGuard, Metrics};
+
+/// How long the server has to send the dial header after opening a stream.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest read from a target handed to QUIC at once.
+const CHUNK: usize = 64 * 1024;
+
+pub async fn handle(mut send: SendStream, mut recv: RecvStream, dial_timeout: Duration, metrics: Metrics) {
+    let header = match read_header(&mut recv).await {
+        Ok(h) => h,
+        Err(reason) => {
+            metrics.stream_error("malformed_dial_header");
+            warn!(stream = %send.id(), "refusing dial stream: {reason}");
+            let _ = send.reset(VarInt::from_u32(codes::PROTOCOL));
+            let _ = recv.stop(VarInt::from_u32(codes::PROTOCOL));
+            return;
+        }
+    };
+    let connect_id = header.connect_id;
+    if header.protocol != "tcp" {
+        metrics.dial_failed("protocol");
+        answer(&mut send, DialResult::Failed(format!("unsupported protocol {:?}", header.protocol))).await;
+        return;
+    }
+    let timeout = dial_timeout.min(Duration::from_millis(header.timeout_ms.into()));
+    let started = Instant::now();
+    let pending = GaugeGuard::inc(&metrics.pending_dials);
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(timeout, TcpStream::connect(&header.address)) => r,
+        _ = send.stopped() => {
+            metrics.dial_failed("cancelled");
+            debug!(connect_id, address = %header.address, "server abandoned the dial");
+            let _ = recv.stop(VarInt::from_u32(codes::DIAL_ABANDONED));
+            return;
+        }
+    };
+    drop(pending);
+    let tcp = match outcome {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            metrics.dial_failed("error");
+            debug!(connect_id, address = %header.address, "dial failed: {e}");
+            answer(&mut send, DialResult::Failed(format!("dial tcp {}: {e}", header.address))).await;
+            return;
+        }
+        Err(_) => {
+            metrics.dial_failed("timeout");
+            let reason = format!("dial tcp {}: i/o timeout after {timeout:?}", header.address);
+            debug!(connect_id, "{reason}");
+            answer(&mut send, DialResult::Failed(reason)).await;
+            return;
+        }
+    };
+    metrics.dial_duration.observe(started.elapsed().as_secs_f64());
+    let _ = tcp.set_nodelay(true);
+    if send.write_all(&DialResult::Connected.encode()).await.is_err() {
+        // The server gave up between our dial and the answer: drop the TCP connection.
+        metrics.dial_failed("cancelled");
+        return;
+    }
+    let _open = GaugeGuard::inc(&metrics.open_endpoint_connections);
+    debug!(connect_id, address = %header.address, "connected");
+    pump(tcp, send, recv, connect_id, &metrics).await;
+}
+
+async fn read_header(recv: &mut RecvStream) -> Result<DialHeader, String> {
+    let (kind, body) = tokio::time::timeout(HEADER_TIMEOUT, read_frame(recv, wire::MAX_DIAL_BODY, "dial header"))
+        .await
+        .map_err(|_| format!("no dial header within {HEADER_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    DialHeader::from_frame(kind, &body).map_err(|e| e.to_string())
+}
+
+async fn answer(send: &mut SendStream, result: DialResult) {
+    let _ = send.write_all(&result.encode()).await;
+    let _ = send.finish();
+}
+
+/// How the copy between target and server ended.
+enum End {
+    /// Target closed (EOF): finish our side so the server sends CLOSE_RSP.
+    TargetEof,
+    /// Server finished its side (CLOSE_REQ): close the target, finish ours.
+    ServerEof,
+    /// Server reset or stopped the stream (client gone): close quietly.
+    ServerGone,
+    /// Target connection failed.
+    TargetError(std::io::Error),
+    /// The QUIC connection is gone.
+    ConnectionLost,
+}
+
+async fn pump(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream, connect_id: u64, metrics: &Metrics) {
+    let (tcp_read, mut tcp_write) = tcp.into_split();
+    let upstream = async {
+        loop {
+            // Allocate a buffer only once the target has data: idle
+            // connections hold no copy buffer.
+            if let Err(e) = tcp_read.readable().await {
+                return End::TargetError(e);
+            }
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            match tcp_read.try_read_buf(&mut buf) {
+                Ok(0) => return End::TargetEof,
+                Ok(n) => {
+                    if let Err(e) = send.write_chunk(buf.freeze()).await {
+                        return match e {
+                            quinn::WriteError::Stopped(_) => End::ServerGone,
+                            _ => End::ConnectionLost,
+                        };
+                    }
+                    metrics.bytes_to_server(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return End::TargetError(e),
+            }
+        }
+    };
+    let downstream = async {
+        loop {
+            match recv.read_chunk(CHUNK, true).await {
+                Ok(Some(chunk)) => {
+                    let n = chunk.bytes.len();
+                    if let Err(e) = tcp_write.write_all(&chunk.bytes).await {
+                        return End::TargetError(e);
+                    }
+                    metrics.bytes_to_target(n);
+                }
+                Ok(None) => return End::ServerEof,
+                Err(quinn::ReadError::Reset(_)) => return End::ServerGone,
+                Err(_) => return End::ConnectionLost,
+            }
+        }
+    };
+    let end = tokio::select! {
+        e = upstream => e,
+        e = downstream => e,
+    };
+    match end {
+        End::TargetEof | End::ServerEof => {
+            let _ = send.finish();
+            let _ = recv.stop(VarInt::from_u32(codes::SHUTDOWN));
+        }
+        End::ServerGone => {
+            let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
+            let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
+        }
+        End::TargetError(ref e) => {
+            debug!(connect_id, "target connection failed: {e}");
+            let _ = send.reset(VarInt::from_u32(codes::TARGET_ERROR));
+            let _ = recv.stop(VarInt::from_u32(codes::TARGET_ERROR));
+        }
+        End::ConnectionLost => {}
+    }
+    // Dropping both TCP halves closes the target connection.
+}

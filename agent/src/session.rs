@@ -1,0 +1,234 @@
+//! The agent's connection to a server: connect, identify on the control
+//! stream, serve dial streams until the connection ends, reconnect forever
+//! with jittered exponential backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use konnq_shared::config::{AgentConfig, AgentIdentifiers};
+use konnq_shared::quic::{self, codes, read_frame};
+use konnq_shared::wire::{self, Control, Hello};
+use quinn::VarInt;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::AgentError;
+
+/// How long connecting plus the Hello/Welcome exchange may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that lasted this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Builds the client QUIC endpoint (TLS 1.3 trusting `ca-cert`, presenting
+/// `agent-cert`/`agent-key` when given).
+pub fn endpoint(cfg: &AgentConfig) -> Result<quinn::Endpoint, AgentError> {
+    let client_cert = cfg.agent_tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let tls = konnq_shared::tls::client_config(&cfg.ca_cert, client_cert, &[konnq_shared::tls::ALPN_KONNQ])?;
+    let mut client = quinn::ClientConfig::new(quic::client_crypto(tls)?);
+    client.transport_config(Arc::new(quic::transport_config(&cfg.quic, true)?));
+    let bind: std::net::SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+    let (socket, _, _) = match quic::udp_socket(bind, cfg.quic.udp_buffer_bytes) {
+        Ok(s) => s,
+        // Hosts without IPv6.
+        Err(_) => quic::udp_socket((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), cfg.quic.udp_buffer_bytes)?,
+    };
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| quic::QuicSetupError::Socket(std::io::Error::other("no async runtime")))?;
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map_err(quic::QuicSetupError::Socket)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Upstream-style identifiers as (key, value) pairs for the Hello.
+fn identifier_pairs(ids: &AgentIdentifiers) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    out.extend(ids.host.iter().map(|h| ("host".to_owned(), h.clone())));
+    out.extend(ids.ipv4.iter().map(|a| ("ipv4".to_owned(), a.to_string())));
+    out.extend(ids.ipv6.iter().map(|a| ("ipv6".to_owned(), a.to_string())));
+    out.extend(ids.cidr.iter().map(|c| ("cidr".to_owned(), c.clone())));
+    if ids.default_route {
+        out.push(("default-route".to_owned(), "true".to_owned()));
+    }
+    out
+}
+
+/// Jittered exponential backoff between `start` and `cap`.
+#[derive(Debug)]
+pub struct Backoff {
+    start: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(start: Duration, cap: Duration) -> Self {
+        Backoff { start, cap, next: start }
+    }
+
+    /// The next delay: uniformly random in [next/2, next], then `next` doubles up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        let half = base / 2;
+        half + base.mul_f64(fastrand::f64()) / 2
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.start;
+    }
+}
+
+pub struct Connector {
+    cfg: AgentConfig,
+    endpoint: quinn::Endpoint,
+    metrics: Metrics,
+    connected: watch::Sender<bool>,
+    hello: Hello,
+}
+
+impl Connector {
+    pub fn new(
+        cfg: AgentConfig,
+        endpoint: quinn::Endpoint,
+        metrics: Metrics,
+        connected: watch::Sender<bool>,
+    ) -> Result<Self, AgentError> {
+        konnq_shared::tls::server_name(cfg.tls_server_name())?;
+        let hello = Hello {
+            agent_id: cfg.agent_id.clone(),
+            identifiers: identifier_pairs(&cfg.agent_identifiers),
+            token: String::new(),
+        };
+        Ok(Connector { cfg, endpoint, metrics, connected, hello })
+    }
+
+    /// Connects, serves, reconnects; never returns.
+    pub async fn run(self) {
+        let mut backoff = Backoff::new(self.cfg.sync_interval, self.cfg.sync_interval_cap);
+        loop {
+            let began = Instant::now();
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+                Ok(Ok(conn)) => {
+                    let reason = self.serve(conn).await;
+                    warn!("disconnected from server: {reason}");
+                    if began.elapsed() >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.metrics.server_connection_failures.inc();
+                    warn!(server = %self.target(), "cannot connect: {e}");
+                }
+                Err(_) => {
+                    self.metrics.server_connection_failures.inc();
+                    warn!(server = %self.target(), "cannot connect: no answer within {CONNECT_TIMEOUT:?}");
+                }
+            }
+            let delay = backoff.next_delay();
+            info!("reconnecting in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("{}:{}", self.cfg.proxy_server_host, self.cfg.proxy_server_port)
+    }
+
+    async fn connect(&self) -> Result<(quinn::Connection, quinn::RecvStream, quinn::SendStream), String> {
+        let addr = tokio::net::lookup_host(self.target())
+            .await
+            .map_err(|e| format!("resolving {}: {e}", self.target()))?
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", self.target()))?;
+        let conn = self
+            .endpoint
+            .connect(addr, self.cfg.tls_server_name())
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| format!("QUIC handshake with {addr}: {e}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&Control::Hello(self.hello.clone()).encode()).await.map_err(|e| e.to_string())?;
+        let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message")
+            .await
+            .map_err(|e| format!("waiting for the server's welcome: {e}"))?;
+        match Control::from_frame(kind, &body).map_err(|e| e.to_string())? {
+            Control::Welcome { server_id, server_count } => {
+                info!(%addr, server_id, server_count, agent_id = %self.cfg.agent_id, "connected to server");
+                Ok((conn, recv, send))
+            }
+            Control::Reject { reason } => Err(format!("server refused this agent: {reason}")),
+            other => Err(format!("unexpected answer to hello: {other:?}")),
+        }
+    }
+
+    /// Serves dial streams until the connection ends; returns why it ended.
+    async fn serve(&self, (conn, mut control, _control_send): (quinn::Connection, quinn::RecvStream, quinn::SendStream)) -> String {
+        self.metrics.server_connections.set(1);
+        self.connected.send_replace(true);
+        let watch_control = async {
+            loop {
+                match read_frame(&mut control, wire::MAX_CONTROL_BODY, "control message").await {
+                    Ok((kind, body)) => match Control::from_frame(kind, &body) {
+                        Ok(Control::Drain) => info!("server is draining"),
+                        Ok(other) => tracing::debug!("ignoring control message {other:?}"),
+                        Err(e) => {
+                            conn.close(VarInt::from_u32(codes::PROTOCOL), b"malformed control message");
+                            return format!("malformed control message: {e}");
+                        }
+                    },
+                    Err(e) => return format!("control stream: {e}"),
+                }
+            }
+        };
+        let accept = async {
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let (timeout, metrics) = (self.cfg.dial_timeout, self.metrics.clone());
+                        tokio::spawn(crate::dial::handle(send, recv, timeout, metrics));
+                    }
+                    Err(e) => return e.to_string(),
+                }
+            }
+        };
+        let reason = tokio::select! {
+            r = watch_control => r,
+            r = accept => r,
+        };
+        self.connected.send_replace(false);
+        self.metrics.server_connections.set(0);
+        match conn.close_reason() {
+            Some(why) => format!("{reason} ({why})"),
+            None => reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let expected_bases = [100, 200, 400, 800, 800];
+        for base in expected_bases {
+            let d = b.next_delay();
+            let base = Duration::from_millis(base);
+            assert!(d >= base / 2 && d <= base, "{d:?} outside [{:?}, {base:?}]", base / 2);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn identifiers_become_pairs() {
+        let ids = AgentIdentifiers::parse("host=n1&ipv4=10.0.0.1&default-route=true").expect("valid identifiers");
+        let pairs = identifier_pairs(&ids);
+        assert!(pairs.contains(&("host".into(), "n1".into())));
+        assert!(pairs.contains(&("ipv4".into(), "10.0.0.1".into())));
+        assert!(pairs.contains(&("default-route".into(), "true".into())));
+    }
+}

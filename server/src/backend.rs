@@ -1,0 +1,303 @@
+//! The agent-facing side: a QUIC endpoint that accepts agents, the registry
+//! of connected agents, and [`Backend::dial`], which opens one bidirectional
+//! QUIC stream per proxied connection and performs the dial handshake.
+//!
+//! Abandoning a dial is done by dropping its future: the stream is wrapped in
+//! a [`StreamGuard`] whose `Drop` resets both halves, so the agent aborts the
+//! dial (or closes the TCP connection it produced) whatever the reason —
+//! DIAL_CLS, the frontend stream going away, or the dial timeout.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use konnq_shared::quic::{codes, read_frame, FrameError};
+use konnq_shared::wire::{self, Control, DialHeader, DialResult, Hello};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+
+/// How long an agent may take for the QUIC handshake plus its Hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a dial did not produce a connection. The text of each variant is what
+/// the client sees in DIAL_RSP.error.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// Same text as upstream's server, which clients and operators grep for.
+    #[error("No agent available")]
+    NoAgent,
+    #[error("{0}")]
+    Endpoint(String),
+    #[error("agent {agent}: {reason}")]
+    Backend { agent: String, reason: String },
+}
+
+/// A connected agent.
+pub struct AgentConn {
+    /// Unique per connection (an agent id may reconnect while its old
+    /// connection is still being torn down).
+    key: u64,
+    pub agent_id: String,
+    pub identifiers: Vec<(String, String)>,
+    pub conn: quinn::Connection,
+    draining: AtomicBool,
+}
+
+/// A successful dial: the stream halves now carry raw bytes.
+pub struct Dialed {
+    pub connect_id: i64,
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub agent: Arc<AgentConn>,
+}
+
+/// Owns a dial stream until the dial succeeds; on drop, resets it so the
+/// agent gives the dial up.
+struct StreamGuard {
+    send: Option<SendStream>,
+    recv: Option<RecvStream>,
+}
+
+impl StreamGuard {
+    fn into_parts(mut self) -> (SendStream, RecvStream) {
+        match (self.send.take(), self.recv.take()) {
+            (Some(s), Some(r)) => (s, r),
+            // Both are only taken here, once.
+            _ => unreachable!("stream guard emptied twice"),
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.send.take() {
+            let _ = s.reset(VarInt::from_u32(codes::DIAL_ABANDONED));
+        }
+        if let Some(mut r) = self.recv.take() {
+            let _ = r.stop(VarInt::from_u32(codes::DIAL_ABANDONED));
+        }
+    }
+}
+
+/// Registry of agents plus what a dial needs.
+pub struct Backend {
+    agents: Mutex<Vec<Arc<AgentConn>>>,
+    next_agent_key: AtomicU64,
+    next_connect_id: AtomicU64,
+    ready: watch::Sender<usize>,
+    metrics: Metrics,
+    server_id: String,
+    server_count: u32,
+    pub dial_timeout: Duration,
+}
+
+impl Backend {
+    pub fn new(server_id: String, server_count: u32, dial_timeout: Duration, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Backend {
+            agents: Mutex::new(Vec::new()),
+            next_agent_key: AtomicU64::new(1),
+            next_connect_id: AtomicU64::new(1),
+            ready: watch::channel(0).0,
+            metrics,
+            server_id,
+            server_count,
+            dial_timeout,
+        })
+    }
+
+    /// Number of agents that take dials; watch it to wait for readiness.
+    pub fn ready_agents(&self) -> watch::Receiver<usize> {
+        self.ready.subscribe()
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AgentConn>>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, agents: &[Arc<AgentConn>]) {
+        let n = agents.iter().filter(|a| !a.draining.load(Ordering::Relaxed)).count();
+        self.metrics.ready_backends.set(n as i64);
+        self.ready.send_replace(n);
+    }
+
+    fn register(&self, agent: Arc<AgentConn>) {
+        let mut agents = self.agents();
+        agents.push(agent);
+        self.publish(&agents);
+    }
+
+    fn deregister(&self, key: u64) {
+        let mut agents = self.agents();
+        agents.retain(|a| a.key != key);
+        self.publish(&agents);
+    }
+
+    fn set_draining(&self, key: u64) {
+        let agents = self.agents();
+        if let Some(a) = agents.iter().find(|a| a.key == key) {
+            a.draining.store(true, Ordering::Relaxed);
+        }
+        self.publish(&agents);
+    }
+
+    /// A random agent among those not draining.
+    fn pick(&self) -> Option<Arc<AgentConn>> {
+        let agents = self.agents();
+        let ready: Vec<_> = agents.iter().filter(|a| !a.draining.load(Ordering::Relaxed)).collect();
+        if ready.is_empty() {
+            return None;
+        }
+        Some(Arc::clone(ready[fastrand::usize(..ready.len())]))
+    }
+
+    /// Opens a dial stream on an agent and waits for its answer. Not bounded
+    /// in time here: callers race it against the dial timeout and DIAL_CLS,
+    /// and dropping the future abandons the dial on the agent.
+    pub async fn dial(&self, protocol: &str, address: &str) -> Result<Dialed, DialError> {
+        let agent = self.pick().ok_or(DialError::NoAgent)?;
+        let backend_err = |reason: String| DialError::Backend { agent: agent.agent_id.clone(), reason };
+        let connect_id = self.next_connect_id.fetch_add(1, Ordering::Relaxed);
+        let (send, recv) = agent.conn.open_bi().await.map_err(|e| backend_err(e.to_string()))?;
+        let mut guard = StreamGuard { send: Some(send), recv: Some(recv) };
+        let header = DialHeader {
+            protocol: protocol.to_owned(),
+            address: address.to_owned(),
+            timeout_ms: self.dial_timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
+            connect_id,
+        };
+        let send = guard.send.as_mut().expect("guard holds the send half");
+        send.write_all(&header.encode()).await.map_err(|e| backend_err(e.to_string()))?;
+        let recv = guard.recv.as_mut().expect("guard holds the recv half");
+        let (kind, body) = read_frame(recv, wire::MAX_DIAL_BODY, "dial result")
+            .await
+            .map_err(|e| backend_err(e.to_string()))?;
+        match DialResult::from_frame(kind, &body).map_err(|e| backend_err(e.to_string()))? {
+            DialResult::Connected => {
+                let (send, recv) = guard.into_parts();
+                let connect_id = connect_id as i64;
+                Ok(Dialed { connect_id, send, recv, agent })
+            }
+            // The guard resets the stream: nothing more is expected on it.
+            DialResult::Failed(reason) => Err(DialError::Endpoint(reason)),
+        }
+    }
+
+    /// Accepts agents until the endpoint is closed.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let backend = Arc::clone(&self);
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, backend.admit(incoming)).await {
+                    Ok(Ok((agent, control))) => backend.hold(agent, control).await,
+                    Ok(Err(e)) => warn!(%remote, "agent refused: {e}"),
+                    Err(_) => warn!(%remote, "agent refused: no handshake and hello within {HANDSHAKE_TIMEOUT:?}"),
+                }
+            });
+        }
+    }
+
+    /// QUIC handshake (TLS, and the client certificate check when mTLS is
+    /// configured), then the agent's Hello on the control stream.
+    async fn admit(&self, incoming: quinn::Incoming) -> Result<(Arc<AgentConn>, (SendStream, RecvStream)), AdmitError> {
+        let conn = incoming.await.map_err(AdmitError::Handshake)?;
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(AdmitError::Handshake)?;
+        let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await?;
+        let hello = match Control::from_frame(kind, &body)? {
+            Control::Hello(h) => h,
+            other => {
+                let reason = format!("expected hello, got {other:?}");
+                reject(&conn, &mut send, &reason).await;
+                return Err(AdmitError::Protocol(reason));
+            }
+        };
+        let Hello { agent_id, identifiers, .. } = hello;
+        let welcome = Control::Welcome { server_id: self.server_id.clone(), server_count: self.server_count };
+        send.write_all(&welcome.encode()).await.map_err(|e| AdmitError::Protocol(e.to_string()))?;
+        let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
+        let agent = Arc::new(AgentConn { key, agent_id, identifiers, conn, draining: AtomicBool::new(false) });
+        Ok((agent, (send, recv)))
+    }
+
+    /// Keeps an admitted agent registered until its connection ends.
+    async fn hold(&self, agent: Arc<AgentConn>, (_send, mut recv): (SendStream, RecvStream)) {
+        let remote = agent.conn.remote_address();
+        info!(agent_id = %agent.agent_id, %remote, identifiers = ?agent.identifiers, "agent connected");
+        self.register(Arc::clone(&agent));
+        let reason = loop {
+            match read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await {
+                Ok((kind, body)) => match Control::from_frame(kind, &body) {
+                    Ok(Control::Drain) => {
+                        info!(agent_id = %agent.agent_id, "agent is draining; no new dials go to it");
+                        self.set_draining(agent.key);
+                    }
+                    Ok(other) => debug!(agent_id = %agent.agent_id, "ignoring control message {other:?}"),
+                    Err(e) => {
+                        agent.conn.close(VarInt::from_u32(codes::PROTOCOL), b"malformed control message");
+                        break format!("malformed control message: {e}");
+                    }
+                },
+                Err(e) => break e.to_string(),
+            }
+        };
+        let reason = match agent.conn.close_reason() {
+            Some(why) => format!("{reason} ({why})"),
+            None => reason,
+        };
+        self.deregister(agent.key);
+        agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"control stream ended");
+        info!(agent_id = %agent.agent_id, %remote, "agent disconnected: {reason}");
+    }
+
+    /// Closes every agent connection (graceful shutdown).
+    pub fn close_all(&self, reason: &str) {
+        for agent in self.agents().iter() {
+            agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), reason.as_bytes());
+        }
+    }
+
+    pub fn agent_count(&self) -> usize {
+        self.agents().len()
+    }
+}
+
+async fn reject(conn: &quinn::Connection, send: &mut SendStream, reason: &str) {
+    let _ = send.write_all(&Control::Reject { reason: reason.to_owned() }.encode()).await;
+    let _ = send.finish();
+    conn.close(VarInt::from_u32(codes::REJECTED), reason.as_bytes());
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AdmitError {
+    #[error("QUIC handshake: {0}")]
+    Handshake(quinn::ConnectionError),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("bad hello: {0}")]
+    Wire(#[from] wire::WireError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Builds the agent-facing QUIC endpoint on an already bound UDP socket.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    tls: rustls::ServerConfig,
+    quic: &konnq_shared::config::QuicConfig,
+) -> Result<quinn::Endpoint, konnq_shared::quic::QuicSetupError> {
+    let crypto = konnq_shared::quic::server_crypto(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(crypto);
+    server.transport_config(Arc::new(konnq_shared::quic::transport_config(quic, false)?));
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
+    Ok(endpoint)
+}
+
+pub fn local_addr(endpoint: &quinn::Endpoint) -> Option<SocketAddr> {
+    endpoint.local_addr().ok()
+}

@@ -1,0 +1,436 @@
+//! Command line of `konnq-server`: upstream proxy-server's flag names, an
+//! optional `--config` TOML file under them, and the `certs` subcommand.
+//!
+//! Flags and TOML keys are the same words (`--uds-name` ↔ `uds-name`); both
+//! become a [`RawServerConfig`], flags overlaid on the file, then validated.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use konnq_shared::config::{
+    normalize_go_flags, parse_duration, parse_go_bool, ConfigError, FrontendMode, Problem,
+    RawServerConfig, ServerConfig,
+};
+
+/// konnq-server: Konnectivity proxy server with QUIC agents.
+#[derive(Debug, Parser)]
+#[command(name = "konnq-server", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// TOML config file (see conf/server.toml); flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Unix socket for kube-apiserver.
+    #[arg(long, value_name = "PATH")]
+    pub uds_name: Option<PathBuf>,
+    /// Remove a stale socket file first [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub delete_existing_uds_file: Option<bool>,
+    /// Frontend protocol: grpc or http-connect [default: grpc].
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<FrontendMode>,
+    /// TCP mTLS frontend port, 0 = none [default: 0].
+    #[arg(long, value_name = "PORT")]
+    pub server_port: Option<u16>,
+    /// Address of the TCP frontend [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub server_bind_address: Option<IpAddr>,
+    /// Frontend certificate (required with --server-port).
+    #[arg(long, value_name = "FILE")]
+    pub server_cert: Option<PathBuf>,
+    /// Frontend key (required with --server-port).
+    #[arg(long, value_name = "FILE")]
+    pub server_key: Option<PathBuf>,
+    /// CA of kube-apiserver's client certificate (required with --server-port).
+    #[arg(long, value_name = "FILE")]
+    pub server_ca_cert: Option<PathBuf>,
+
+    /// UDP (QUIC) port for agents [default: 8091].
+    #[arg(long, value_name = "PORT")]
+    pub agent_port: Option<u16>,
+    /// Address for agents [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub agent_bind_address: Option<IpAddr>,
+    /// Certificate presented to agents (required).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_cert: Option<PathBuf>,
+    /// Key of --cluster-cert (required).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_key: Option<PathBuf>,
+    /// CA of agents' client certificates; set = mTLS required.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_ca_cert: Option<PathBuf>,
+
+    /// Admin / metrics port [default: 8095].
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+    /// Admin / metrics address [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    pub admin_bind_address: Option<IpAddr>,
+    /// /healthz and /readyz port [default: 8092].
+    #[arg(long, value_name = "PORT")]
+    pub health_port: Option<u16>,
+    /// /healthz and /readyz address [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub health_bind_address: Option<IpAddr>,
+
+    /// Id of this server [default: random].
+    #[arg(long, value_name = "ID")]
+    pub server_id: Option<String>,
+    /// Number of servers behind the load balancer [default: 1].
+    #[arg(long, value_name = "N")]
+    pub server_count: Option<u32>,
+    /// How long a dial waits for the agent, e.g. 10s [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub backend_dial_timeout: Option<Duration>,
+    /// Drain time on shutdown, e.g. 15s [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub graceful_shutdown_timeout: Option<Duration>,
+    /// Largest gRPC message from kube-apiserver, bytes [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Accepted for compatibility; konnq always logs to stderr.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub logtostderr: Option<bool>,
+    /// Log verbosity (-v=4 and --v=4 work too) [default: 0].
+    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    pub v: Option<u8>,
+
+    /// Upstream routing strategies; only "default" is supported yet.
+    #[arg(long, value_name = "LIST")]
+    pub proxy_strategies: Option<String>,
+    /// Upstream token authentication: not supported yet.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub agent_namespace: Option<String>,
+    /// Upstream token authentication: not supported yet.
+    #[arg(long, value_name = "NAME")]
+    pub agent_service_account: Option<String>,
+    /// Upstream token authentication: not supported yet.
+    #[arg(long, value_name = "AUDIENCE")]
+    pub authentication_audience: Option<String>,
+    /// Upstream token authentication: not supported yet.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Write a development CA plus server and agent certificates into DIR.
+    Certs {
+        /// Output directory (created 0700 if missing); existing files are never overwritten.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Extra subject alternative name of the server certificate (IP or DNS); repeatable.
+        #[arg(long, value_name = "NAME")]
+        san: Vec<String>,
+    },
+}
+
+impl Cli {
+    /// Parses `std::env::args`, accepting Go-style `-flag=value` spellings;
+    /// prints help / errors and exits like `Cli::parse`.
+    pub fn parse_go_style() -> Cli {
+        Cli::try_parse_go_style(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_go_style`] on the given arguments (first = program name).
+    pub fn try_parse_go_style<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let command = Cli::command();
+        let longs: Vec<&str> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .collect();
+        Cli::try_parse_from(normalize_go_flags(args, &longs))
+    }
+
+    /// Loads `--config` if given, overlays the flags and validates. The error
+    /// lists every problem, each naming its flag (or config key).
+    pub fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let mut errors = self.unsupported_flags();
+        let config_file = self.config.clone();
+        let file = match &config_file {
+            Some(path) => RawServerConfig::from_file(path)?,
+            None => RawServerConfig::default(),
+        };
+        let result = file.overlay(self.into_raw()).validate();
+        match result {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(ConfigError::Invalid(problems)) => {
+                errors.extend(problems.iter().map(|p| describe(p, config_file.as_deref())));
+            }
+            Err(other) => return Err(other.into()),
+        }
+        anyhow::bail!("invalid configuration:\n  {}", errors.join("\n  "))
+    }
+
+    /// Upstream flags konnq accepts but does not implement yet: an error
+    /// unless left at upstream's default.
+    fn unsupported_flags(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(s) = self
+            .proxy_strategies
+            .as_deref()
+            .filter(|s| !s.is_empty() && *s != "default")
+        {
+            errors.push(format!(
+                "--proxy-strategies: only \"default\" is supported yet, got {s:?}"
+            ));
+        }
+        let auth = [
+            ("--agent-namespace", &self.agent_namespace),
+            ("--agent-service-account", &self.agent_service_account),
+            ("--authentication-audience", &self.authentication_audience),
+            ("--kubeconfig", &self.kubeconfig),
+        ];
+        for (flag, value) in auth {
+            if value.as_deref().is_some_and(|v| !v.is_empty()) {
+                errors.push(format!(
+                    "{flag}: not supported yet (service-account token authentication)"
+                ));
+            }
+        }
+        errors
+    }
+
+    /// The flags as a raw config layer (`None` = flag not given).
+    fn into_raw(self) -> RawServerConfig {
+        let Cli {
+            command: _,
+            config: _,
+            uds_name,
+            delete_existing_uds_file,
+            mode,
+            server_port,
+            server_bind_address,
+            server_cert,
+            server_key,
+            server_ca_cert,
+            agent_port,
+            agent_bind_address,
+            cluster_cert,
+            cluster_key,
+            cluster_ca_cert,
+            admin_port,
+            admin_bind_address,
+            health_port,
+            health_bind_address,
+            server_id,
+            server_count,
+            backend_dial_timeout,
+            graceful_shutdown_timeout,
+            max_message_bytes,
+            logtostderr,
+            v,
+            proxy_strategies: _,
+            agent_namespace: _,
+            agent_service_account: _,
+            authentication_audience: _,
+            kubeconfig: _,
+        } = self;
+        RawServerConfig {
+            server_id,
+            server_count,
+            mode,
+            uds_name,
+            delete_existing_uds_file,
+            server_bind_address,
+            server_port,
+            server_cert,
+            server_key,
+            server_ca_cert,
+            agent_bind_address,
+            agent_port,
+            cluster_cert,
+            cluster_key,
+            cluster_ca_cert,
+            health_bind_address,
+            health_port,
+            admin_bind_address,
+            admin_port,
+            backend_dial_timeout,
+            graceful_shutdown_timeout,
+            max_message_bytes,
+            quic: None,
+            v,
+            logtostderr,
+        }
+    }
+}
+
+/// `--server-port: ...` for keys that are flags; nested keys exist only in the file.
+fn describe(problem: &Problem, config_file: Option<&Path>) -> String {
+    let key = &problem.key;
+    match (key.contains('.'), config_file) {
+        (true, Some(file)) => format!("{key} (in {}): {}", file.display(), problem.message),
+        (true, None) => format!("{key}: {}", problem.message),
+        (false, _) if key == "v" => format!("-v: {}", problem.message),
+        (false, _) => format!("--{key}: {}", problem.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: [&str; 3] = [
+        "--uds-name=/run/k.sock",
+        "--cluster-cert=/p/c.crt",
+        "--cluster-key=/p/c.key",
+    ];
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_go_style(std::iter::once("konnq-server").chain(args.iter().copied()))
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<ServerConfig> {
+        let all: Vec<&str> = REQUIRED.iter().chain(args).copied().collect();
+        parse(&all).expect("flags parse").into_config()
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        let toml_text = "uds-name = \"/file.sock\"\nadmin-port = 1000\nhealth-port = 1001\n\
+                         cluster-cert = \"/f.crt\"\ncluster-key = \"/f.key\"\n[quic]\nidle-timeout = \"9s\"\n";
+        std::fs::write(&file, toml_text).unwrap();
+        let cli = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--admin-port=2000",
+            "--mode",
+            "http-connect",
+        ])
+        .unwrap();
+        let c = cli.into_config().expect("valid");
+        assert_eq!(c.admin_port, 2000, "flag wins");
+        assert_eq!(c.health_port, 1001, "file value kept");
+        assert_eq!(c.uds_name, Some(PathBuf::from("/file.sock")));
+        assert_eq!(c.mode, FrontendMode::HttpConnect);
+        assert_eq!(c.quic.idle_timeout, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn bad_flag_value_names_the_flag() {
+        let err = parse(&["--server-port=http"]).unwrap_err().to_string();
+        assert!(err.contains("--server-port"), "{err}");
+        let err = parse(&["--backend-dial-timeout=soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--backend-dial-timeout") && err.contains("invalid duration"),
+            "{err}"
+        );
+        let err = parse(&["--mode=tcp"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--mode") && err.contains("http-connect"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_flags() {
+        let err = config(&[
+            "--server-count=0",
+            "--server-port=8090",
+            "--server-cert=/s.crt",
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("--server-count: must be between 1"), "{text}");
+        assert!(text.contains("--server-key: required"), "{text}");
+        assert!(text.contains("--server-ca-cert: required"), "{text}");
+        let err = parse(&[]).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("--cluster-cert: required"), "{err}");
+    }
+
+    #[test]
+    fn verbosity_go_style() {
+        for spelling in [
+            &["-v=4"][..],
+            &["--v=4"],
+            &["-v", "4"],
+            &["-v4"],
+            &["--v", "4"],
+        ] {
+            let cli = parse(spelling).unwrap_or_else(|e| panic!("{spelling:?}: {e}"));
+            assert_eq!(cli.v, Some(4), "{spelling:?}");
+        }
+        assert_eq!(config(&["-v=4"]).unwrap().log.verbosity, 4);
+    }
+
+    #[test]
+    fn go_bool_flags_and_single_dash_longs() {
+        let c = config(&[
+            "--delete-existing-uds-file=false",
+            "-logtostderr=true",
+            "-server-id=abc",
+        ])
+        .unwrap();
+        assert!(!c.delete_existing_uds_file);
+        assert_eq!(c.server_id, "abc");
+        assert_eq!(parse(&["--logtostderr"]).unwrap().logtostderr, Some(true));
+        assert!(parse(&["--delete-existing-uds-file=maybe"]).is_err());
+    }
+
+    #[test]
+    fn unsupported_upstream_flags() {
+        assert!(config(&["--proxy-strategies=default", "--kubeconfig="]).is_ok());
+        let text = config(&[
+            "--proxy-strategies=destHost,default",
+            "--kubeconfig=/k",
+            "--agent-namespace=kube-system",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("--proxy-strategies: only \"default\""),
+            "{text}"
+        );
+        assert!(text.contains("--kubeconfig: not supported yet"), "{text}");
+        assert!(
+            text.contains("--agent-namespace: not supported yet"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn certs_subcommand_parses_without_other_flags() {
+        let cli = parse(&[
+            "certs",
+            "--dir",
+            "/tmp/pki",
+            "--san",
+            "konnq.example",
+            "--san=10.0.0.1",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Certs {
+                dir: "/tmp/pki".into(),
+                san: vec!["konnq.example".into(), "10.0.0.1".into()]
+            })
+        );
+        assert!(parse(&["certs"]).is_err(), "--dir is required");
+    }
+
+    #[test]
+    fn defaults_via_cli() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.agent_port, 8091);
+        assert_eq!(c.backend_dial_timeout, Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,3 @@
+pub mod authority_io;
+pub mod grpc;
+pub mod session;

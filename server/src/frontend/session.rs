@@ -1,0 +1,318 @@
+//! One Konnectivity Proxy stream: DIAL_REQ, the dial, then the established
+//! connection until CLOSE_REQ, remote EOF, agent loss or frontend loss.
+//!
+//! Phases:
+//! 1. `await_dial`: the first DIAL_REQ starts a dial; anything else that
+//!    names a connection is answered as an unknown connection.
+//! 2. `dial`: the backend dial races the dial timeout, DIAL_CLS and the
+//!    frontend stream ending. Losing the race drops the dial future, which
+//!    resets the QUIC stream so the agent abandons the dial: no late
+//!    DIAL_RSP, nothing left open on the agent.
+//! 3. `Tunnel::run`: bytes both ways; exactly one CLOSE_RSP at the end.
+//!
+//! Outgoing packets go through a bounded channel to the gRPC response
+//! stream; incoming packets are pulled only after the previous one was
+//! written to QUIC, so flow control holds end to end.
+
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use konnq_shared::konnectivity::{self as k, FrontendPacket};
+use konnq_shared::proto::Packet;
+use konnq_shared::quic::codes;
+use quinn::VarInt;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::backend::{Backend, DialError, Dialed};
+use crate::metrics::{DialFailure, Metrics};
+
+/// Largest DATA payload sent to a client in one packet.
+pub const MAX_DATA_CHUNK: usize = 128 * 1024;
+/// How long after CLOSE_REQ we wait for the agent to confirm the close.
+const CLOSE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub type Outbound = mpsc::Sender<Result<Packet, Status>>;
+
+/// Everything a session needs from the server.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub backend: std::sync::Arc<Backend>,
+    pub metrics: Metrics,
+}
+
+/// Serves one Proxy stream to its end.
+pub async fn run<S>(mut inbound: S, out: Outbound, ctx: SessionCtx)
+where
+    S: Stream<Item = Result<Packet, Status>> + Unpin,
+{
+    let _stream_gauge = GaugeGuard::inc(&ctx.metrics.frontend_streams);
+    let Some(req) = await_dial(&mut inbound, &out, &ctx.metrics).await else {
+        return;
+    };
+    let Some(dialed) = dial(&mut inbound, &out, &ctx, &req).await else {
+        return;
+    };
+    Tunnel { inbound, out, ctx, dialed, random: req.random }.run().await;
+}
+
+async fn send(out: &Outbound, packet: Packet) -> bool {
+    out.send(Ok(packet)).await.is_ok()
+}
+
+/// Phase 1: wait for the DIAL_REQ.
+async fn await_dial<S>(inbound: &mut S, out: &Outbound, metrics: &Metrics) -> Option<k::DialReq>
+where
+    S: Stream<Item = Result<Packet, Status>> + Unpin,
+{
+    loop {
+        match next_packet(inbound).await? {
+            FrontendPacket::DialReq(req) => return Some(req),
+            FrontendPacket::Data { connect_id, .. } | FrontendPacket::CloseReq { connect_id } => {
+                metrics.frontend_error("unknown_connection");
+                warn!(connect_id, "packet for an unknown connection before any dial");
+                send(out, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
+            }
+            FrontendPacket::DialCls { random } => debug!(random, "DIAL_CLS before any dial; ignored"),
+            FrontendPacket::Other(kind) => debug!(kind, "ignoring packet"),
+        }
+    }
+}
+
+/// Pulls the next packet; `None` when the frontend stream ended or failed.
+async fn next_packet<S>(inbound: &mut S) -> Option<FrontendPacket>
+where
+    S: Stream<Item = Result<Packet, Status>> + Unpin,
+{
+    match inbound.next().await {
+        Some(Ok(packet)) => match FrontendPacket::try_from(packet) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!("malformed packet from client: {e}; closing the stream");
+                None
+            }
+        },
+        Some(Err(status)) => {
+            debug!("frontend stream failed: {}", status.message());
+            None
+        }
+        None => None,
+    }
+}
+
+/// Phase 2: dial through an agent, answering DIAL_RSP.
+async fn dial<S>(inbound: &mut S, out: &Outbound, ctx: &SessionCtx, req: &k::DialReq) -> Option<Dialed>
+where
+    S: Stream<Item = Result<Packet, Status>> + Unpin,
+{
+    let started = Instant::now();
+    let metrics = &ctx.metrics;
+    if let Err(reason) = k::check_dial(req) {
+        metrics.frontend_error("bad_dial_request");
+        warn!(random = req.random, address = %req.address, "rejected dial: {reason}");
+        send(out, k::dial_rsp_err(req.random, &reason)).await;
+        return None;
+    }
+    let _pending = GaugeGuard::inc(&metrics.pending_dials);
+    let dial = ctx.backend.dial(&req.protocol, &req.address);
+    tokio::pin!(dial);
+    let deadline = tokio::time::sleep(ctx.backend.dial_timeout);
+    tokio::pin!(deadline);
+    let result = loop {
+        tokio::select! {
+            r = &mut dial => break r,
+            _ = &mut deadline => {
+                metrics.dial_failed(DialFailure::Timeout);
+                let reason = format!("dial timeout: no answer within {:?}", ctx.backend.dial_timeout);
+                warn!(random = req.random, address = %req.address, "{reason}");
+                send(out, k::dial_rsp_err(req.random, &reason)).await;
+                return None;
+            }
+            p = next_packet(inbound) => match p {
+                Some(FrontendPacket::DialCls { random }) if random == req.random => {
+                    metrics.dial_failed(DialFailure::Cancelled);
+                    info!(random, address = %req.address, "client cancelled the dial (DIAL_CLS)");
+                    return None;
+                }
+                Some(other) => reject_during_dial(other, out, metrics, req.random).await,
+                None => {
+                    metrics.dial_failed(DialFailure::Cancelled);
+                    debug!(random = req.random, "frontend stream ended during the dial");
+                    return None;
+                }
+            },
+        }
+    };
+    match result {
+        Ok(dialed) => {
+            metrics.dial_duration.observe(started.elapsed().as_secs_f64());
+            debug!(random = req.random, connect_id = dialed.connect_id, address = %req.address, agent = %dialed.agent.agent_id, "dial succeeded");
+            if send(out, k::dial_rsp_ok(req.random, dialed.connect_id)).await {
+                Some(dialed)
+            } else {
+                None
+            }
+        }
+        Err(e) => {
+            metrics.dial_failed(match &e {
+                DialError::NoAgent => DialFailure::NoAgent,
+                DialError::Endpoint(_) => DialFailure::Endpoint,
+                DialError::Backend { .. } => DialFailure::Backend,
+            });
+            info!(random = req.random, address = %req.address, "dial failed: {e}");
+            send(out, k::dial_rsp_err(req.random, &e.to_string())).await;
+            None
+        }
+    }
+}
+
+async fn reject_during_dial(packet: FrontendPacket, out: &Outbound, metrics: &Metrics, random: i64) {
+    match packet {
+        FrontendPacket::DialReq(second) => {
+            metrics.frontend_error("second_dial");
+            warn!(random = second.random, "second DIAL_REQ on a stream refused");
+            send(out, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
+        }
+        FrontendPacket::Data { connect_id, .. } | FrontendPacket::CloseReq { connect_id } => {
+            metrics.frontend_error("unknown_connection");
+            warn!(connect_id, "packet for an unknown connection during a dial");
+            send(out, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
+        }
+        FrontendPacket::DialCls { random: other } => debug!(random, other, "DIAL_CLS for another dial; ignored"),
+        FrontendPacket::Other(kind) => debug!(kind, "ignoring packet during dial"),
+    }
+}
+
+/// Phase 3: an established connection.
+struct Tunnel<S> {
+    inbound: S,
+    out: Outbound,
+    ctx: SessionCtx,
+    dialed: Dialed,
+    /// The dial's `random`: a DIAL_CLS naming it that crossed our DIAL_RSP
+    /// means the client gave up, so the connection must not live on.
+    random: i64,
+}
+
+impl<S> Tunnel<S>
+where
+    S: Stream<Item = Result<Packet, Status>> + Unpin,
+{
+    async fn run(self) {
+        let Tunnel { mut inbound, out, ctx, dialed, random } = self;
+        let Dialed { connect_id, mut send, recv, agent } = dialed;
+        let metrics = ctx.metrics.clone();
+        let _established = GaugeGuard::inc(&metrics.established);
+        // Agent → client runs on its own task so a slow client write never
+        // blocks reading CLOSE_REQ, and vice versa.
+        let mut downstream = tokio::spawn(to_client(recv, out.clone(), connect_id, metrics.clone()));
+        let mut send_open = true;
+        loop {
+            tokio::select! {
+                _ = &mut downstream => return,
+                p = next_packet(&mut inbound) => match p {
+                    Some(FrontendPacket::Data { connect_id: id, data }) if id == connect_id => {
+                        if send_open {
+                            let n = data.len();
+                            if send.write_chunk(data).await.is_ok() {
+                                metrics.bytes_to_agent(n);
+                            } else {
+                                // The agent side is gone; `to_client` reports it.
+                                send_open = false;
+                            }
+                        }
+                    }
+                    Some(FrontendPacket::CloseReq { connect_id: id }) if id == connect_id => {
+                        debug!(connect_id, agent = %agent.agent_id, "CLOSE_REQ");
+                        let _ = send.finish();
+                        break;
+                    }
+                    Some(FrontendPacket::DialCls { random: r }) if r == random => {
+                        info!(connect_id, random, "DIAL_CLS crossed DIAL_RSP: closing the abandoned connection");
+                        let _ = send.reset(VarInt::from_u32(codes::DIAL_ABANDONED));
+                        downstream.abort();
+                        return;
+                    }
+                    Some(other) => reject_established(other, &out, &metrics, connect_id).await,
+                    None => {
+                        // The client went away without CLOSE_REQ: tear down.
+                        debug!(connect_id, "frontend stream ended; resetting the agent stream");
+                        let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
+                        downstream.abort();
+                        return;
+                    }
+                },
+            }
+        }
+        // After CLOSE_REQ the agent closes the target and finishes its side;
+        // `to_client` then sends CLOSE_RSP. Bound the wait.
+        if tokio::time::timeout(CLOSE_CONFIRM_TIMEOUT, &mut downstream).await.is_err() {
+            warn!(connect_id, "agent did not confirm the close within {CLOSE_CONFIRM_TIMEOUT:?}; resetting");
+            downstream.abort();
+            let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
+            send_close(&out, connect_id, "").await;
+        }
+    }
+}
+
+async fn reject_established(packet: FrontendPacket, out: &Outbound, metrics: &Metrics, connect_id: i64) {
+    match packet {
+        FrontendPacket::DialReq(second) => {
+            metrics.frontend_error("second_dial");
+            warn!(connect_id, random = second.random, "second DIAL_REQ on a stream refused");
+            send(out, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
+        }
+        FrontendPacket::Data { connect_id: id, .. } | FrontendPacket::CloseReq { connect_id: id } => {
+            metrics.frontend_error("unknown_connection");
+            warn!(connect_id, unknown = id, "packet for an unknown connection");
+            send(out, k::close_rsp(id, &format!("unknown connectID {id}"))).await;
+        }
+        FrontendPacket::DialCls { random } => debug!(connect_id, random, "late DIAL_CLS ignored"),
+        FrontendPacket::Other(kind) => debug!(connect_id, kind, "ignoring packet"),
+    }
+}
+
+async fn send_close(out: &Outbound, connect_id: i64, error: &str) {
+    send(out, k::close_rsp(connect_id, error)).await;
+}
+
+/// Agent → client: every byte as DATA, then exactly one CLOSE_RSP.
+async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, metrics: Metrics) {
+    let error = loop {
+        match recv.read_chunk(MAX_DATA_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                let n = chunk.bytes.len();
+                if !send(&out, k::data(connect_id, chunk.bytes)).await {
+                    // Client gone: stop the agent side too.
+                    let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
+                    return;
+                }
+                metrics.bytes_to_client(n);
+            }
+            Ok(None) => break String::new(),
+            Err(quinn::ReadError::Reset(code)) => break format!("agent reset the connection (code {code})"),
+            Err(e) => break format!("agent connection lost: {e}"),
+        }
+    };
+    if !error.is_empty() {
+        debug!(connect_id, "{error}");
+    }
+    send_close(&out, connect_id, &error).await;
+}
+
+/// Increments a gauge for as long as it lives.
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl GaugeGuard {
+    fn inc(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,118 @@
+//! QUIC transport settings derived from [`QuicConfig`], identical on both
+//! ends so that keep-alive and idle detection agree.
+
+use std::sync::Arc;
+
+use crate::config::QuicConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuicSetupError {
+    #[error("quic.idle-timeout: {0}")]
+    IdleTimeout(String),
+    #[error("QUIC TLS: {0}")]
+    Tls(String),
+    #[error("UDP socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+/// Application error codes used when closing QUIC connections and streams.
+pub mod codes {
+    /// Normal shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The dial was abandoned (client gave up, frontend stream gone, timeout).
+    pub const DIAL_ABANDONED: u32 = 1;
+    /// The stream violated konnq's protocol (malformed dial header, ...).
+    pub const PROTOCOL: u32 = 2;
+    /// The agent could not reach or lost the target.
+    pub const TARGET_ERROR: u32 = 3;
+    /// The control handshake was refused.
+    pub const REJECTED: u32 = 4;
+    /// The frontend connection ended abruptly.
+    pub const FRONTEND_GONE: u32 = 5;
+}
+
+/// Transport settings: keep-alive and idle timeout so a dead path is noticed
+/// within `idle_timeout`, per-stream windows sized by configuration, and
+/// bidirectional stream credit for the dial streams the server opens.
+pub fn transport_config(cfg: &QuicConfig, accepts_dial_streams: bool) -> Result<quinn::TransportConfig, QuicSetupError> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout)
+        .map_err(|e| QuicSetupError::IdleTimeout(e.to_string()))?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(cfg.keep_alive_interval));
+    let window = quinn::VarInt::from_u64(cfg.stream_receive_window).unwrap_or(quinn::VarInt::MAX);
+    t.stream_receive_window(window);
+    // Connection-wide: enough for many streams in flight, but bounded.
+    let conn_window = cfg.stream_receive_window.saturating_mul(64);
+    t.receive_window(quinn::VarInt::from_u64(conn_window).unwrap_or(quinn::VarInt::MAX));
+    t.send_window(cfg.stream_receive_window.saturating_mul(64));
+    // Only the agent accepts bidirectional streams (one per dial); the
+    // server accepts exactly one (the control stream) from each agent.
+    let bidi = if accepts_dial_streams { cfg.max_concurrent_streams } else { 1 };
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u64(bidi).unwrap_or(quinn::VarInt::MAX));
+    t.max_concurrent_uni_streams(0u32.into());
+    Ok(t)
+}
+
+/// Wraps a rustls config for QUIC.
+pub fn server_crypto(tls: rustls::ServerConfig) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, QuicSetupError> {
+    quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map(Arc::new)
+        .map_err(|e| QuicSetupError::Tls(e.to_string()))
+}
+
+pub fn client_crypto(tls: rustls::ClientConfig) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>, QuicSetupError> {
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map(Arc::new)
+        .map_err(|e| QuicSetupError::Tls(e.to_string()))
+}
+
+/// Creates a UDP socket bound to `addr` with the configured buffer sizes
+/// (the kernel may clamp them; the achieved sizes are returned for logging).
+pub fn udp_socket(addr: std::net::SocketAddr, buffer: usize) -> Result<(std::net::UdpSocket, usize, usize), QuicSetupError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    let rcv = socket.recv_buffer_size().unwrap_or(0);
+    let snd = socket.send_buffer_size().unwrap_or(0);
+    Ok((socket.into(), rcv, snd))
+}
+
+/// Reading one konnq frame from a QUIC stream.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("stream ended before a complete {0}")]
+    Eof(&'static str),
+    #[error("reading {what}: {source}")]
+    Read { what: &'static str, source: quinn::ReadError },
+    #[error(transparent)]
+    Wire(#[from] crate::wire::WireError),
+}
+
+/// Reads exactly one frame (header, then body) and never a byte beyond it,
+/// so raw payload that follows a dial header stays in the stream.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    what: &'static str,
+) -> Result<(u8, Vec<u8>), FrameError> {
+    let mut header = [0u8; crate::wire::HEADER_LEN];
+    read_exact(recv, &mut header, what).await?;
+    let (kind, len) = crate::wire::decode_header(&header, max, what)?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body, what).await?;
+    Ok((kind, body))
+}
+
+async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8], what: &'static str) -> Result<(), FrameError> {
+    recv.read_exact(buf).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => FrameError::Eof(what),
+        quinn::ReadExactError::ReadError(source) => FrameError::Read { what, source },
+    })
+}
