@@ -8,6 +8,7 @@
 //! - [`admin`]: `/healthz`, `/readyz` (connected to a server), `/metrics`.
 
 pub mod admin;
+pub mod cli;
 pub mod dial;
 pub mod metrics;
 pub mod session;

@@ -15,6 +15,7 @@
 //! pass port 0 and temp-dir sockets) and returns a [`ServerHandle`].
 
 pub mod admin;
+pub mod cli;
 pub mod backend;
 pub mod frontend;
 pub mod listeners;

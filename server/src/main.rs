@@ -1,1 +1,23 @@
-fn main() {}
+//! konnq-server: parse flags, load and validate config, bind, run.
+
+use anyhow::Context;
+use konnq_server::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse_go_style();
+    if let Some(Command::Certs { dir, san }) = &cli.command {
+        let out = konnq_shared::certs::generate(dir, san).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        println!("wrote {} {} {} {} {} {}", out.ca_cert.display(), out.ca_key.display(),
+            out.server_cert.display(), out.server_key.display(), out.agent_cert.display(), out.agent_key.display());
+        return Ok(());
+    }
+    let cfg = cli.into_config()?;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(konnq_shared::logging::filter_for_verbosity(cfg.log.verbosity)));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let listeners = konnq_server::Listeners::bind(&cfg).await?;
+        konnq_server::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-server")
+    })
+}

@@ -8,3 +8,5 @@ pub mod certs;
 pub mod config;
 pub mod h2authority;
 pub mod konnectivity;
+pub mod logging;
+pub mod signal;
