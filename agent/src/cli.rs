@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use konnq_shared::config::{
-    normalize_go_flags, parse_duration, parse_go_bool, AgentConfig, ConfigError, Problem,
-    RawAgentConfig,
+    normalize_go_flags, parse_duration, parse_go_bool, AgentConfig, ConfigError, Problem, RawAgentConfig,
 };
 
 /// konnq-agent: connects to konnq servers over QUIC and dials cluster targets.
@@ -97,10 +96,7 @@ impl Cli {
         T: Into<OsString>,
     {
         let command = Cli::command();
-        let longs: Vec<&str> = command
-            .get_arguments()
-            .filter_map(|a| a.get_long())
-            .collect();
+        let longs: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
         Cli::try_parse_from(normalize_go_flags(args, &longs))
     }
 
@@ -115,10 +111,7 @@ impl Cli {
         match file.overlay(self.into_raw()).validate() {
             Ok(config) => Ok(config),
             Err(ConfigError::Invalid(problems)) => {
-                let lines: Vec<String> = problems
-                    .iter()
-                    .map(|p| describe(p, config_file.as_deref()))
-                    .collect();
+                let lines: Vec<String> = problems.iter().map(|p| describe(p, config_file.as_deref())).collect();
                 anyhow::bail!("invalid configuration:\n  {}", lines.join("\n  "))
             }
             Err(other) => Err(other.into()),
@@ -193,9 +186,7 @@ mod tests {
     }
 
     fn config(args: &[&str]) -> anyhow::Result<AgentConfig> {
-        let all: Vec<&str> = std::iter::once("--ca-cert=/p/ca.crt")
-            .chain(args.iter().copied())
-            .collect();
+        let all: Vec<&str> = std::iter::once("--ca-cert=/p/ca.crt").chain(args.iter().copied()).collect();
         parse(&all).expect("flags parse").into_config()
     }
 
@@ -206,13 +197,8 @@ mod tests {
         let toml_text = "ca-cert = \"/file/ca.crt\"\nproxy-server-host = \"file.example\"\nproxy-server-port = 9000\n\
                          [quic]\nkeep-alive-interval = \"2s\"\n";
         std::fs::write(&file, toml_text).unwrap();
-        let cli = parse(&[
-            "--config",
-            file.to_str().unwrap(),
-            "--proxy-server-port=9001",
-            "--sync-interval=500ms",
-        ])
-        .unwrap();
+        let cli =
+            parse(&["--config", file.to_str().unwrap(), "--proxy-server-port=9001", "--sync-interval=500ms"]).unwrap();
         let c = cli.into_config().expect("valid");
         assert_eq!(c.proxy_server_port, 9001, "flag wins");
         assert_eq!(c.proxy_server_host, "file.example", "file value kept");
@@ -226,33 +212,17 @@ mod tests {
         let err = parse(&["--proxy-server-port=-1"]).unwrap_err().to_string();
         assert!(err.contains("--proxy-server-port"), "{err}");
         let err = parse(&["--sync-interval=often"]).unwrap_err().to_string();
-        assert!(
-            err.contains("--sync-interval") && err.contains("invalid duration"),
-            "{err}"
-        );
+        assert!(err.contains("--sync-interval") && err.contains("invalid duration"), "{err}");
     }
 
     #[test]
     fn validation_errors_name_flags() {
-        let text = config(&[
-            "--agent-cert=/a.crt",
-            "--agent-identifiers=colour=blue",
-            "--sync-interval-cap=1ms",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(
-            text.contains("--agent-key: required when agent-cert is set"),
-            "{text}"
-        );
-        assert!(
-            text.contains("--agent-identifiers: unknown identifier key \"colour\""),
-            "{text}"
-        );
-        assert!(
-            text.contains("--sync-interval-cap: must be at least sync-interval"),
-            "{text}"
-        );
+        let text = config(&["--agent-cert=/a.crt", "--agent-identifiers=colour=blue", "--sync-interval-cap=1ms"])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("--agent-key: required when agent-cert is set"), "{text}");
+        assert!(text.contains("--agent-identifiers: unknown identifier key \"colour\""), "{text}");
+        assert!(text.contains("--sync-interval-cap: must be at least sync-interval"), "{text}");
         let err = parse(&[]).unwrap().into_config().unwrap_err().to_string();
         assert!(err.contains("--ca-cert: required"), "{err}");
     }
@@ -262,13 +232,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.toml");
         std::fs::write(&file, "[quic]\nidle-timeout = \"1s\"\n").unwrap();
-        let text = config(&["--config", file.to_str().unwrap()])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            text.contains(&format!("quic.idle-timeout (in {})", file.display())),
-            "{text}"
-        );
+        let text = config(&["--config", file.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(text.contains(&format!("quic.idle-timeout (in {})", file.display())), "{text}");
     }
 
     #[test]

@@ -45,7 +45,8 @@ impl Listeners {
             TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { key, addr, source })
         };
         Ok(Listeners {
-            health: bind("health-server-port", SocketAddr::new(cfg.health_bind_address, cfg.health_server_port)).await?,
+            health: bind("health-server-port", SocketAddr::new(cfg.health_bind_address, cfg.health_server_port))
+                .await?,
             admin: bind("admin-server-port", SocketAddr::new(cfg.admin_bind_address, cfg.admin_server_port)).await?,
         })
     }

@@ -35,8 +35,8 @@ pub fn endpoint(cfg: &AgentConfig) -> Result<quinn::Endpoint, AgentError> {
     };
     let runtime = quinn::default_runtime()
         .ok_or_else(|| quic::QuicSetupError::Socket(std::io::Error::other("no async runtime")))?;
-    let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map_err(quic::QuicSetupError::Socket)?;
+    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .map_err(quic::QuicSetupError::Socket)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -164,7 +164,10 @@ impl Connector {
     }
 
     /// Serves dial streams until the connection ends; returns why it ended.
-    async fn serve(&self, (conn, mut control, _control_send): (quinn::Connection, quinn::RecvStream, quinn::SendStream)) -> String {
+    async fn serve(
+        &self,
+        (conn, mut control, _control_send): (quinn::Connection, quinn::RecvStream, quinn::SendStream),
+    ) -> String {
         self.metrics.server_connections.set(1);
         self.connected.send_replace(true);
         let watch_control = async {

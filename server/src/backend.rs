@@ -173,9 +173,8 @@ impl Backend {
         let send = guard.send.as_mut().expect("guard holds the send half");
         send.write_all(&header.encode()).await.map_err(|e| backend_err(e.to_string()))?;
         let recv = guard.recv.as_mut().expect("guard holds the recv half");
-        let (kind, body) = read_frame(recv, wire::MAX_DIAL_BODY, "dial result")
-            .await
-            .map_err(|e| backend_err(e.to_string()))?;
+        let (kind, body) =
+            read_frame(recv, wire::MAX_DIAL_BODY, "dial result").await.map_err(|e| backend_err(e.to_string()))?;
         match DialResult::from_frame(kind, &body).map_err(|e| backend_err(e.to_string()))? {
             DialResult::Connected => {
                 let (send, recv) = guard.into_parts();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use konnq_shared::config::{
-    normalize_go_flags, parse_duration, parse_go_bool, ConfigError, FrontendMode, Problem,
-    RawServerConfig, ServerConfig,
+    normalize_go_flags, parse_duration, parse_go_bool, ConfigError, FrontendMode, Problem, RawServerConfig,
+    ServerConfig,
 };
 
 /// konnq-server: Konnectivity proxy server with QUIC agents.
@@ -147,10 +147,7 @@ impl Cli {
         T: Into<OsString>,
     {
         let command = Cli::command();
-        let longs: Vec<&str> = command
-            .get_arguments()
-            .filter_map(|a| a.get_long())
-            .collect();
+        let longs: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
         Cli::try_parse_from(normalize_go_flags(args, &longs))
     }
 
@@ -179,14 +176,8 @@ impl Cli {
     /// unless left at upstream's default.
     fn unsupported_flags(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Some(s) = self
-            .proxy_strategies
-            .as_deref()
-            .filter(|s| !s.is_empty() && *s != "default")
-        {
-            errors.push(format!(
-                "--proxy-strategies: only \"default\" is supported yet, got {s:?}"
-            ));
+        if let Some(s) = self.proxy_strategies.as_deref().filter(|s| !s.is_empty() && *s != "default") {
+            errors.push(format!("--proxy-strategies: only \"default\" is supported yet, got {s:?}"));
         }
         let auth = [
             ("--agent-namespace", &self.agent_namespace),
@@ -196,9 +187,7 @@ impl Cli {
         ];
         for (flag, value) in auth {
             if value.as_deref().is_some_and(|v| !v.is_empty()) {
-                errors.push(format!(
-                    "{flag}: not supported yet (service-account token authentication)"
-                ));
+                errors.push(format!("{flag}: not supported yet (service-account token authentication)"));
             }
         }
         errors
@@ -284,11 +273,7 @@ fn describe(problem: &Problem, config_file: Option<&Path>) -> String {
 mod tests {
     use super::*;
 
-    const REQUIRED: [&str; 3] = [
-        "--uds-name=/run/k.sock",
-        "--cluster-cert=/p/c.crt",
-        "--cluster-key=/p/c.key",
-    ];
+    const REQUIRED: [&str; 3] = ["--uds-name=/run/k.sock", "--cluster-cert=/p/c.crt", "--cluster-key=/p/c.key"];
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_go_style(std::iter::once("konnq-server").chain(args.iter().copied()))
@@ -306,14 +291,7 @@ mod tests {
         let toml_text = "uds-name = \"/file.sock\"\nadmin-port = 1000\nhealth-port = 1001\n\
                          cluster-cert = \"/f.crt\"\ncluster-key = \"/f.key\"\n[quic]\nidle-timeout = \"9s\"\n";
         std::fs::write(&file, toml_text).unwrap();
-        let cli = parse(&[
-            "--config",
-            file.to_str().unwrap(),
-            "--admin-port=2000",
-            "--mode",
-            "http-connect",
-        ])
-        .unwrap();
+        let cli = parse(&["--config", file.to_str().unwrap(), "--admin-port=2000", "--mode", "http-connect"]).unwrap();
         let c = cli.into_config().expect("valid");
         assert_eq!(c.admin_port, 2000, "flag wins");
         assert_eq!(c.health_port, 1001, "file value kept");
@@ -326,28 +304,15 @@ mod tests {
     fn bad_flag_value_names_the_flag() {
         let err = parse(&["--server-port=http"]).unwrap_err().to_string();
         assert!(err.contains("--server-port"), "{err}");
-        let err = parse(&["--backend-dial-timeout=soon"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--backend-dial-timeout") && err.contains("invalid duration"),
-            "{err}"
-        );
+        let err = parse(&["--backend-dial-timeout=soon"]).unwrap_err().to_string();
+        assert!(err.contains("--backend-dial-timeout") && err.contains("invalid duration"), "{err}");
         let err = parse(&["--mode=tcp"]).unwrap_err().to_string();
-        assert!(
-            err.contains("--mode") && err.contains("http-connect"),
-            "{err}"
-        );
+        assert!(err.contains("--mode") && err.contains("http-connect"), "{err}");
     }
 
     #[test]
     fn validation_errors_name_flags() {
-        let err = config(&[
-            "--server-count=0",
-            "--server-port=8090",
-            "--server-cert=/s.crt",
-        ])
-        .unwrap_err();
+        let err = config(&["--server-count=0", "--server-port=8090", "--server-cert=/s.crt"]).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("--server-count: must be between 1"), "{text}");
         assert!(text.contains("--server-key: required"), "{text}");
@@ -358,13 +323,7 @@ mod tests {
 
     #[test]
     fn verbosity_go_style() {
-        for spelling in [
-            &["-v=4"][..],
-            &["--v=4"],
-            &["-v", "4"],
-            &["-v4"],
-            &["--v", "4"],
-        ] {
+        for spelling in [&["-v=4"][..], &["--v=4"], &["-v", "4"], &["-v4"], &["--v", "4"]] {
             let cli = parse(spelling).unwrap_or_else(|e| panic!("{spelling:?}: {e}"));
             assert_eq!(cli.v, Some(4), "{spelling:?}");
         }
@@ -373,12 +332,7 @@ mod tests {
 
     #[test]
     fn go_bool_flags_and_single_dash_longs() {
-        let c = config(&[
-            "--delete-existing-uds-file=false",
-            "-logtostderr=true",
-            "-server-id=abc",
-        ])
-        .unwrap();
+        let c = config(&["--delete-existing-uds-file=false", "-logtostderr=true", "-server-id=abc"]).unwrap();
         assert!(!c.delete_existing_uds_file);
         assert_eq!(c.server_id, "abc");
         assert_eq!(parse(&["--logtostderr"]).unwrap().logtostderr, Some(true));
@@ -388,41 +342,20 @@ mod tests {
     #[test]
     fn unsupported_upstream_flags() {
         assert!(config(&["--proxy-strategies=default", "--kubeconfig="]).is_ok());
-        let text = config(&[
-            "--proxy-strategies=destHost,default",
-            "--kubeconfig=/k",
-            "--agent-namespace=kube-system",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(
-            text.contains("--proxy-strategies: only \"default\""),
-            "{text}"
-        );
+        let text = config(&["--proxy-strategies=destHost,default", "--kubeconfig=/k", "--agent-namespace=kube-system"])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("--proxy-strategies: only \"default\""), "{text}");
         assert!(text.contains("--kubeconfig: not supported yet"), "{text}");
-        assert!(
-            text.contains("--agent-namespace: not supported yet"),
-            "{text}"
-        );
+        assert!(text.contains("--agent-namespace: not supported yet"), "{text}");
     }
 
     #[test]
     fn certs_subcommand_parses_without_other_flags() {
-        let cli = parse(&[
-            "certs",
-            "--dir",
-            "/tmp/pki",
-            "--san",
-            "konnq.example",
-            "--san=10.0.0.1",
-        ])
-        .unwrap();
+        let cli = parse(&["certs", "--dir", "/tmp/pki", "--san", "konnq.example", "--san=10.0.0.1"]).unwrap();
         assert_eq!(
             cli.command,
-            Some(Command::Certs {
-                dir: "/tmp/pki".into(),
-                san: vec!["konnq.example".into(), "10.0.0.1".into()]
-            })
+            Some(Command::Certs { dir: "/tmp/pki".into(), san: vec!["konnq.example".into(), "10.0.0.1".into()] })
         );
         assert!(parse(&["certs"]).is_err(), "--dir is required");
     }

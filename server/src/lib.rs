@@ -15,8 +15,8 @@
 //! pass port 0 and temp-dir sockets) and returns a [`ServerHandle`].
 
 pub mod admin;
-pub mod cli;
 pub mod backend;
+pub mod cli;
 pub mod frontend;
 pub mod listeners;
 pub mod metrics;

@@ -8,8 +8,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_go_style();
     if let Some(Command::Certs { dir, san }) = &cli.command {
         let out = konnq_shared::certs::generate(dir, san).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        println!("wrote {} {} {} {} {} {}", out.ca_cert.display(), out.ca_key.display(),
-            out.server_cert.display(), out.server_key.display(), out.agent_cert.display(), out.agent_key.display());
+        println!(
+            "wrote {} {} {} {} {} {}",
+            out.ca_cert.display(),
+            out.ca_key.display(),
+            out.server_cert.display(),
+            out.server_key.display(),
+            out.agent_cert.display(),
+            out.agent_key.display()
+        );
         return Ok(());
     }
     let cfg = cli.into_config()?;

@@ -85,7 +85,11 @@ impl Metrics {
         );
         registry.register("dial_failure_count", "Failed dials by reason", dial_failures.clone());
         registry.register("bytes", "Bytes proxied, by direction (to_agent, to_client)", bytes.clone());
-        registry.register("frontend_errors", "Protocol violations by frontend clients, by kind", frontend_errors.clone());
+        registry.register(
+            "frontend_errors",
+            "Protocol violations by frontend clients, by kind",
+            frontend_errors.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             ready_backends,

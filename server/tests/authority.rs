@@ -100,10 +100,7 @@ async fn read_frame(stream: &mut UnixStream) -> (u8, u8, u32, Vec<u8>) {
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
     let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
     let mut payload = vec![0; len];
-    stream
-        .read_exact(&mut payload)
-        .await
-        .expect("frame payload");
+    stream.read_exact(&mut payload).await.expect("frame payload");
     (head[3], head[4], stream_id, payload)
 }
 
@@ -126,12 +123,7 @@ async fn raw_requests(path: &Path, authorities: &[String]) -> Vec<(u32, Outcome)
             (b"te", b"trailers"),
         ];
         let block = encoder.encode(headers);
-        out.extend(frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            2 * i as u32 + 1,
-            &block,
-        ));
+        out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i as u32 + 1, &block));
     }
     stream.write_all(&out).await.expect("write requests");
 
@@ -142,10 +134,7 @@ async fn raw_requests(path: &Path, authorities: &[String]) -> Vec<(u32, Outcome)
         let (kind, flags, stream_id, payload) = read_frame(&mut stream).await;
         match kind {
             SETTINGS if flags & 0x1 == 0 => {
-                stream
-                    .write_all(&frame(SETTINGS, 0x1, 0, &[]))
-                    .await
-                    .expect("ack");
+                stream.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.expect("ack");
             }
             HEADERS | CONTINUATION => {
                 block.extend_from_slice(&payload);
@@ -169,11 +158,7 @@ async fn raw_requests(path: &Path, authorities: &[String]) -> Vec<(u32, Outcome)
 
 fn response_outcome(fields: &[(Vec<u8>, Vec<u8>)]) -> Outcome {
     let get = |name: &[u8]| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
+        fields.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
     };
     Outcome::Response(get(b":status"), get(b"x-authority"))
 }
@@ -197,9 +182,8 @@ fn grpc_go_authorities(path: &Path) -> Vec<String> {
 async fn grpc_go_unix_socket_authorities_are_accepted_with_wrapper() {
     let server = start_server(true);
     let authorities = grpc_go_authorities(&server.path);
-    let outcomes = tokio::time::timeout(TIMEOUT, raw_requests(&server.path, &authorities))
-        .await
-        .expect("server answered in time");
+    let outcomes =
+        tokio::time::timeout(TIMEOUT, raw_requests(&server.path, &authorities)).await.expect("server answered in time");
     let expected = vec![
         (1, ok("localhost")),
         (3, ok("localhost")),
@@ -214,9 +198,8 @@ async fn grpc_go_unix_socket_authorities_are_accepted_with_wrapper() {
 async fn grpc_go_unix_socket_authorities_are_reset_without_wrapper() {
     let server = start_server(false);
     let authorities = grpc_go_authorities(&server.path);
-    let outcomes = tokio::time::timeout(TIMEOUT, raw_requests(&server.path, &authorities))
-        .await
-        .expect("server answered in time");
+    let outcomes =
+        tokio::time::timeout(TIMEOUT, raw_requests(&server.path, &authorities)).await.expect("server answered in time");
     let expected = vec![
         (1, Outcome::Reset(PROTOCOL_ERROR)),
         (3, Outcome::Reset(PROTOCOL_ERROR)),
@@ -248,22 +231,16 @@ async fn h2_client_requests_pass_through_wrapper() {
             body.reserve_capacity(size);
             let mut data = Bytes::from(vec![0x5a; size]);
             while !data.is_empty() {
-                let room = std::future::poll_fn(|cx| body.poll_capacity(cx))
-                    .await
-                    .expect("capacity open")
-                    .expect("capacity");
-                body.send_data(data.split_to(room.min(data.len())), false)
-                    .expect("data");
+                let room =
+                    std::future::poll_fn(|cx| body.poll_capacity(cx)).await.expect("capacity open").expect("capacity");
+                body.send_data(data.split_to(room.min(data.len())), false).expect("data");
             }
             body.send_data(Bytes::new(), true).expect("end");
             response.await.expect("response")
         }));
     }
     for (task, size) in tasks.into_iter().zip(sizes) {
-        let response = tokio::time::timeout(TIMEOUT, task)
-            .await
-            .expect("in time")
-            .expect("task");
+        let response = tokio::time::timeout(TIMEOUT, task).await.expect("in time").expect("task");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-authority"], "localhost");
         assert_eq!(response.headers()["x-body-len"], size.to_string().as_str());
@@ -275,21 +252,10 @@ async fn h2_client_requests_pass_through_wrapper() {
 async fn garbage_preface_is_an_invalid_data_read_error() {
     let (mut client, server) = tokio::io::duplex(1024);
     let mut wrapped = AuthorityFixIo::new(server);
-    client
-        .write_all(b"GET / HTTP/1.1\r\n\r\n")
-        .await
-        .expect("write");
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
     let mut buf = [0u8; 64];
     let err = wrapped.read(&mut buf).await.expect_err("garbage rejected");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-    let cause = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<konnq_shared::h2authority::RewriteError>());
-    assert!(
-        matches!(
-            cause,
-            Some(konnq_shared::h2authority::RewriteError::BadPreface { offset: 0, .. })
-        ),
-        "{err}"
-    );
+    let cause = err.get_ref().and_then(|e| e.downcast_ref::<konnq_shared::h2authority::RewriteError>());
+    assert!(matches!(cause, Some(konnq_shared::h2authority::RewriteError::BadPreface { offset: 0, .. })), "{err}");
 }

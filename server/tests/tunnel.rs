@@ -43,7 +43,9 @@ async fn two_hundred_concurrent_connections_echo_one_mib_each() {
     })
     .await;
     let text = lab.server.metrics.render();
-    assert!(metric(&text, "konnectivity_network_proxy_server_bytes_total{direction=\"to_agent\"}") >= 200.0 * 1048576.0);
+    assert!(
+        metric(&text, "konnectivity_network_proxy_server_bytes_total{direction=\"to_agent\"}") >= 200.0 * 1048576.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +140,8 @@ async fn dial_cls_abandons_a_pending_dial_everywhere() {
     eventually("the agent is dialing", Duration::from_secs(5), || agent.metrics.pending_dials.get() == 1).await;
     assert_eq!(lab.server.metrics.pending_dials.get(), 1);
     s.tx.send(client::dial_cls(21)).await.unwrap();
-    eventually("agent pending dials back to 0", Duration::from_secs(5), || agent.metrics.pending_dials.get() == 0).await;
+    eventually("agent pending dials back to 0", Duration::from_secs(5), || agent.metrics.pending_dials.get() == 0)
+        .await;
     eventually("server pending dials back to 0", Duration::from_secs(5), || {
         lab.server.metrics.pending_dials.get() == 0
     })

@@ -19,8 +19,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 /// Paths of the files written by [`generate`].
@@ -49,14 +49,7 @@ impl GeneratedCerts {
     }
 
     fn files(&self) -> [&Path; 6] {
-        [
-            &self.ca_cert,
-            &self.ca_key,
-            &self.server_cert,
-            &self.server_key,
-            &self.agent_cert,
-            &self.agent_key,
-        ]
+        [&self.ca_cert, &self.ca_key, &self.server_cert, &self.server_key, &self.agent_cert, &self.agent_key]
     }
 }
 
@@ -99,11 +92,7 @@ const LEAF_DAYS: i64 = 5 * 365;
 /// SAN if it parses as an address, else as a DNS name.
 pub fn generate(dir: &Path, extra_sans: &[String]) -> Result<GeneratedCerts, CertError> {
     let out = GeneratedCerts::in_dir(dir);
-    let mut sans = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     sans.extend(extra_sans.iter().cloned());
     let server_sans = sans.iter().map(|s| san(s)).collect::<Result<Vec<_>, _>>()?;
 
@@ -112,50 +101,26 @@ pub fn generate(dir: &Path, extra_sans: &[String]) -> Result<GeneratedCerts, Cer
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| CertError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
+            .map_err(|source| CertError::CreateDir { path: dir.to_owned(), source })?;
     }
     if let Some(existing) = out.files().into_iter().find(|p| p.exists()) {
-        return Err(CertError::Exists {
-            path: existing.to_owned(),
-        });
+        return Err(CertError::Exists { path: existing.to_owned() });
     }
 
     let ca_key = new_key("ca.key")?;
-    let ca = CertifiedIssuer::self_signed(ca_params(), ca_key).map_err(|source| {
-        CertError::Generate {
-            file: "ca.crt",
-            source,
-        }
-    })?;
+    let ca = CertifiedIssuer::self_signed(ca_params(), ca_key)
+        .map_err(|source| CertError::Generate { file: "ca.crt", source })?;
 
-    let server_params = leaf_params(
-        "konnq-server",
-        server_sans,
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let server_params = leaf_params("konnq-server", server_sans, ExtendedKeyUsagePurpose::ServerAuth);
     let server_key = new_key("server.key")?;
     let server = server_params
         .signed_by(&server_key, &ca)
-        .map_err(|source| CertError::Generate {
-            file: "server.crt",
-            source,
-        })?;
+        .map_err(|source| CertError::Generate { file: "server.crt", source })?;
 
-    let agent_params = leaf_params(
-        "konnq-agent",
-        Vec::new(),
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let agent_params = leaf_params("konnq-agent", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth);
     let agent_key = new_key("agent.key")?;
-    let agent = agent_params
-        .signed_by(&agent_key, &ca)
-        .map_err(|source| CertError::Generate {
-            file: "agent.crt",
-            source,
-        })?;
+    let agent =
+        agent_params.signed_by(&agent_key, &ca).map_err(|source| CertError::Generate { file: "agent.crt", source })?;
 
     write_file(&out.ca_key, &ca.key().serialize_pem(), 0o600)?;
     write_file(&out.ca_cert, &ca.pem(), 0o644)?;
@@ -170,10 +135,7 @@ fn san(name: &str) -> Result<SanType, CertError> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    let dns = name.try_into().map_err(|source| CertError::InvalidSan {
-        name: name.to_owned(),
-        source,
-    })?;
+    let dns = name.try_into().map_err(|source| CertError::InvalidSan { name: name.to_owned(), source })?;
     Ok(SanType::DnsName(dns))
 }
 
@@ -190,15 +152,9 @@ fn validity(params: &mut CertificateParams, days: i64) {
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "konnq-ca");
+    params.distinguished_name.push(DnType::CommonName, "konnq-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     validity(&mut params, CA_DAYS);
     params
 }
@@ -218,19 +174,10 @@ fn leaf_params(cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Ce
 
 /// Creates `path` (never overwriting) with `mode` and writes `contents`.
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
-    let err = |source| CertError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
+    let err = |source| CertError::Write { path: path.to_owned(), source };
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(err)?;
     // The umask may have cleared bits; make the mode exact.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .map_err(err)?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(err)?;
     file.write_all(contents.as_bytes()).map_err(err)?;
     file.sync_all().map_err(err)
 }
@@ -262,30 +209,18 @@ mod tests {
     }
 
     fn verify_server(ca: &Path, leaf: &Path, name: &str) -> Result<(), rustls::Error> {
-        let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca), provider())
-            .build()
-            .expect("verifier");
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca), provider()).build().expect("verifier");
         let name = ServerName::try_from(name.to_owned()).expect("server name");
-        verifier
-            .verify_server_cert(&cert(leaf), &[], &name, &[], UnixTime::now())
-            .map(|_| ())
+        verifier.verify_server_cert(&cert(leaf), &[], &name, &[], UnixTime::now()).map(|_| ())
     }
 
     fn verify_client(ca: &Path, leaf: &Path) -> Result<(), rustls::Error> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca), provider())
-            .build()
-            .expect("verifier");
-        verifier
-            .verify_client_cert(&cert(leaf), &[], UnixTime::now())
-            .map(|_| ())
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca), provider()).build().expect("verifier");
+        verifier.verify_client_cert(&cert(leaf), &[], UnixTime::now()).map(|_| ())
     }
 
     fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path)
-            .expect("exists")
-            .permissions()
-            .mode()
-            & 0o777
+        std::fs::metadata(path).expect("exists").permissions().mode() & 0o777
     }
 
     #[test]
@@ -312,8 +247,7 @@ mod tests {
         let extra = ["konnq.example".to_owned(), "10.1.2.3".to_owned()];
         let c = generate(tmp.path(), &extra).expect("generated");
         for name in ["localhost", "127.0.0.1", "::1", "konnq.example", "10.1.2.3"] {
-            verify_server(&c.ca_cert, &c.server_cert, name)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            verify_server(&c.ca_cert, &c.server_cert, name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         assert!(verify_server(&c.ca_cert, &c.server_cert, "other.example").is_err());
         verify_client(&c.ca_cert, &c.agent_cert).expect("agent cert accepted as client cert");
@@ -337,10 +271,7 @@ mod tests {
         let first = generate(tmp.path(), &[]).unwrap();
         let before = std::fs::read(&first.ca_key).unwrap();
         let err = generate(tmp.path(), &[]).unwrap_err();
-        assert!(
-            matches!(&err, CertError::Exists { path } if path == &first.ca_cert),
-            "{err}"
-        );
+        assert!(matches!(&err, CertError::Exists { path } if path == &first.ca_cert), "{err}");
         assert!(err.to_string().contains("ca.crt already exists"), "{err}");
         assert_eq!(std::fs::read(&first.ca_key).unwrap(), before);
     }
@@ -350,9 +281,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = generate(tmp.path(), &["bad name ü".to_owned()]).unwrap_err();
         assert!(err.to_string().contains("bad name ü"), "{err}");
-        assert!(
-            !tmp.path().join("ca.crt").exists(),
-            "nothing written on error"
-        );
+        assert!(!tmp.path().join("ca.crt").exists(), "nothing written on error");
     }
 }

@@ -98,18 +98,12 @@ impl fmt::Display for DisplayProblems<'_> {
 
 /// Parses a TOML document into a raw config struct.
 fn parse_toml<T: serde::de::DeserializeOwned>(s: &str, origin: &str) -> Result<T, ConfigError> {
-    toml::from_str(s).map_err(|e| ConfigError::Parse {
-        origin: origin.to_owned(),
-        message: e.to_string(),
-    })
+    toml::from_str(s).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
 }
 
 /// Reads and parses a TOML file into a raw config struct.
 fn read_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse_toml(&text, &path.display().to_string())
 }
 
@@ -126,17 +120,11 @@ pub(crate) struct Problems {
 
 impl Problems {
     fn with_prefix(prefix: &'static str) -> Self {
-        Problems {
-            prefix,
-            list: Vec::new(),
-        }
+        Problems { prefix, list: Vec::new() }
     }
 
     pub(crate) fn push(&mut self, key: &str, message: impl Into<String>) {
-        self.list.push(Problem {
-            key: format!("{}{key}", self.prefix),
-            message: message.into(),
-        });
+        self.list.push(Problem { key: format!("{}{key}", self.prefix), message: message.into() });
     }
 
     fn extend(&mut self, other: Problems) {
@@ -289,10 +277,8 @@ impl RawQuicConfig {
     pub(crate) fn check(self, outer: &mut Problems) -> QuicConfig {
         let d = QuicConfig::default();
         let mut p = Problems::with_prefix("quic.");
-        let keep_alive_interval = p.positive(
-            "keep-alive-interval",
-            self.keep_alive_interval.unwrap_or(d.keep_alive_interval),
-        );
+        let keep_alive_interval =
+            p.positive("keep-alive-interval", self.keep_alive_interval.unwrap_or(d.keep_alive_interval));
         let idle_timeout = self.idle_timeout.unwrap_or(d.idle_timeout);
         if idle_timeout <= keep_alive_interval {
             p.push(
@@ -306,15 +292,13 @@ impl RawQuicConfig {
         }
         let stream_receive_window = p.in_range(
             "stream-receive-window",
-            self.stream_receive_window
-                .unwrap_or(d.stream_receive_window),
+            self.stream_receive_window.unwrap_or(d.stream_receive_window),
             64 * KIB,
             256 * MIB,
         );
         let max_concurrent_streams = p.in_range(
             "max-concurrent-streams",
-            self.max_concurrent_streams
-                .unwrap_or(d.max_concurrent_streams),
+            self.max_concurrent_streams.unwrap_or(d.max_concurrent_streams),
             1,
             1_000_000,
         );
@@ -354,9 +338,7 @@ mod tests {
 
     #[test]
     fn quic_defaults() {
-        let q = RawQuicConfig::default()
-            .validate()
-            .expect("defaults are valid");
+        let q = RawQuicConfig::default().validate().expect("defaults are valid");
         assert_eq!(q, QuicConfig::default());
         assert_eq!(q.keep_alive_interval, Duration::from_secs(1));
         assert_eq!(q.idle_timeout, Duration::from_secs(5));
@@ -370,9 +352,7 @@ mod tests {
         let err = quic("keep-alive-interval = \"10s\"\nidle-timeout = \"10s\"").unwrap_err();
         assert_eq!(err.problems().len(), 1);
         assert_eq!(err.problems()[0].key, "quic.idle-timeout");
-        assert!(err
-            .to_string()
-            .contains("quic.idle-timeout: must be greater than quic.keep-alive-interval"));
+        assert!(err.to_string().contains("quic.idle-timeout: must be greater than quic.keep-alive-interval"));
     }
 
     #[test]
@@ -396,15 +376,8 @@ mod tests {
 
     #[test]
     fn quic_durations_and_overlay() {
-        let base: RawQuicConfig = parse_toml(
-            "keep-alive-interval = \"500ms\"\nidle-timeout = \"1m30s\"",
-            "t",
-        )
-        .unwrap();
-        let top = RawQuicConfig {
-            idle_timeout: Some(Duration::from_secs(3)),
-            ..Default::default()
-        };
+        let base: RawQuicConfig = parse_toml("keep-alive-interval = \"500ms\"\nidle-timeout = \"1m30s\"", "t").unwrap();
+        let top = RawQuicConfig { idle_timeout: Some(Duration::from_secs(3)), ..Default::default() };
         let q = base.overlay(top).validate().unwrap();
         assert_eq!(q.keep_alive_interval, Duration::from_millis(500));
         assert_eq!(q.idle_timeout, Duration::from_secs(3));

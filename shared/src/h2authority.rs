@@ -88,29 +88,17 @@ pub enum RewriteError {
     #[error("apiserver sent a bad HTTP/2 preface: byte {offset} is {got:#04x}")]
     BadPreface { offset: usize, got: u8 },
     #[error("apiserver sent a {len}-byte frame of type {frame_type:#x} on stream {stream_id}, above SETTINGS_MAX_FRAME_SIZE {max}")]
-    FrameTooLarge {
-        frame_type: u8,
-        stream_id: u32,
-        len: usize,
-        max: u32,
-    },
+    FrameTooLarge { frame_type: u8, stream_id: u32, len: usize, max: u32 },
     #[error("apiserver sent a header block above {max} bytes on stream {stream_id}")]
     HeaderBlockTooLarge { stream_id: u32, max: usize },
     #[error("apiserver sent a header list above {max} bytes decoded on stream {stream_id}")]
     HeaderListTooLarge { stream_id: u32, max: usize },
     #[error("apiserver sent an undecodable HPACK block on stream {stream_id}: {source}")]
-    Hpack {
-        stream_id: u32,
-        source: DecoderError,
-    },
+    Hpack { stream_id: u32, source: DecoderError },
     #[error("apiserver sent CONTINUATION on stream {stream_id} without a preceding HEADERS")]
     ContinuationWithoutHeaders { stream_id: u32 },
     #[error("apiserver interrupted the header block of stream {expected} with a frame of type {frame_type:#x} on stream {stream_id}")]
-    InterruptedHeaderBlock {
-        expected: u32,
-        frame_type: u8,
-        stream_id: u32,
-    },
+    InterruptedHeaderBlock { expected: u32, frame_type: u8, stream_id: u32 },
     #[error("apiserver sent HEADERS on stream {stream_id} whose padding ({pad_len} bytes) exceeds its payload")]
     BadPadding { stream_id: u32, pad_len: usize },
     #[error("apiserver sent HEADERS on stream {stream_id} with the PRIORITY flag but no room for priority fields")]
@@ -125,10 +113,7 @@ enum State {
     /// Matched this many bytes of the preface so far.
     Preface { matched: usize },
     /// Collecting a 9-byte frame header.
-    Head {
-        raw: [u8; FRAME_HEAD_LEN],
-        filled: usize,
-    },
+    Head { raw: [u8; FRAME_HEAD_LEN], filled: usize },
     /// Forwarding the payload of a frame without a header block.
     Forward { remaining: usize },
     /// Buffering the payload of a HEADERS or CONTINUATION frame.
@@ -139,10 +124,7 @@ enum State {
 
 impl State {
     fn head() -> State {
-        State::Head {
-            raw: [0; FRAME_HEAD_LEN],
-            filled: 0,
-        }
+        State::Head { raw: [0; FRAME_HEAD_LEN], filled: 0 }
     }
 }
 
@@ -248,28 +230,16 @@ impl AuthorityRewriter {
     }
 
     /// Consumes a prefix of `input` (at least one byte) in `state`.
-    fn step(
-        &mut self,
-        state: State,
-        input: &mut &[u8],
-        out: &mut BytesMut,
-    ) -> Result<State, RewriteError> {
+    fn step(&mut self, state: State, input: &mut &[u8], out: &mut BytesMut) -> Result<State, RewriteError> {
         match state {
             State::Preface { matched } => {
                 let taken = take(input, PREFACE.len() - matched);
                 if let Some(i) = (0..taken.len()).find(|&i| taken[i] != PREFACE[matched + i]) {
-                    return Err(RewriteError::BadPreface {
-                        offset: matched + i,
-                        got: taken[i],
-                    });
+                    return Err(RewriteError::BadPreface { offset: matched + i, got: taken[i] });
                 }
                 out.extend_from_slice(taken);
                 let matched = matched + taken.len();
-                Ok(if matched == PREFACE.len() {
-                    State::head()
-                } else {
-                    State::Preface { matched }
-                })
+                Ok(if matched == PREFACE.len() { State::head() } else { State::Preface { matched } })
             }
             State::Head { mut raw, filled } => {
                 let taken = take(input, FRAME_HEAD_LEN - filled);
@@ -304,11 +274,7 @@ impl AuthorityRewriter {
     }
 
     /// A complete frame header: check it and pick the state for its payload.
-    fn on_frame_head(
-        &mut self,
-        raw: &[u8; FRAME_HEAD_LEN],
-        out: &mut BytesMut,
-    ) -> Result<State, RewriteError> {
+    fn on_frame_head(&mut self, raw: &[u8; FRAME_HEAD_LEN], out: &mut BytesMut) -> Result<State, RewriteError> {
         let head = FrameHead::parse(raw);
         if head.len > self.limits.max_frame_size as usize {
             return Err(RewriteError::FrameTooLarge {
@@ -330,24 +296,17 @@ impl AuthorityRewriter {
         match head.kind {
             TYPE_HEADERS | TYPE_CONTINUATION => {
                 if head.kind == TYPE_CONTINUATION && self.open.is_none() {
-                    return Err(RewriteError::ContinuationWithoutHeaders {
-                        stream_id: head.stream_id,
-                    });
+                    return Err(RewriteError::ContinuationWithoutHeaders { stream_id: head.stream_id });
                 }
                 self.payload.clear();
                 if head.len == 0 {
                     self.on_header_payload(&head, out)?;
                     return Ok(State::head());
                 }
-                Ok(State::HeaderPayload {
-                    head,
-                    remaining: head.len,
-                })
+                Ok(State::HeaderPayload { head, remaining: head.len })
             }
             // Its header block would change the HPACK state behind our back.
-            TYPE_PUSH_PROMISE => Err(RewriteError::PushPromiseFromClient {
-                stream_id: head.stream_id,
-            }),
+            TYPE_PUSH_PROMISE => Err(RewriteError::PushPromiseFromClient { stream_id: head.stream_id }),
             _ => {
                 out.extend_from_slice(raw);
                 Ok(match head.len {
@@ -359,18 +318,11 @@ impl AuthorityRewriter {
     }
 
     /// The whole payload of a HEADERS/CONTINUATION frame is in `self.payload`.
-    fn on_header_payload(
-        &mut self,
-        head: &FrameHead,
-        out: &mut BytesMut,
-    ) -> Result<(), RewriteError> {
+    fn on_header_payload(&mut self, head: &FrameHead, out: &mut BytesMut) -> Result<(), RewriteError> {
         let fragment = if head.kind == TYPE_HEADERS {
             let (fragment, priority) = split_headers_payload(&self.payload, head)?;
-            self.open = Some(OpenBlock {
-                stream_id: head.stream_id,
-                end_stream: head.flags & FLAG_END_STREAM != 0,
-                priority,
-            });
+            self.open =
+                Some(OpenBlock { stream_id: head.stream_id, end_stream: head.flags & FLAG_END_STREAM != 0, priority });
             self.block.clear();
             fragment
         } else {
@@ -389,9 +341,7 @@ impl AuthorityRewriter {
         match self.open.take() {
             Some(open) => self.finish_block(&open, out),
             // on_frame_head only lets a CONTINUATION through with a block open.
-            None => Err(RewriteError::ContinuationWithoutHeaders {
-                stream_id: head.stream_id,
-            }),
+            None => Err(RewriteError::ContinuationWithoutHeaders { stream_id: head.stream_id }),
         }
     }
 
@@ -416,25 +366,14 @@ impl AuthorityRewriter {
                 };
                 put_literal_field(encoded, &name, value);
             })
-            .map_err(|source| RewriteError::Hpack {
-                stream_id: open.stream_id,
-                source,
-            })?;
+            .map_err(|source| RewriteError::Hpack { stream_id: open.stream_id, source })?;
         if list_size > max_list {
-            return Err(RewriteError::HeaderListTooLarge {
-                stream_id: open.stream_id,
-                max: max_list,
-            });
+            return Err(RewriteError::HeaderListTooLarge { stream_id: open.stream_id, max: max_list });
         }
         if rewritten {
             self.rewritten_blocks += 1;
         }
-        put_header_frames(
-            out,
-            open,
-            &self.encoded,
-            self.limits.max_frame_size as usize,
-        );
+        put_header_frames(out, open, &self.encoded, self.limits.max_frame_size as usize);
         Ok(())
     }
 }
@@ -459,19 +398,15 @@ fn split_headers_payload<'a>(
     let mut body = payload;
     let mut pad_len = 0;
     if head.flags & FLAG_PADDED != 0 {
-        let (&pad, rest) = body.split_first().ok_or(RewriteError::BadPadding {
-            stream_id: head.stream_id,
-            pad_len: 0,
-        })?;
+        let (&pad, rest) =
+            body.split_first().ok_or(RewriteError::BadPadding { stream_id: head.stream_id, pad_len: 0 })?;
         pad_len = pad as usize;
         body = rest;
     }
     let mut priority = None;
     if head.flags & FLAG_PRIORITY != 0 {
         if body.len() < PRIORITY_LEN {
-            return Err(RewriteError::TruncatedPriority {
-                stream_id: head.stream_id,
-            });
+            return Err(RewriteError::TruncatedPriority { stream_id: head.stream_id });
         }
         let mut fields = [0; PRIORITY_LEN];
         fields.copy_from_slice(&body[..PRIORITY_LEN]);
@@ -479,10 +414,7 @@ fn split_headers_payload<'a>(
         body = &body[PRIORITY_LEN..];
     }
     if pad_len > body.len() {
-        return Err(RewriteError::BadPadding {
-            stream_id: head.stream_id,
-            pad_len,
-        });
+        return Err(RewriteError::BadPadding { stream_id: head.stream_id, pad_len });
     }
     Ok((&body[..body.len() - pad_len], priority))
 }
@@ -536,13 +468,7 @@ fn put_header_frames(out: &mut BytesMut, open: &OpenBlock, block: &[u8], max_fra
         flags |= FLAG_END_HEADERS;
     }
     let prio_len = open.priority.map_or(0, |_| PRIORITY_LEN);
-    put_frame_head(
-        out,
-        prio_len + first.len(),
-        TYPE_HEADERS,
-        flags,
-        open.stream_id,
-    );
+    put_frame_head(out, prio_len + first.len(), TYPE_HEADERS, flags, open.stream_id);
     if let Some(fields) = &open.priority {
         out.extend_from_slice(fields);
     }
@@ -563,15 +489,12 @@ mod tests {
 
     type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-    const PERCENT_PATH: &str =
-        "%2Fetc%2Fkubernetes%2Fkonnectivity-server%2Fkonnectivity-server.socket";
+    const PERCENT_PATH: &str = "%2Fetc%2Fkubernetes%2Fkonnectivity-server%2Fkonnectivity-server.socket";
     const RAW_PATH: &str = "/etc/kubernetes/konnectivity-server/konnectivity-server.socket";
     const SETTINGS: [u8; 9] = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
 
     fn fields(list: &[(&str, &str)]) -> Fields {
-        list.iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect()
+        list.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
     }
 
     fn request(authority: &str) -> Fields {
@@ -724,26 +647,14 @@ mod tests {
     fn garbage_preface_is_rejected_and_stays_failed() {
         let mut rewriter = AuthorityRewriter::default();
         let err = run(&mut rewriter, b"GET / HTTP/1.1\r\n").unwrap_err();
-        assert_eq!(
-            err,
-            RewriteError::BadPreface {
-                offset: 0,
-                got: b'G'
-            }
-        );
+        assert_eq!(err, RewriteError::BadPreface { offset: 0, got: b'G' });
         assert_eq!(run(&mut rewriter, PREFACE).unwrap_err(), err);
 
         let mut rewriter = AuthorityRewriter::default();
         let mut out = BytesMut::new();
         rewriter.feed(b"PRI * HTTP/2", &mut out).unwrap();
         let err = rewriter.feed(b".1", &mut out).unwrap_err();
-        assert_eq!(
-            err,
-            RewriteError::BadPreface {
-                offset: 13,
-                got: b'1'
-            }
-        );
+        assert_eq!(err, RewriteError::BadPreface { offset: 13, got: b'1' });
     }
 
     fn assert_rewritten(authority: &str) {
@@ -780,22 +691,12 @@ mod tests {
             &authorities
                 .iter()
                 .zip([1, 3, 5])
-                .map(|(a, id)| {
-                    frame(
-                        TYPE_HEADERS,
-                        FLAG_END_HEADERS,
-                        id,
-                        &encode(&mut encoder, &request(a)),
-                    )
-                })
+                .map(|(a, id)| frame(TYPE_HEADERS, FLAG_END_HEADERS, id, &encode(&mut encoder, &request(a))))
                 .collect::<Vec<_>>(),
         );
         let out = run(&mut rewriter, &input).unwrap();
-        let expected: Vec<_> = authorities
-            .iter()
-            .zip([1, 3, 5])
-            .map(|(a, id)| (id, FLAG_END_HEADERS, request(a)))
-            .collect();
+        let expected: Vec<_> =
+            authorities.iter().zip([1, 3, 5]).map(|(a, id)| (id, FLAG_END_HEADERS, request(a))).collect();
         assert_eq!(blocks(&out), expected);
         assert_eq!(rewriter.rewritten_blocks(), 0);
     }
@@ -817,17 +718,7 @@ mod tests {
         let authority = (":authority", "www.example.com");
         let expected = vec![
             (1, e, fields(&[base[0], base[1], base[2], authority])),
-            (
-                3,
-                e,
-                fields(&[
-                    base[0],
-                    base[1],
-                    base[2],
-                    authority,
-                    ("cache-control", "no-cache"),
-                ]),
-            ),
+            (3, e, fields(&[base[0], base[1], base[2], authority, ("cache-control", "no-cache")])),
             (
                 5,
                 e,
@@ -844,10 +735,7 @@ mod tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     /// Block 1 adds the invalid authority to the dynamic table
@@ -868,18 +756,10 @@ mod tests {
     fn dynamic_table_reference_to_invalid_authority_is_rewritten() {
         let [b1, b2, _] = dynamic_table_blocks();
         let e = FLAG_END_HEADERS;
-        let input = connection(&[
-            frame(TYPE_HEADERS, e, 1, &b1),
-            frame(TYPE_HEADERS, e, 3, &b2),
-        ]);
+        let input = connection(&[frame(TYPE_HEADERS, e, 1, &b1), frame(TYPE_HEADERS, e, 3, &b2)]);
         let mut rewriter = AuthorityRewriter::default();
         let out = run(&mut rewriter, &input).unwrap();
-        let list = fields(&[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/"),
-            (":authority", "localhost"),
-        ]);
+        let list = fields(&[(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "localhost")]);
         assert_eq!(blocks(&out), vec![(1, e, list.clone()), (3, e, list)]);
         assert_eq!(rewriter.rewritten_blocks(), 2);
     }
@@ -888,19 +768,10 @@ mod tests {
     fn evicted_dynamic_entry_is_an_hpack_error() {
         let [b1, _, b3] = dynamic_table_blocks();
         let e = FLAG_END_HEADERS;
-        let input = connection(&[
-            frame(TYPE_HEADERS, e, 1, &b1),
-            frame(TYPE_HEADERS, e, 3, &b3),
-        ]);
+        let input = connection(&[frame(TYPE_HEADERS, e, 1, &b1), frame(TYPE_HEADERS, e, 3, &b3)]);
         let err = rewrite_err(Limits::default(), &input);
         assert!(
-            matches!(
-                err,
-                RewriteError::Hpack {
-                    stream_id: 3,
-                    source: DecoderError::HeaderIndexOutOfBounds
-                }
-            ),
+            matches!(err, RewriteError::Hpack { stream_id: 3, source: DecoderError::HeaderIndexOutOfBounds }),
             "{err:?}"
         );
     }
@@ -911,20 +782,8 @@ mod tests {
         let block = vec![0x3f, 0xe1, 0x3f, 0x82];
         let input = connection(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block)]);
         let err = rewrite_err(Limits::default(), &input);
-        assert!(
-            matches!(
-                err,
-                RewriteError::Hpack {
-                    source: DecoderError::InvalidMaxDynamicSize,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        let limits = Limits {
-            header_table_size: 8192,
-            ..Limits::default()
-        };
+        assert!(matches!(err, RewriteError::Hpack { source: DecoderError::InvalidMaxDynamicSize, .. }), "{err:?}");
+        let limits = Limits { header_table_size: 8192, ..Limits::default() };
         run(&mut AuthorityRewriter::new(limits), &input).unwrap();
     }
 
@@ -1005,19 +864,11 @@ mod tests {
         padded_only.extend_from_slice(&[0; 2]);
         let input = connection(&[
             frame(TYPE_HEADERS, all, 1, &payload),
-            frame(
-                TYPE_HEADERS,
-                FLAG_PADDED | FLAG_END_HEADERS,
-                3,
-                &padded_only,
-            ),
+            frame(TYPE_HEADERS, FLAG_PADDED | FLAG_END_HEADERS, 3, &padded_only),
         ]);
         let out = rewrite(&input);
         let frames = frames(&out);
-        assert_eq!(
-            frames[0].flags,
-            FLAG_PRIORITY | FLAG_END_STREAM | FLAG_END_HEADERS
-        );
+        assert_eq!(frames[0].flags, FLAG_PRIORITY | FLAG_END_STREAM | FLAG_END_HEADERS);
         assert_eq!(frames[0].payload[..5], priority);
         assert_eq!(frames[1].flags, FLAG_END_HEADERS);
         let lists: Vec<_> = blocks(&out).into_iter().map(|b| b.2).collect();
@@ -1033,11 +884,7 @@ mod tests {
         let mut out = BytesMut::new();
         let start = 33 + 9 + 100;
         rewriter.feed(&input[..start], &mut out).unwrap();
-        assert_eq!(
-            &out[..],
-            &input[..start],
-            "partial DATA is forwarded at once"
-        );
+        assert_eq!(&out[..], &input[..start], "partial DATA is forwarded at once");
         rewriter.feed(&input[start..], &mut out).unwrap();
         assert_eq!(&out[..], &input[..]);
     }
@@ -1048,17 +895,9 @@ mod tests {
         put_frame_head(&mut head, 16_385, 0x0, 0, 1);
         let input = connection(&[head.to_vec()]);
         let err = rewrite_err(Limits::default(), &input);
-        let expected = RewriteError::FrameTooLarge {
-            frame_type: 0,
-            stream_id: 1,
-            len: 16_385,
-            max: 16_384,
-        };
+        let expected = RewriteError::FrameTooLarge { frame_type: 0, stream_id: 1, len: 16_385, max: 16_384 };
         assert_eq!(err, expected);
-        let limits = Limits {
-            max_frame_size: 1 << 20,
-            ..Limits::default()
-        };
+        let limits = Limits { max_frame_size: 1 << 20, ..Limits::default() };
         run(&mut AuthorityRewriter::new(limits), &input).unwrap();
     }
 
@@ -1077,19 +916,9 @@ mod tests {
         let out = rewrite(&input);
         let frames = frames(&out);
         assert_eq!(frames.len(), 2);
-        assert_eq!(
-            (frames[0].kind, frames[0].flags, frames[0].payload.len()),
-            (TYPE_HEADERS, FLAG_PRIORITY, 16_384)
-        );
-        assert_eq!(
-            (frames[1].kind, frames[1].flags),
-            (TYPE_CONTINUATION, FLAG_END_HEADERS)
-        );
-        let expected = fields(&[
-            (":method", "GET"),
-            (":authority", "localhost"),
-            ("big", &big),
-        ]);
+        assert_eq!((frames[0].kind, frames[0].flags, frames[0].payload.len()), (TYPE_HEADERS, FLAG_PRIORITY, 16_384));
+        assert_eq!((frames[1].kind, frames[1].flags), (TYPE_CONTINUATION, FLAG_END_HEADERS));
+        let expected = fields(&[(":method", "GET"), (":authority", "localhost"), ("big", &big)]);
         assert_eq!(blocks(&out)[0].2, expected);
     }
 
@@ -1100,17 +929,8 @@ mod tests {
             frame(TYPE_HEADERS, 0, 1, &block[..100]),
             frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &block[100..]),
         ]);
-        let limits = Limits {
-            max_header_block: 120,
-            ..Limits::default()
-        };
-        assert_eq!(
-            rewrite_err(limits, &input),
-            RewriteError::HeaderBlockTooLarge {
-                stream_id: 1,
-                max: 120
-            }
-        );
+        let limits = Limits { max_header_block: 120, ..Limits::default() };
+        assert_eq!(rewrite_err(limits, &input), RewriteError::HeaderBlockTooLarge { stream_id: 1, max: 120 });
 
         // 4000-byte entry indexed once, then referenced 20 times: 80 KB decoded.
         let mut block = vec![0x40, 1, b'k'];
@@ -1119,13 +939,7 @@ mod tests {
         block.extend_from_slice(&[0xbe; 20]);
         let input = connection(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block)]);
         let err = rewrite_err(Limits::default(), &input);
-        assert_eq!(
-            err,
-            RewriteError::HeaderListTooLarge {
-                stream_id: 1,
-                max: 65_536
-            }
-        );
+        assert_eq!(err, RewriteError::HeaderListTooLarge { stream_id: 1, max: 65_536 });
     }
 
     #[test]
@@ -1133,63 +947,30 @@ mod tests {
         let block = encode(&mut Encoder::new(), &request("localhost"));
         let d = Limits::default();
         let cont = connection(&[frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &block)]);
-        assert_eq!(
-            rewrite_err(d, &cont),
-            RewriteError::ContinuationWithoutHeaders { stream_id: 1 }
-        );
+        assert_eq!(rewrite_err(d, &cont), RewriteError::ContinuationWithoutHeaders { stream_id: 1 });
 
         let interrupted = connection(&[frame(TYPE_HEADERS, 0, 1, &block), frame(0x0, 0, 1, b"x")]);
-        let expected = RewriteError::InterruptedHeaderBlock {
-            expected: 1,
-            frame_type: 0,
-            stream_id: 1,
-        };
+        let expected = RewriteError::InterruptedHeaderBlock { expected: 1, frame_type: 0, stream_id: 1 };
         assert_eq!(rewrite_err(d, &interrupted), expected);
 
-        let other_stream = connection(&[
-            frame(TYPE_HEADERS, 0, 1, &block),
-            frame(TYPE_CONTINUATION, 4, 3, &[]),
-        ]);
-        let expected = RewriteError::InterruptedHeaderBlock {
-            expected: 1,
-            frame_type: 9,
-            stream_id: 3,
-        };
+        let other_stream = connection(&[frame(TYPE_HEADERS, 0, 1, &block), frame(TYPE_CONTINUATION, 4, 3, &[])]);
+        let expected = RewriteError::InterruptedHeaderBlock { expected: 1, frame_type: 9, stream_id: 3 };
         assert_eq!(rewrite_err(d, &other_stream), expected);
 
         let push = connection(&[frame(TYPE_PUSH_PROMISE, FLAG_END_HEADERS, 1, &[0, 0, 0, 2])]);
-        assert_eq!(
-            rewrite_err(d, &push),
-            RewriteError::PushPromiseFromClient { stream_id: 1 }
-        );
+        assert_eq!(rewrite_err(d, &push), RewriteError::PushPromiseFromClient { stream_id: 1 });
     }
 
     #[test]
     fn malformed_headers_frames_are_rejected() {
         let d = Limits::default();
         let e = FLAG_END_HEADERS;
-        let too_much_padding =
-            connection(&[frame(TYPE_HEADERS, e | FLAG_PADDED, 1, &[5, 0x82, 0])]);
-        assert_eq!(
-            rewrite_err(d, &too_much_padding),
-            RewriteError::BadPadding {
-                stream_id: 1,
-                pad_len: 5
-            }
-        );
+        let too_much_padding = connection(&[frame(TYPE_HEADERS, e | FLAG_PADDED, 1, &[5, 0x82, 0])]);
+        assert_eq!(rewrite_err(d, &too_much_padding), RewriteError::BadPadding { stream_id: 1, pad_len: 5 });
         let no_pad_length = connection(&[frame(TYPE_HEADERS, e | FLAG_PADDED, 1, &[])]);
-        assert_eq!(
-            rewrite_err(d, &no_pad_length),
-            RewriteError::BadPadding {
-                stream_id: 1,
-                pad_len: 0
-            }
-        );
+        assert_eq!(rewrite_err(d, &no_pad_length), RewriteError::BadPadding { stream_id: 1, pad_len: 0 });
         let short_priority = connection(&[frame(TYPE_HEADERS, e | FLAG_PRIORITY, 1, &[0, 0, 0])]);
-        assert_eq!(
-            rewrite_err(d, &short_priority),
-            RewriteError::TruncatedPriority { stream_id: 1 }
-        );
+        assert_eq!(rewrite_err(d, &short_priority), RewriteError::TruncatedPriority { stream_id: 1 });
     }
 
     #[test]

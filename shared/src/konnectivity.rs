@@ -21,9 +21,16 @@ pub struct DialReq {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrontendPacket {
     DialReq(DialReq),
-    Data { connect_id: i64, data: Bytes },
-    CloseReq { connect_id: i64 },
-    DialCls { random: i64 },
+    Data {
+        connect_id: i64,
+        data: Bytes,
+    },
+    CloseReq {
+        connect_id: i64,
+    },
+    DialCls {
+        random: i64,
+    },
     /// A type a client has no business sending to a server (DIAL_RSP,
     /// CLOSE_RSP), DRAIN, or one this build does not know: tolerated.
     Other(i32),
@@ -91,7 +98,10 @@ pub fn dial_rsp_err(random: i64, error: &str) -> Packet {
 }
 
 pub fn data(connect_id: i64, data: Bytes) -> Packet {
-    Packet { r#type: PacketType::Data as i32, payload: Some(Payload::Data(Data { connect_id, error: String::new(), data })) }
+    Packet {
+        r#type: PacketType::Data as i32,
+        payload: Some(Payload::Data(Data { connect_id, error: String::new(), data })),
+    }
 }
 
 pub fn close_rsp(connect_id: i64, error: &str) -> Packet {
@@ -109,7 +119,11 @@ pub mod client {
     pub fn dial_req(address: &str, random: i64) -> Packet {
         Packet {
             r#type: PacketType::DialReq as i32,
-            payload: Some(Payload::DialRequest(DialRequest { protocol: "tcp".into(), address: address.into(), random })),
+            payload: Some(Payload::DialRequest(DialRequest {
+                protocol: "tcp".into(),
+                address: address.into(),
+                random,
+            })),
         }
     }
 

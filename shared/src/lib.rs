@@ -1,12 +1,13 @@
 pub mod proto {
     tonic::include_proto!("_");
 }
-pub mod wire;
-pub mod quic;
-pub mod tls;
 pub mod certs;
+pub mod client;
 pub mod config;
 pub mod h2authority;
 pub mod konnectivity;
 pub mod logging;
+pub mod quic;
 pub mod signal;
+pub mod tls;
+pub mod wire;

@@ -34,10 +34,13 @@ pub mod codes {
 /// Transport settings: keep-alive and idle timeout so a dead path is noticed
 /// within `idle_timeout`, per-stream windows sized by configuration, and
 /// bidirectional stream credit for the dial streams the server opens.
-pub fn transport_config(cfg: &QuicConfig, accepts_dial_streams: bool) -> Result<quinn::TransportConfig, QuicSetupError> {
+pub fn transport_config(
+    cfg: &QuicConfig,
+    accepts_dial_streams: bool,
+) -> Result<quinn::TransportConfig, QuicSetupError> {
     let mut t = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(cfg.idle_timeout)
-        .map_err(|e| QuicSetupError::IdleTimeout(e.to_string()))?;
+    let idle =
+        quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| QuicSetupError::IdleTimeout(e.to_string()))?;
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(cfg.keep_alive_interval));
     let window = quinn::VarInt::from_u64(cfg.stream_receive_window).unwrap_or(quinn::VarInt::MAX);
@@ -55,21 +58,24 @@ pub fn transport_config(cfg: &QuicConfig, accepts_dial_streams: bool) -> Result<
 }
 
 /// Wraps a rustls config for QUIC.
-pub fn server_crypto(tls: rustls::ServerConfig) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, QuicSetupError> {
-    quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map(Arc::new)
-        .map_err(|e| QuicSetupError::Tls(e.to_string()))
+pub fn server_crypto(
+    tls: rustls::ServerConfig,
+) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, QuicSetupError> {
+    quinn::crypto::rustls::QuicServerConfig::try_from(tls).map(Arc::new).map_err(|e| QuicSetupError::Tls(e.to_string()))
 }
 
-pub fn client_crypto(tls: rustls::ClientConfig) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>, QuicSetupError> {
-    quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map(Arc::new)
-        .map_err(|e| QuicSetupError::Tls(e.to_string()))
+pub fn client_crypto(
+    tls: rustls::ClientConfig,
+) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>, QuicSetupError> {
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls).map(Arc::new).map_err(|e| QuicSetupError::Tls(e.to_string()))
 }
 
 /// Creates a UDP socket bound to `addr` with the configured buffer sizes
 /// (the kernel may clamp them; the achieved sizes are returned for logging).
-pub fn udp_socket(addr: std::net::SocketAddr, buffer: usize) -> Result<(std::net::UdpSocket, usize, usize), QuicSetupError> {
+pub fn udp_socket(
+    addr: std::net::SocketAddr,
+    buffer: usize,
+) -> Result<(std::net::UdpSocket, usize, usize), QuicSetupError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {

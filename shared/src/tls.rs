@@ -62,9 +62,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 fn root_store(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::BadCertificate { path: ca.to_owned(), reason: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::BadCertificate { path: ca.to_owned(), reason: e.to_string() })?;
     }
     Ok(roots)
 }
@@ -77,8 +75,7 @@ pub fn server_config(
     client_ca: Option<&Path>,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsError> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match client_ca {
         Some(ca) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider())
@@ -94,11 +91,7 @@ pub fn server_config(
 }
 
 /// Client side: trust `ca`, present `client_cert` (cert, key) when given.
-pub fn client_config(
-    ca: &Path,
-    client_cert: Option<(&Path, &Path)>,
-    alpn: &[&[u8]],
-) -> Result<ClientConfig, TlsError> {
+pub fn client_config(ca: &Path, client_cert: Option<(&Path, &Path)>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(root_store(ca)?);

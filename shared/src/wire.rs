@@ -129,11 +129,7 @@ pub struct RawFrame<'a> {
 }
 
 /// Looks for one frame at the start of `buf`. `Ok(None)`: more bytes needed.
-pub fn decode_frame<'a>(
-    buf: &'a [u8],
-    max_body: usize,
-    what: &'static str,
-) -> Result<Option<RawFrame<'a>>, WireError> {
+pub fn decode_frame<'a>(buf: &'a [u8], max_body: usize, what: &'static str) -> Result<Option<RawFrame<'a>>, WireError> {
     if let Some(&version) = buf.first() {
         if version != VERSION {
             return Err(WireError::UnsupportedVersion { found: version });
@@ -155,11 +151,7 @@ pub fn decode_frame<'a>(
 /// Checks a frame header on its own and returns (kind, body length). Used by
 /// async readers that read the header, then exactly the body, so they never
 /// consume bytes beyond the frame.
-pub fn decode_header(
-    header: &[u8; HEADER_LEN],
-    max_body: usize,
-    what: &'static str,
-) -> Result<(u8, usize), WireError> {
+pub fn decode_header(header: &[u8; HEADER_LEN], max_body: usize, what: &'static str) -> Result<(u8, usize), WireError> {
     if header[0] != VERSION {
         return Err(WireError::UnsupportedVersion { found: header[0] });
     }
@@ -262,12 +254,8 @@ impl DialHeader {
             return Err(WireError::UnexpectedKind { found: kind, expected: Self::WHAT });
         }
         let mut b = Body::new(body, Self::WHAT);
-        let header = DialHeader {
-            protocol: b.string()?,
-            address: b.string()?,
-            timeout_ms: b.u32()?,
-            connect_id: b.u64()?,
-        };
+        let header =
+            DialHeader { protocol: b.string()?, address: b.string()?, timeout_ms: b.u32()?, connect_id: b.u64()? };
         b.finish()?;
         header.validate()?;
         Ok(header)

@@ -22,10 +22,7 @@ fn every_conf_file_is_valid() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for path in &found {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let result = if name.starts_with("server") {
             ServerConfig::from_file(path).map(|_| ())
         } else if name.starts_with("agent") {
@@ -41,20 +38,14 @@ fn every_conf_file_is_valid() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(checked, found.len());
-    assert!(
-        checked >= 2,
-        "expected at least conf/server.toml and conf/agent.toml, found {found:?}"
-    );
+    assert!(checked >= 2, "expected at least conf/server.toml and conf/agent.toml, found {found:?}");
 }
 
 #[test]
 fn examples_set_non_default_values_that_matter() {
     let server = ServerConfig::from_file(&conf_dir().join("server.toml")).expect("valid");
     assert!(server.uds_name.is_some());
-    assert!(
-        server.cluster_tls.ca.is_some(),
-        "example requires agent client certs"
-    );
+    assert!(server.cluster_tls.ca.is_some(), "example requires agent client certs");
     let agent = AgentConfig::from_file(&conf_dir().join("agent.toml")).expect("valid");
     assert!(agent.agent_tls.is_some());
     assert!(agent.agent_identifiers.default_route);

@@ -72,11 +72,7 @@ fn invalid_data(err: RewriteError) -> io::Error {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFixIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             if !this.out.is_empty() || buf.remaining() == 0 {
@@ -91,19 +87,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFixIo<S> {
                 return Poll::Ready(Ok(())); // EOF
             }
             // May produce nothing (a partial frame header): then read again.
-            this.rewriter
-                .feed(chunk.filled(), &mut this.out)
-                .map_err(invalid_data)?;
+            this.rewriter.feed(chunk.filled(), &mut this.out).map_err(invalid_data)?;
         }
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFixIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 

@@ -67,7 +67,7 @@ where
     S: Stream<Item = Result<Packet, Status>> + Unpin,
 {
     loop {
-        match next_packet(inbound).await? {
+        match next_packet(inbound, out, metrics).await? {
             FrontendPacket::DialReq(req) => return Some(req),
             FrontendPacket::Data { connect_id, .. } | FrontendPacket::CloseReq { connect_id } => {
                 metrics.frontend_error("unknown_connection");
@@ -81,24 +81,41 @@ where
 }
 
 /// Pulls the next packet; `None` when the frontend stream ended or failed.
-async fn next_packet<S>(inbound: &mut S) -> Option<FrontendPacket>
+/// A stream that fails because of what the client sent (an oversize or
+/// undecodable message, a packet whose type and payload disagree) is ended
+/// with an error status naming the violation, so the client learns why.
+async fn next_packet<S>(inbound: &mut S, out: &Outbound, metrics: &Metrics) -> Option<FrontendPacket>
 where
     S: Stream<Item = Result<Packet, Status>> + Unpin,
 {
-    match inbound.next().await {
-        Some(Ok(packet)) => match FrontendPacket::try_from(packet) {
-            Ok(p) => Some(p),
+    let violation = match inbound.next().await? {
+        Ok(packet) => match FrontendPacket::try_from(packet) {
+            Ok(p) => return Some(p),
             Err(e) => {
-                warn!("malformed packet from client: {e}; closing the stream");
-                None
+                metrics.frontend_error("malformed_packet");
+                Status::invalid_argument(format!("malformed packet: {e}"))
             }
         },
-        Some(Err(status)) => {
-            debug!("frontend stream failed: {}", status.message());
-            None
+        Err(status) if is_client_violation(&status) => {
+            metrics.frontend_error("bad_message");
+            status
         }
-        None => None,
-    }
+        Err(status) => {
+            debug!("frontend stream failed: {}", status.message());
+            return None;
+        }
+    };
+    warn!("closing a Proxy stream: {}", violation.message());
+    // Bounded: a client that stopped reading does not hold the session.
+    let _ = tokio::time::timeout(Duration::from_secs(1), out.send(Err(violation))).await;
+    None
+}
+
+/// Errors tonic reports for bytes the client sent, as opposed to the
+/// connection going away.
+fn is_client_violation(status: &Status) -> bool {
+    use tonic::Code;
+    matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal)
 }
 
 /// Phase 2: dial through an agent, answering DIAL_RSP.
@@ -129,7 +146,7 @@ where
                 send(out, k::dial_rsp_err(req.random, &reason)).await;
                 return None;
             }
-            p = next_packet(inbound) => match p {
+            p = next_packet(inbound, out, metrics) => match p {
                 Some(FrontendPacket::DialCls { random }) if random == req.random => {
                     metrics.dial_failed(DialFailure::Cancelled);
                     info!(random, address = %req.address, "client cancelled the dial (DIAL_CLS)");
@@ -211,7 +228,7 @@ where
         loop {
             tokio::select! {
                 _ = &mut downstream => return,
-                p = next_packet(&mut inbound) => match p {
+                p = next_packet(&mut inbound, &out, &metrics) => match p {
                     Some(FrontendPacket::Data { connect_id: id, data }) if id == connect_id => {
                         if send_open {
                             let n = data.len();

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::identifiers::AgentIdentifiers;
 use super::{
-    format_duration, non_empty_path, non_empty_string, overlay_quic, parse_toml, random_id,
-    read_toml, ConfigError, LogConfig, Problems, QuicConfig, RawQuicConfig,
+    format_duration, non_empty_path, non_empty_string, overlay_quic, parse_toml, random_id, read_toml, ConfigError,
+    LogConfig, Problems, QuicConfig, RawQuicConfig,
 };
 
 /// Validated agent configuration; see `conf/agent.toml` for every key.
@@ -54,9 +54,7 @@ impl AgentConfig {
 
     /// The name the server's certificate must carry.
     pub fn tls_server_name(&self) -> &str {
-        self.server_name
-            .as_deref()
-            .unwrap_or(&self.proxy_server_host)
+        self.server_name.as_deref().unwrap_or(&self.proxy_server_host)
     }
 }
 
@@ -121,9 +119,7 @@ impl RawAgentConfig {
             sync_interval: other.sync_interval.or(self.sync_interval),
             sync_interval_cap: other.sync_interval_cap.or(self.sync_interval_cap),
             dial_timeout: other.dial_timeout.or(self.dial_timeout),
-            service_account_token_path: other
-                .service_account_token_path
-                .or(self.service_account_token_path),
+            service_account_token_path: other.service_account_token_path.or(self.service_account_token_path),
             quic: overlay_quic(self.quic, other.quic),
             v: other.v.or(self.v),
             logtostderr: other.logtostderr.or(self.logtostderr),
@@ -133,33 +129,22 @@ impl RawAgentConfig {
     /// Fills defaults and checks every value; all problems are reported.
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
         let mut p = Problems::default();
-        let agent_identifiers =
-            match AgentIdentifiers::parse(self.agent_identifiers.as_deref().unwrap_or("")) {
-                Ok(ids) => ids,
-                Err(errors) => {
-                    for e in errors {
-                        p.push("agent-identifiers", e);
-                    }
-                    AgentIdentifiers::default()
+        let agent_identifiers = match AgentIdentifiers::parse(self.agent_identifiers.as_deref().unwrap_or("")) {
+            Ok(ids) => ids,
+            Err(errors) => {
+                for e in errors {
+                    p.push("agent-identifiers", e);
                 }
-            };
-        let proxy_server_host = self
-            .proxy_server_host
-            .unwrap_or_else(|| "127.0.0.1".to_owned());
+                AgentIdentifiers::default()
+            }
+        };
+        let proxy_server_host = self.proxy_server_host.unwrap_or_else(|| "127.0.0.1".to_owned());
         if proxy_server_host.is_empty() {
             p.push("proxy-server-host", "must not be empty");
         }
-        let proxy_server_port = p.in_range(
-            "proxy-server-port",
-            self.proxy_server_port.unwrap_or(8091),
-            1,
-            u16::MAX,
-        );
+        let proxy_server_port = p.in_range("proxy-server-port", self.proxy_server_port.unwrap_or(8091), 1, u16::MAX);
         let agent_tls = agent_tls(&mut p, self.agent_cert, self.agent_key);
-        let sync_interval = p.positive(
-            "sync-interval",
-            self.sync_interval.unwrap_or(Duration::from_secs(1)),
-        );
+        let sync_interval = p.positive("sync-interval", self.sync_interval.unwrap_or(Duration::from_secs(1)));
         let sync_interval_cap = self.sync_interval_cap.unwrap_or(Duration::from_secs(10));
         if sync_interval_cap < sync_interval {
             p.push(
@@ -171,15 +156,10 @@ impl RawAgentConfig {
                 ),
             );
         }
-        let (health_server_port, admin_server_port) = (
-            self.health_server_port.unwrap_or(8093),
-            self.admin_server_port.unwrap_or(8094),
-        );
+        let (health_server_port, admin_server_port) =
+            (self.health_server_port.unwrap_or(8093), self.admin_server_port.unwrap_or(8094));
         if health_server_port != 0 && health_server_port == admin_server_port {
-            p.push(
-                "admin-server-port",
-                format!("port {admin_server_port} is already used by health-server-port"),
-            );
+            p.push("admin-server-port", format!("port {admin_server_port} is already used by health-server-port"));
         }
         let config = AgentConfig {
             agent_id: non_empty_string(self.agent_id).unwrap_or_else(random_id),
@@ -189,36 +169,23 @@ impl RawAgentConfig {
             server_name: non_empty_string(self.server_name),
             ca_cert: p.required_path("ca-cert", self.ca_cert),
             agent_tls,
-            health_bind_address: self
-                .health_bind_address
-                .unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            health_bind_address: self.health_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
             health_server_port,
-            admin_bind_address: self
-                .admin_bind_address
-                .unwrap_or(Ipv4Addr::LOCALHOST.into()),
+            admin_bind_address: self.admin_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
             admin_server_port,
             sync_interval,
             sync_interval_cap,
-            dial_timeout: p.positive(
-                "dial-timeout",
-                self.dial_timeout.unwrap_or(Duration::from_secs(5)),
-            ),
+            dial_timeout: p.positive("dial-timeout", self.dial_timeout.unwrap_or(Duration::from_secs(5))),
             service_account_token_path: non_empty_path(self.service_account_token_path),
             quic: self.quic.unwrap_or_default().check(&mut p),
-            log: LogConfig {
-                verbosity: self.v.unwrap_or(0),
-            },
+            log: LogConfig { verbosity: self.v.unwrap_or(0) },
         };
         p.finish(config)
     }
 }
 
 /// `agent-cert` and `agent-key` come as a pair; the problem names the missing one.
-fn agent_tls(
-    p: &mut Problems,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-) -> Option<(PathBuf, PathBuf)> {
+fn agent_tls(p: &mut Problems, cert: Option<PathBuf>, key: Option<PathBuf>) -> Option<(PathBuf, PathBuf)> {
     match (non_empty_path(cert), non_empty_path(key)) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -242,11 +209,7 @@ mod tests {
     }
 
     fn with_ca(raw: RawAgentConfig) -> RawAgentConfig {
-        RawAgentConfig {
-            ca_cert: Some("/pki/ca.crt".into()),
-            ..Default::default()
-        }
-        .overlay(raw)
+        RawAgentConfig { ca_cert: Some("/pki/ca.crt".into()), ..Default::default() }.overlay(raw)
     }
 
     #[test]
@@ -260,14 +223,8 @@ mod tests {
         assert_eq!(c.tls_server_name(), "127.0.0.1");
         assert_eq!(c.ca_cert, PathBuf::from("/pki/ca.crt"));
         assert_eq!(c.agent_tls, None);
-        assert_eq!(
-            (c.health_bind_address, c.health_server_port),
-            (IpAddr::from([0, 0, 0, 0]), 8093)
-        );
-        assert_eq!(
-            (c.admin_bind_address, c.admin_server_port),
-            (IpAddr::from([127, 0, 0, 1]), 8094)
-        );
+        assert_eq!((c.health_bind_address, c.health_server_port), (IpAddr::from([0, 0, 0, 0]), 8093));
+        assert_eq!((c.admin_bind_address, c.admin_server_port), (IpAddr::from([127, 0, 0, 1]), 8094));
         assert_eq!(c.sync_interval, Duration::from_secs(1));
         assert_eq!(c.sync_interval_cap, Duration::from_secs(10));
         assert_eq!(c.dial_timeout, Duration::from_secs(5));
@@ -285,25 +242,16 @@ mod tests {
 
     #[test]
     fn agent_cert_and_key_come_together() {
-        let only_cert = with_ca(RawAgentConfig {
-            agent_cert: Some("/a.crt".into()),
-            ..Default::default()
-        });
+        let only_cert = with_ca(RawAgentConfig { agent_cert: Some("/a.crt".into()), ..Default::default() });
         assert_eq!(keys(&only_cert.validate().unwrap_err()), ["agent-key"]);
-        let only_key = with_ca(RawAgentConfig {
-            agent_key: Some("/a.key".into()),
-            ..Default::default()
-        });
+        let only_key = with_ca(RawAgentConfig { agent_key: Some("/a.key".into()), ..Default::default() });
         assert_eq!(keys(&only_key.validate().unwrap_err()), ["agent-cert"]);
         let both = with_ca(RawAgentConfig {
             agent_cert: Some("/a.crt".into()),
             agent_key: Some("/a.key".into()),
             ..Default::default()
         });
-        assert_eq!(
-            both.validate().unwrap().agent_tls,
-            Some(("/a.crt".into(), "/a.key".into()))
-        );
+        assert_eq!(both.validate().unwrap().agent_tls, Some(("/a.crt".into(), "/a.key".into())));
     }
 
     #[test]
@@ -335,14 +283,8 @@ mod tests {
             ]
         );
         let text = err.to_string();
-        assert!(
-            text.contains("agent-identifiers: unknown identifier key \"colour\""),
-            "{text}"
-        );
-        assert!(
-            text.contains("sync-interval-cap: must be at least sync-interval"),
-            "{text}"
-        );
+        assert!(text.contains("agent-identifiers: unknown identifier key \"colour\""), "{text}");
+        assert!(text.contains("sync-interval-cap: must be at least sync-interval"), "{text}");
     }
 
     #[test]
@@ -365,13 +307,8 @@ mod tests {
 
     #[test]
     fn overlay_prefers_other() {
-        let file =
-            RawAgentConfig::from_toml_str("proxy-server-host = \"a\"\nproxy-server-port = 1")
-                .unwrap();
-        let flags = RawAgentConfig {
-            proxy_server_port: Some(2),
-            ..Default::default()
-        };
+        let file = RawAgentConfig::from_toml_str("proxy-server-host = \"a\"\nproxy-server-port = 1").unwrap();
+        let flags = RawAgentConfig { proxy_server_port: Some(2), ..Default::default() };
         let merged = file.overlay(flags);
         assert_eq!(merged.proxy_server_host.as_deref(), Some("a"));
         assert_eq!(merged.proxy_server_port, Some(2));

@@ -66,14 +66,7 @@ mod tests {
     fn single_dash_known_long_flags_get_two_dashes() {
         assert_eq!(
             norm(&["prog", "-v=4", "-uds-name=/x", "-logtostderr", "-v", "2"]),
-            [
-                "prog",
-                "--v=4",
-                "--uds-name=/x",
-                "--logtostderr",
-                "--v",
-                "2"
-            ]
+            ["prog", "--v=4", "--uds-name=/x", "--logtostderr", "--v", "2"]
         );
     }
 

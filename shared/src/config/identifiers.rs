@@ -50,23 +50,17 @@ impl AgentIdentifiers {
         match key {
             "host" if value.is_empty() => return Err(format!("{key}: empty value")),
             "host" => self.host.push(value.to_owned()),
-            "ipv4" => self
-                .ipv4
-                .push(value.parse().map_err(|_| bad("IPv4 address"))?),
-            "ipv6" => self
-                .ipv6
-                .push(value.parse().map_err(|_| bad("IPv6 address"))?),
+            "ipv4" => self.ipv4.push(value.parse().map_err(|_| bad("IPv4 address"))?),
+            "ipv6" => self.ipv6.push(value.parse().map_err(|_| bad("IPv6 address"))?),
             "cidr" => {
                 check_cidr(value).map_err(|_| bad("CIDR"))?;
                 self.cidr.push(value.to_owned());
             }
-            "default-route" => {
-                self.default_route |= parse_go_bool(value).map_err(|_| bad("boolean"))?
-            }
+            "default-route" => self.default_route |= parse_go_bool(value).map_err(|_| bad("boolean"))?,
             _ => {
                 return Err(format!(
-                "unknown identifier key {key:?} (expected host, ipv4, ipv6, cidr or default-route)"
-            ))
+                    "unknown identifier key {key:?} (expected host, ipv4, ipv6, cidr or default-route)"
+                ))
             }
         }
         Ok(())
@@ -104,9 +98,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
                 let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
                 out.push(byte.ok_or_else(|| format!("invalid percent escape in {s:?}"))?);
                 i += 3;
@@ -136,18 +128,11 @@ mod tests {
         .expect("valid");
         assert_eq!(ids.host, ["a", "b.example"]);
         assert_eq!(ids.ipv4, [Ipv4Addr::new(1, 2, 3, 4)]);
-        assert_eq!(
-            ids.ipv6,
-            [Ipv6Addr::LOCALHOST, "fd00::2".parse::<Ipv6Addr>().unwrap()]
-        );
+        assert_eq!(ids.ipv6, [Ipv6Addr::LOCALHOST, "fd00::2".parse::<Ipv6Addr>().unwrap()]);
         assert_eq!(ids.cidr, ["10.0.0.0/8", "fd00::/64"]);
         assert!(ids.default_route);
         assert_eq!(AgentIdentifiers::parse(""), Ok(AgentIdentifiers::default()));
-        assert!(
-            !AgentIdentifiers::parse("default-route=false")
-                .unwrap()
-                .default_route
-        );
+        assert!(!AgentIdentifiers::parse("default-route=false").unwrap().default_route);
     }
 
     #[test]
@@ -157,22 +142,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errors.len(), 9, "{errors:?}");
-        assert!(
-            errors[0].contains("unknown identifier key \"zone\""),
-            "{}",
-            errors[0]
-        );
-        assert!(
-            errors[1].starts_with("ipv4: invalid IPv4 address"),
-            "{}",
-            errors[1]
-        );
+        assert!(errors[0].contains("unknown identifier key \"zone\""), "{}", errors[0]);
+        assert!(errors[1].starts_with("ipv4: invalid IPv4 address"), "{}", errors[1]);
         assert!(errors[3].starts_with("cidr: invalid CIDR"), "{}", errors[3]);
         assert!(errors[7].starts_with("host: empty value"), "{}", errors[7]);
         assert!(errors[8].contains("percent escape"), "{}", errors[8]);
-        assert!("host=a&colour=b"
-            .parse::<AgentIdentifiers>()
-            .unwrap_err()
-            .contains("colour"));
+        assert!("host=a&colour=b".parse::<AgentIdentifiers>().unwrap_err().contains("colour"));
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    non_empty_path, non_empty_string, overlay_quic, parse_toml, random_id, read_toml, ConfigError,
-    LogConfig, Problems, QuicConfig, RawQuicConfig, TlsFiles, MIB,
+    non_empty_path, non_empty_string, overlay_quic, parse_toml, random_id, read_toml, ConfigError, LogConfig, Problems,
+    QuicConfig, RawQuicConfig, TlsFiles, MIB,
 };
 
 /// How kube-apiserver talks to the frontend (upstream's `--mode`).
@@ -31,9 +31,7 @@ impl FromStr for FrontendMode {
         match s {
             "grpc" => Ok(FrontendMode::Grpc),
             "http-connect" => Ok(FrontendMode::HttpConnect),
-            _ => Err(format!(
-                "invalid mode {s:?} (expected grpc or http-connect)"
-            )),
+            _ => Err(format!("invalid mode {s:?} (expected grpc or http-connect)")),
         }
     }
 }
@@ -137,9 +135,7 @@ impl RawServerConfig {
             server_count: other.server_count.or(self.server_count),
             mode: other.mode.or(self.mode),
             uds_name: other.uds_name.or(self.uds_name),
-            delete_existing_uds_file: other
-                .delete_existing_uds_file
-                .or(self.delete_existing_uds_file),
+            delete_existing_uds_file: other.delete_existing_uds_file.or(self.delete_existing_uds_file),
             server_bind_address: other.server_bind_address.or(self.server_bind_address),
             server_port: other.server_port.or(self.server_port),
             server_cert: other.server_cert.or(self.server_cert),
@@ -155,9 +151,7 @@ impl RawServerConfig {
             admin_bind_address: other.admin_bind_address.or(self.admin_bind_address),
             admin_port: other.admin_port.or(self.admin_port),
             backend_dial_timeout: other.backend_dial_timeout.or(self.backend_dial_timeout),
-            graceful_shutdown_timeout: other
-                .graceful_shutdown_timeout
-                .or(self.graceful_shutdown_timeout),
+            graceful_shutdown_timeout: other.graceful_shutdown_timeout.or(self.graceful_shutdown_timeout),
             max_message_bytes: other.max_message_bytes.or(self.max_message_bytes),
             quic: overlay_quic(self.quic, other.quic),
             v: other.v.or(self.v),
@@ -187,11 +181,7 @@ impl RawServerConfig {
         let admin_port = self.admin_port.unwrap_or(8095);
         check_distinct_tcp_ports(
             &mut p,
-            &[
-                ("server-port", server_port),
-                ("health-port", health_port),
-                ("admin-port", admin_port),
-            ],
+            &[("server-port", server_port), ("health-port", health_port), ("admin-port", admin_port)],
         );
         let max_message_bytes = self.max_message_bytes.unwrap_or(16 * MIB as usize);
         let config = ServerConfig {
@@ -200,41 +190,22 @@ impl RawServerConfig {
             mode: self.mode.unwrap_or_default(),
             uds_name,
             delete_existing_uds_file: self.delete_existing_uds_file.unwrap_or(true),
-            server_bind_address: self
-                .server_bind_address
-                .unwrap_or(Ipv4Addr::LOCALHOST.into()),
+            server_bind_address: self.server_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
             server_port,
             server_tls,
-            agent_bind_address: self
-                .agent_bind_address
-                .unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            agent_bind_address: self.agent_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
             agent_port: self.agent_port.unwrap_or(8091),
             cluster_tls,
-            health_bind_address: self
-                .health_bind_address
-                .unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            health_bind_address: self.health_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
             health_port,
-            admin_bind_address: self
-                .admin_bind_address
-                .unwrap_or(Ipv4Addr::LOCALHOST.into()),
+            admin_bind_address: self.admin_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
             admin_port,
-            backend_dial_timeout: p.positive(
-                "backend-dial-timeout",
-                self.backend_dial_timeout.unwrap_or(Duration::from_secs(10)),
-            ),
-            graceful_shutdown_timeout: self
-                .graceful_shutdown_timeout
-                .unwrap_or(Duration::from_secs(15)),
-            max_message_bytes: p.in_range(
-                "max-message-bytes",
-                max_message_bytes,
-                MIN_MESSAGE_BYTES,
-                MAX_MESSAGE_BYTES,
-            ),
+            backend_dial_timeout: p
+                .positive("backend-dial-timeout", self.backend_dial_timeout.unwrap_or(Duration::from_secs(10))),
+            graceful_shutdown_timeout: self.graceful_shutdown_timeout.unwrap_or(Duration::from_secs(15)),
+            max_message_bytes: p.in_range("max-message-bytes", max_message_bytes, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES),
             quic: self.quic.unwrap_or_default().check(&mut p),
-            log: LogConfig {
-                verbosity: self.v.unwrap_or(0),
-            },
+            log: LogConfig { verbosity: self.v.unwrap_or(0) },
         };
         p.finish(config)
     }
@@ -286,14 +257,8 @@ mod tests {
         assert_eq!(c.agent_port, 8091);
         assert_eq!(c.cluster_tls.cert, PathBuf::from("/pki/cluster.crt"));
         assert_eq!(c.cluster_tls.ca, None);
-        assert_eq!(
-            (c.health_bind_address, c.health_port),
-            (IpAddr::from([0, 0, 0, 0]), 8092)
-        );
-        assert_eq!(
-            (c.admin_bind_address, c.admin_port),
-            (IpAddr::from([127, 0, 0, 1]), 8095)
-        );
+        assert_eq!((c.health_bind_address, c.health_port), (IpAddr::from([0, 0, 0, 0]), 8092));
+        assert_eq!((c.admin_bind_address, c.admin_port), (IpAddr::from([127, 0, 0, 1]), 8095));
         assert_eq!(c.backend_dial_timeout, Duration::from_secs(10));
         assert_eq!(c.graceful_shutdown_timeout, Duration::from_secs(15));
         assert_eq!(c.max_message_bytes, 16 * 1024 * 1024);
@@ -306,10 +271,7 @@ mod tests {
         let err = RawServerConfig::default().validate().unwrap_err();
         assert_eq!(keys(&err), ["uds-name", "cluster-cert", "cluster-key"]);
         let text = err.to_string();
-        assert!(
-            text.contains("uds-name: no frontend: set uds-name or server-port"),
-            "{text}"
-        );
+        assert!(text.contains("uds-name: no frontend: set uds-name or server-port"), "{text}");
         assert!(text.contains("cluster-cert: required"), "{text}");
     }
 
@@ -344,28 +306,15 @@ mod tests {
         let err = ServerConfig::from_toml_str(&text).unwrap_err();
         assert_eq!(
             keys(&err),
-            [
-                "admin-port",
-                "server-count",
-                "backend-dial-timeout",
-                "max-message-bytes",
-                "quic.idle-timeout"
-            ]
+            ["admin-port", "server-count", "backend-dial-timeout", "max-message-bytes", "quic.idle-timeout"]
         );
-        assert!(err
-            .to_string()
-            .contains("admin-port: port 9000 is already used by health-port"));
+        assert!(err.to_string().contains("admin-port: port 9000 is already used by health-port"));
     }
 
     #[test]
     fn max_message_bytes_bounds() {
         let with = |n: usize| {
-            minimal()
-                .overlay(RawServerConfig {
-                    max_message_bytes: Some(n),
-                    ..Default::default()
-                })
-                .validate()
+            minimal().overlay(RawServerConfig { max_message_bytes: Some(n), ..Default::default() }).validate()
         };
         assert!(with(4 * 1024 * 1024).is_ok());
         assert!(with(256 * 1024 * 1024).is_ok());
@@ -398,10 +347,7 @@ mod tests {
         .unwrap();
         let flags = RawServerConfig {
             admin_port: Some(3),
-            quic: Some(RawQuicConfig {
-                idle_timeout: Some(Duration::from_secs(7)),
-                ..Default::default()
-            }),
+            quic: Some(RawQuicConfig { idle_timeout: Some(Duration::from_secs(7)), ..Default::default() }),
             ..Default::default()
         };
         let merged = file.overlay(flags);
@@ -426,14 +372,9 @@ mod tests {
 
     #[test]
     fn mode_parses_both_ways() {
-        assert_eq!(
-            "http-connect".parse::<FrontendMode>(),
-            Ok(FrontendMode::HttpConnect)
-        );
+        assert_eq!("http-connect".parse::<FrontendMode>(), Ok(FrontendMode::HttpConnect));
         assert!("HTTPConnect".parse::<FrontendMode>().is_err());
-        let raw =
-            RawServerConfig::from_toml_str("mode = \"http-connect\"\nv = 3\nlogtostderr = true")
-                .unwrap();
+        let raw = RawServerConfig::from_toml_str("mode = \"http-connect\"\nv = 3\nlogtostderr = true").unwrap();
         assert_eq!(raw.mode, Some(FrontendMode::HttpConnect));
         assert_eq!(raw.v, Some(3));
     }

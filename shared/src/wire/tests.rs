@@ -1,12 +1,7 @@
 use super::*;
 
 fn header() -> DialHeader {
-    DialHeader {
-        protocol: "tcp".into(),
-        address: "10.0.0.1:443".into(),
-        timeout_ms: 5000,
-        connect_id: 42,
-    }
+    DialHeader { protocol: "tcp".into(), address: "10.0.0.1:443".into(), timeout_ms: 5000, connect_id: 42 }
 }
 
 fn hello() -> Control {
@@ -97,10 +92,7 @@ fn oversize_length_is_rejected_before_buffering() {
 #[test]
 fn garbage_is_rejected() {
     // HTTP request bytes instead of a frame: wrong version byte.
-    assert_eq!(
-        DialHeader::decode(b"GET / HTTP/1.1\r\n"),
-        Err(WireError::UnsupportedVersion { found: b'G' })
-    );
+    assert_eq!(DialHeader::decode(b"GET / HTTP/1.1\r\n"), Err(WireError::UnsupportedVersion { found: b'G' }));
     // Right version, wrong kind.
     let result = DialResult::Connected.encode();
     assert!(matches!(DialHeader::decode(&result), Err(WireError::UnexpectedKind { found: 0x02, .. })));

@@ -1,0 +1,183 @@
+//! Agent loss and per-connection isolation.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// A UDP relay between one agent and the server. `cut` makes it drop every
+/// packet both ways: to the server the agent is then exactly as gone as a
+/// killed process on a dead node (no close frame ever arrives).
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+}
+
+async fn relay(server: SocketAddr) -> Relay {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(server).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let peer = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let (f, b, c, p) = (front.clone(), back.clone(), cut.clone(), peer.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *p.lock().unwrap() = Some(from);
+            if !c.load(Ordering::SeqCst) {
+                let _ = b.send(&buf[..n]).await;
+            }
+        }
+    });
+    let c = cut.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *peer.lock().unwrap();
+            if let (Some(to), false) = (to, c.load(Ordering::SeqCst)) {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    Relay { addr, cut }
+}
+
+/// A target that streams bytes until the peer closes (bounded: 1 GiB), and
+/// counts what it managed to write.
+async fn firehose() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 64 * 1024];
+                while w.load(Ordering::SeqCst) < (1 << 30) {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    w.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, written)
+}
+
+async fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect health port");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_lost_mid_transfer_closes_every_client_and_a_new_agent_is_used() {
+    // Detection bound: the QUIC idle timeout (1.5 s here; keep-alive 300 ms).
+    let idle = Duration::from_millis(1500);
+    let lab = Lab::with(|raw| raw.quic = Some(quic_fast())).await;
+    let relay = relay(lab.server.agent_addr).await;
+    let agent = lab
+        .agent_with(|raw| {
+            raw.proxy_server_port = Some(relay.addr.port());
+            raw.quic = Some(quic_fast());
+        })
+        .await;
+    within(Duration::from_secs(10), lab.server.wait_for_agents(1)).await;
+    assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 200);
+
+    let (target, _) = firehose().await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut client = lab.channel().await;
+        let mut s = Stream::dial(&mut client, &target.to_string()).await;
+        s.read_exact(256 * 1024).await;
+        streams.push(s);
+    }
+
+    relay.cut.store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut s in streams {
+        tasks.spawn(async move {
+            let (_, err) = s.read_to_close().await;
+            (cut_at.elapsed(), err)
+        });
+    }
+    while let Some(r) = within(idle + Duration::from_secs(5), tasks.join_next()).await {
+        let (after, err) = r.unwrap();
+        assert!(!err.is_empty(), "CLOSE_RSP says why");
+        assert!(after < idle + Duration::from_secs(2), "CLOSE_RSP came {after:?} after the agent vanished");
+    }
+    eventually("server reports no agent", Duration::from_secs(5), || *lab.server.backend.ready_agents().borrow() == 0)
+        .await;
+    assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 503);
+    assert_eq!(http_status(lab.server.health_addr, "/healthz").await, 200);
+    // Still serving: dials fail cleanly while no agent is connected.
+    let mut client = lab.channel().await;
+    let mut s = Stream::open(&mut client, &target.to_string(), 5).await;
+    assert!(matches!(s.next().await, Event::DialRsp { connect_id: 0, .. }));
+    agent.shutdown().await;
+
+    // The agent comes back (restarted) and is used again.
+    let _agent = lab.ready_agent().await;
+    assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 200);
+    let echo = echo_target().await;
+    let mut s = Stream::dial(&mut client, &echo.to_string()).await;
+    assert_eq!(echo_through(&mut s, b"back again").await, b"back again");
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_does_not_stall_other_connections() {
+    let lab = Lab::new().await;
+    let _agent = lab.ready_agent().await;
+    let (hose, written) = firehose().await;
+    let echo = echo_target().await;
+    let payload = random_bytes(32 * 1024 * 1024);
+
+    // A reads 1 MiB of an endless stream, then stops reading (keeps the stream open).
+    let mut client_a = lab.channel().await;
+    let mut a = Stream::dial(&mut client_a, &hose.to_string()).await;
+    a.read_exact(1024 * 1024).await;
+    let rss_before = rss_bytes();
+
+    // B, on the same agent, keeps moving data while A is stalled.
+    let mut client_b = lab.channel().await;
+    let mut b = Stream::dial(&mut client_b, &echo.to_string()).await;
+    let echoed = within(Duration::from_secs(120), echo_through(&mut b, &payload)).await;
+    assert!(echoed == payload, "B's 32 MiB came back intact while A was stalled");
+
+    // A's target can only get as far as the bounded buffers on the path let
+    // it: kernel socket buffers, one QUIC stream window, a few packets.
+    let mut last = written.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = written.load(Ordering::SeqCst);
+        if now == last || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    let buffered = written.load(Ordering::SeqCst);
+    assert!(buffered < 32 * 1024 * 1024, "A's target wrote {buffered} bytes although A stopped reading at 1 MiB");
+    let growth = rss_bytes().saturating_sub(rss_before);
+    assert!(growth < 128 * 1024 * 1024, "memory grew by {growth} bytes during the stall");
+    drop(a);
+}
