@@ -148,8 +148,16 @@ impl Connector {
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| format!("QUIC handshake with {addr}: {e}"))?;
+        let mut hello = self.hello.clone();
+        if let Some(path) = &self.cfg.service_account_token_path {
+            // Re-read on every connect: projected tokens rotate.
+            let token = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("service-account-token-path {}: {e}", path.display()))?;
+            hello.token = token.trim().to_owned();
+        }
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        send.write_all(&Control::Hello(self.hello.clone()).encode()).await.map_err(|e| e.to_string())?;
+        send.write_all(&Control::Hello(hello).encode()).await.map_err(|e| e.to_string())?;
         let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message")
             .await
             .map_err(|e| format!("waiting for the server's welcome: {e}"))?;

@@ -27,7 +27,7 @@ const idleBound = 3 * time.Second
 // Run runs every single-use-tunnel scenario as a subtest, each against its
 // own konnq-server and konnq-agent.
 func Run(t *testing.T, want Expect) {
-	t.Run("LinkedVersions", func(t *testing.T) { linkedVersions(t, want) })
+	t.Run("SelectedVersions", func(t *testing.T) { linkedVersions(t, want) })
 	t.Run("Echo1MiBOneWrite", func(t *testing.T) { echoScenario(t, 1<<20, 1<<20) })
 	t.Run("Echo64MiB32KiBWrites", func(t *testing.T) { echoScenario(t, 64<<20, 32<<10) })
 	t.Run("Echo16MiB4MiBWrites", func(t *testing.T) { echoScenario(t, 16<<20, 4<<20) })
@@ -38,13 +38,17 @@ func Run(t *testing.T, want Expect) {
 	t.Run("DialHangCancelled/TunnelTiedToDialContext", func(t *testing.T) { dialHangCancelled(t, true) })
 	t.Run("ClientCloses", clientCloses)
 	t.Run("TargetClosesFirst", targetClosesFirst)
+	t.Run("ServerFirstPacketOrder", serverFirstPacketOrder)
 }
 
 func linkedVersions(t *testing.T, want Expect) {
-	gotClient, gotGRPC := BuildVersions()
-	t.Logf("linked: %s %s, google.golang.org/grpc %s", ClientModule, gotClient, gotGRPC)
+	gotClient, gotGRPC, err := SelectedVersions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("module selects %s %s, google.golang.org/grpc %s", ClientModule, gotClient, gotGRPC)
 	if gotClient != want.ClientVersion || gotGRPC != want.GRPCVersion {
-		t.Fatalf("test binary links client %s / grpc %s, module pins %s / %s",
+		t.Fatalf("module selects client %s / grpc %s, want %s / %s",
 			gotClient, gotGRPC, want.ClientVersion, want.GRPCVersion)
 	}
 }
@@ -132,6 +136,7 @@ func dialHangCancelled(t *testing.T, tieTunnelToCtx bool) {
 		"konnectivity_network_proxy_agent_pending_dials":          1,
 	}
 	h.WaitGauges(t, pending, 250*time.Millisecond)
+	t.Logf("before cancel: server pending_backend_dials=1, agent pending_dials=1")
 	if n, ok := SynSentTo(addr); ok && n != 1 {
 		t.Errorf("%d sockets in SYN_SENT to %s while the dial is pending, want 1 (the agent's)", n, addr)
 	}
@@ -167,6 +172,7 @@ func dialHangCancelled(t *testing.T, tieTunnelToCtx bool) {
 		for {
 			n, _ := SynSentTo(addr)
 			if n == 0 {
+				t.Logf("no SYN_SENT socket to %s left %v after cancel", addr, time.Since(cancelledAt).Round(time.Millisecond))
 				break
 			}
 			if time.Now().After(deadline) {
@@ -227,20 +233,28 @@ func clientCloses(t *testing.T) {
 	h.WaitIdle(t, idleBound)
 }
 
-// targetClosesFirst: the target writes a payload and closes; the client must
-// read every byte and then io.EOF.
+// targetClosesFirst: the target answers a request with a payload and closes;
+// the client must read every byte and then io.EOF. The client speaks first,
+// as kube-apiserver always does (HTTP): see serverFirstPacketOrder for why.
 func targetClosesFirst(t *testing.T) {
 	h := Start(t, Options{})
 	payload := RandomBytes(8<<20, 9)
 	target := ServeTarget(t, func(c net.Conn) {
+		defer c.Close()
+		req := make([]byte, 4)
+		if _, err := io.ReadFull(c, req); err != nil {
+			return
+		}
 		_ = WriteChunks(c, payload, 64<<10)
-		c.Close()
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := Dial(ctx, h.Socket, target.Addr)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
+	}
+	if _, err := conn.Write([]byte("GET\n")); err != nil {
+		t.Fatal(err)
 	}
 	type readResult struct {
 		data []byte

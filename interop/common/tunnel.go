@@ -2,8 +2,10 @@ package interop
 
 import (
 	"context"
+	"fmt"
 	"net"
-	"runtime/debug"
+	"os/exec"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -59,24 +61,23 @@ func Dial(ctx context.Context, socket, addr string) (net.Conn, error) {
 	return tunnel.DialContext(ctx, "tcp", addr)
 }
 
-// BuildVersions returns the versions of the client library and of grpc-go
-// linked into the running test binary.
-func BuildVersions() (clientVersion, grpcVersion string) {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "", ""
+// SelectedVersions asks the go command which versions of the client library
+// and of grpc-go the module under test selects, i.e. the versions `go test`
+// compiled into this test binary. (Test binaries carry no module build info,
+// so debug.ReadBuildInfo cannot answer.)
+func SelectedVersions() (clientVersion, grpcVersion string, err error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Path}} {{.Version}}", ClientModule, "google.golang.org/grpc").Output()
+	if err != nil {
+		return "", "", fmt.Errorf("go list -m: %w", err)
 	}
-	for _, m := range info.Deps {
-		v := m.Version
-		if m.Replace != nil {
-			v = m.Replace.Version + " (replaced)"
-		}
-		switch m.Path {
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		path, version, _ := strings.Cut(line, " ")
+		switch path {
 		case ClientModule:
-			clientVersion = v
+			clientVersion = version
 		case "google.golang.org/grpc":
-			grpcVersion = v
+			grpcVersion = version
 		}
 	}
-	return clientVersion, grpcVersion
+	return clientVersion, grpcVersion, nil
 }

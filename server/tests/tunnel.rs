@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_connections_echo_one_mib_each() {
-    let lab = Lab::new().await;
+    // 200 MiB each way on a 2-core machine: give dials the client's own
+    // 30 s budget; this test is about correctness under concurrency.
+    let lab = Lab::with(|raw| raw.backend_dial_timeout = Some(Duration::from_secs(30))).await;
     let _agent = lab.ready_agent().await;
     let target = echo_target().await;
     let mut tasks = tokio::task::JoinSet::new();

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, the Rust workspace (unit, codec and
+# in-process end-to-end tests), then the interop suite against the real
+# Go konnectivity-client when present. Fails on the first failing step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo test --workspace"
+cargo test --workspace --all-targets
+
+if [ -x interop/run.sh ]; then
+    echo "== interop (real konnectivity-client)"
+    interop/run.sh
+fi
