@@ -45,10 +45,8 @@ pub enum ServerError {
     ServerTls(konnq_shared::tls::TlsError),
     #[error("QUIC endpoint: {0}")]
     Quic(#[from] konnq_shared::quic::QuicSetupError),
-    #[error("mode http-connect is not supported by this build; use mode grpc")]
-    UnsupportedMode,
-    #[error("server-port: the gRPC frontend over TCP+mTLS is not supported by this build; use uds-name")]
-    TcpFrontendUnsupported,
+    #[error("{0}: not served by this build")]
+    Unsupported(&'static str),
 }
 
 /// A running server.
@@ -102,7 +100,7 @@ impl ServerHandle {
 /// Starts every part of the server on the given listeners.
 pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHandle, ServerError> {
     if cfg.mode == FrontendMode::HttpConnect {
-        return Err(ServerError::UnsupportedMode);
+        return Err(ServerError::Unsupported("mode http-connect"));
     }
     let metrics = Metrics::new();
     let tls = konnq_shared::tls::server_config(
@@ -135,7 +133,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         });
     }
     if listeners.tcp.is_some() {
-        return Err(ServerError::TcpFrontendUnsupported);
+        return Err(ServerError::Unsupported("server-port (gRPC over TCP with mTLS)"));
     }
     let health_addr = listeners.health.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let admin_addr = listeners.admin.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;

@@ -181,3 +181,21 @@ async fn a_stalled_reader_does_not_stall_other_connections() {
     assert!(growth < 128 * 1024 * 1024, "memory grew by {growth} bytes during the stall");
     drop(a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_closes_what_is_still_open_after_the_grace_period() {
+    // The Lab's graceful shutdown timeout is 1 s.
+    let lab = Lab::new().await;
+    let _agent = lab.ready_agent().await;
+    let echo = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = Stream::dial(&mut client, &echo.to_string()).await;
+    assert_eq!(echo_through(&mut open, b"before").await, b"before");
+    let socket = lab.socket.clone();
+    let Lab { server, dir: _dir, .. } = lab;
+    let stopping = tokio::spawn(server.shutdown());
+    let (_, err) = within(Duration::from_secs(10), open.read_to_close()).await;
+    assert!(err.is_empty() || err.contains("agent"), "CLOSE_RSP: {err}");
+    within(Duration::from_secs(10), stopping).await.unwrap();
+    assert!(tokio::net::UnixStream::connect(&socket).await.is_err(), "no longer accepting");
+}

@@ -74,6 +74,12 @@ async fn single_use_and_many_streams_on_one_connection() {
         let msg = format!("stream {i}");
         assert_eq!(echo_through(s, msg.as_bytes()).await, msg.as_bytes());
     }
+    let text = lab.server.metrics.render();
+    assert_eq!(metric(&text, "konnectivity_network_proxy_server_dial_duration_seconds_count"), 25.0);
+    assert_eq!(metric(&text, "konnectivity_network_proxy_server_established_connections"), 20.0);
+    let agent_text = _agent.metrics.render();
+    assert_eq!(metric(&agent_text, "konnectivity_network_proxy_agent_open_endpoint_connections"), 20.0);
+    assert_eq!(metric(&agent_text, "konnectivity_network_proxy_agent_dial_duration_seconds_count"), 25.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Interop suite: real konnectivity-client (the library inside kube-apiserver)
+# against real konnq-server and konnq-agent processes, at several client
+# versions (one Go module each, see README.md).
+#
+# Usage: interop/run.sh [extra go test flags, e.g. -run Reusable]
+# Env:   KONNQ_BIN_DIR  use these konnq-server/konnq-agent binaries, skip cargo
+#        KONNQ_INTEROP_LOGS=1  print server/agent logs of passing tests too
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+modules=(kc031 kc036 kc037)
+
+command -v go >/dev/null || { echo "run.sh: go is not installed" >&2; exit 2; }
+
+if [[ -z "${KONNQ_BIN_DIR:-}" ]]; then
+	echo "==> cargo build --release -p konnq-server -p konnq-agent"
+	(cd "$root" && cargo build --release -p konnq-server -p konnq-agent)
+	KONNQ_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/release"
+fi
+KONNQ_BIN_DIR="$(cd "$KONNQ_BIN_DIR" && pwd)"
+export KONNQ_BIN_DIR
+for b in konnq-server konnq-agent; do
+	[[ -x "$KONNQ_BIN_DIR/$b" ]] || { echo "run.sh: no $KONNQ_BIN_DIR/$b" >&2; exit 2; }
+done
+echo "==> binaries from $KONNQ_BIN_DIR"
+
+logs="$(mktemp -d "${TMPDIR:-/tmp}/konnq-interop-logs.XXXXXX")"
+echo "==> go vet (common)"
+(cd "$here/common" && go vet ./...)
+
+status=0
+for m in "${modules[@]}"; do
+	log="$logs/$m.log"
+	echo "==> $m: go test -count=1 -timeout 10m -v ./... $*"
+	rc=0
+	(cd "$here/$m" && go vet ./... && go test -count=1 -timeout 10m -v ./... "$@") >"$log" 2>&1 || rc=$?
+	# Per-scenario results and go test's summary lines.
+	grep -E '^\s*--- (PASS|FAIL|SKIP)|^(ok|FAIL|PASS|panic:)|^\s+[a-z_]+\.go:[0-9]+: (module selects|conn\.Close|ReusableTunnel\.Close)' "$log" || true
+	if [[ $rc -ne 0 ]]; then
+		status=1
+		echo "==> $m FAILED (exit $rc); full output:"
+		cat "$log"
+	fi
+done
+
+if [[ $status -eq 0 ]]; then
+	echo "==> interop: all modules passed (logs in $logs)"
+else
+	echo "==> interop: FAILED (logs in $logs)"
+fi
+exit $status
