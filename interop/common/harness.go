@@ -1,24 +1,21 @@
 // Package interop starts a real konnq-server and konnq-agent and drives them
 // with the real konnectivity-client library, the one compiled into
 // kube-apiserver. The version of that library is chosen by the module that
-// imports this package (see ../v031, ../v036, ../v037): this module only
+// imports this package (see ../kc031, ../kc036, ../kc037): this module only
 // states the oldest version it compiles against, and Go's minimal version
 // selection picks the importing module's version.
 package interop
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -47,7 +44,10 @@ type Options struct {
 const readyBound = 20 * time.Second
 
 // Start runs `konnq-server certs`, then the server and the agent, and returns
-// once the server's /readyz says 200 (an agent is connected).
+// once the server's /readyz says 200 (an agent is connected). Ports are
+// picked free and then handed over, so another process on the machine may
+// take one in between: if a process exits before readiness, Start retries
+// with new ports (at most 3 attempts).
 func Start(t *testing.T, opts Options) *Harness {
 	t.Helper()
 	bin := binDir(t)
@@ -58,13 +58,28 @@ func Start(t *testing.T, opts Options) *Harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-
 	certs := exec.Command(filepath.Join(bin, "konnq-server"), "certs", "--dir", filepath.Join(dir, "pki"))
 	if out, err := certs.CombinedOutput(); err != nil {
 		t.Fatalf("konnq-server certs: %v\n%s", err, out)
 	}
-	pki := func(name string) string { return filepath.Join(dir, "pki", name) }
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		h, err := launch(t, bin, dir, opts, attempt)
+		if err == nil {
+			t.Logf("server and agent ready in %v", time.Since(start).Round(time.Millisecond))
+			return h
+		}
+		if !errors.Is(err, errUnexpectedExit) || attempt == 3 {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+		t.Logf("attempt %d: %v; retrying with other ports", attempt, err)
+	}
+}
 
+// launch starts the server and the agent on freshly picked ports and waits
+// for readiness.
+func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness, error) {
+	pki := func(name string) string { return filepath.Join(dir, "pki", name) }
 	h := &Harness{Socket: filepath.Join(dir, "konnq.sock")}
 	agentPort := freeUDPPort(t)
 	healthPort, adminPort := freeTCPPort(t), freeTCPPort(t)
@@ -84,7 +99,7 @@ func Start(t *testing.T, opts Options) *Harness {
 	if opts.BackendDialTimeout > 0 {
 		serverArgs = append(serverArgs, "--backend-dial-timeout", opts.BackendDialTimeout.String())
 	}
-	h.server = startProcess(t, dir, filepath.Join(bin, "konnq-server"), serverArgs)
+	h.server = startProcess(t, dir, filepath.Join(bin, "konnq-server"), serverArgs, attempt)
 	h.ServerAdmin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 
 	agentHealth, agentAdmin := freeTCPPort(t), freeTCPPort(t)
@@ -102,54 +117,57 @@ func Start(t *testing.T, opts Options) *Harness {
 	if opts.AgentDialTimeout > 0 {
 		agentArgs = append(agentArgs, "--dial-timeout", opts.AgentDialTimeout.String())
 	}
-	h.agent = startProcess(t, dir, filepath.Join(bin, "konnq-agent"), agentArgs)
+	h.agent = startProcess(t, dir, filepath.Join(bin, "konnq-agent"), agentArgs, attempt)
 	h.AgentAdmin = fmt.Sprintf("http://127.0.0.1:%d", agentAdmin)
 
-	start := time.Now()
-	h.waitReady(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort))
-	t.Logf("server and agent ready in %v", time.Since(start).Round(time.Millisecond))
-	return h
+	err := h.waitReady(fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort))
+	if err != nil {
+		// Abandon this attempt: stop both, keep their logs in the error.
+		for _, p := range []*process{h.server, h.agent} {
+			p.abandon()
+			logs, _ := os.ReadFile(p.log)
+			err = fmt.Errorf("%w\n---- %s log ----\n%s", err, p.name, tail(logs, 4<<10))
+		}
+		return nil, err
+	}
+	return h, nil
 }
 
-// waitReady polls url until it answers 200, failing (with both processes'
-// logs) after readyBound or as soon as a process exits.
-func (h *Harness) waitReady(t *testing.T, url string) {
-	t.Helper()
+// waitReady polls url until it answers 200; it gives up after readyBound or
+// as soon as a process exits (errUnexpectedExit).
+func (h *Harness) waitReady(url string) error {
 	c := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(readyBound)
 	for time.Now().Before(deadline) {
-		for _, p := range []*process{h.server, h.agent} {
-			select {
-			case <-p.exited:
-				t.Fatalf("%s exited before readiness: %v", p.name, p.err)
-			default:
-			}
+		if err := h.Alive(); err != nil {
+			return fmt.Errorf("before readiness: %w", err)
 		}
 		if resp, err := c.Get(url); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("%s not 200 within %v", url, readyBound)
+	return fmt.Errorf("%s not 200 within %v", url, readyBound)
 }
 
 // process is a child process whose output goes to a log file, dumped into the
 // test log if the test fails.
 type process struct {
-	name   string
-	cmd    *exec.Cmd
-	log    string
-	exited chan struct{}
-	err    error
+	name      string
+	cmd       *exec.Cmd
+	log       string
+	exited    chan struct{}
+	err       error
+	abandoned bool
 }
 
-func startProcess(t *testing.T, dir, path string, args []string) *process {
+func startProcess(t *testing.T, dir, path string, args []string, attempt int) *process {
 	t.Helper()
 	p := &process{name: filepath.Base(path), exited: make(chan struct{})}
-	p.log = filepath.Join(dir, p.name+".log")
+	p.log = filepath.Join(dir, fmt.Sprintf("%s-%d.log", p.name, attempt))
 	f, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)
@@ -170,8 +188,19 @@ func startProcess(t *testing.T, dir, path string, args []string) *process {
 	return p
 }
 
+// abandon kills a process of a failed start attempt.
+func (p *process) abandon() {
+	p.abandoned = true
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+}
+
 // stop sends SIGTERM, then SIGKILL if the process is still there after 3 s.
+// A process that exited by itself during the test fails the test.
 func (p *process) stop(t *testing.T) {
+	if p.abandoned {
+		return
+	}
 	select {
 	case <-p.exited:
 		t.Errorf("%s exited during the test: %v", p.name, p.err)
@@ -179,6 +208,9 @@ func (p *process) stop(t *testing.T) {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-p.exited:
+			if p.err != nil {
+				t.Logf("%s after SIGTERM: %v", p.name, p.err)
+			}
 		case <-time.After(3 * time.Second):
 			t.Logf("%s ignored SIGTERM for 3s; killing it", p.name)
 			_ = p.cmd.Process.Kill()
@@ -256,119 +288,6 @@ func freeUDPPort(t *testing.T) int {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-// Metrics scrapes base+"/metrics".
-func Metrics(ctx context.Context, base string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s/metrics: %s", base, resp.Status)
-	}
-	return string(body), nil
-}
-
-// MetricValue returns the value of the sample whose series (name plus
-// labels, exactly as exposed) is series. A missing series is an error, so a
-// renamed metric cannot pass as zero.
-func MetricValue(text, series string) (float64, error) {
-	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, series+" ") {
-			continue
-		}
-		fields := strings.Fields(line[len(series):])
-		if len(fields) == 0 {
-			break
-		}
-		return strconv.ParseFloat(fields[0], 64)
-	}
-	return 0, fmt.Errorf("series %s not exposed", series)
-}
-
-// Gauges are the series that count live state; all are zero when nothing is
-// in flight.
-var (
-	ServerGauges = []string{
-		"konnectivity_network_proxy_server_pending_backend_dials",
-		"konnectivity_network_proxy_server_established_connections",
-		"konnectivity_network_proxy_server_grpc_connections",
-	}
-	AgentGauges = []string{
-		"konnectivity_network_proxy_agent_pending_dials",
-		"konnectivity_network_proxy_agent_open_endpoint_connections",
-	}
-)
-
-// Snapshot reads every gauge of both processes.
-func (h *Harness) Snapshot(ctx context.Context) (map[string]float64, error) {
-	out := map[string]float64{}
-	for base, names := range map[string][]string{h.ServerAdmin: ServerGauges, h.AgentAdmin: AgentGauges} {
-		text, err := Metrics(ctx, base)
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range names {
-			v, err := MetricValue(text, n)
-			if err != nil {
-				return nil, err
-			}
-			out[n] = v
-		}
-	}
-	return out, nil
-}
-
-// WaitGauges polls both /metrics until every gauge in want has its value,
-// failing after bound with the last values seen. It returns how long it took.
-func (h *Harness) WaitGauges(t *testing.T, want map[string]float64, bound time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	var last map[string]float64
-	var lastErr error
-	for time.Since(start) < bound {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		last, lastErr = h.Snapshot(ctx)
-		cancel()
-		if lastErr == nil && matches(last, want) {
-			return time.Since(start)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if lastErr != nil {
-		t.Fatalf("gauges: %v", lastErr)
-	}
-	t.Fatalf("gauges did not reach %v within %v; last seen %v", want, bound, last)
-	return 0
-}
-
-// WaitIdle waits until nothing is pending or open on the server or the agent.
-func (h *Harness) WaitIdle(t *testing.T, bound time.Duration) time.Duration {
-	t.Helper()
-	want := map[string]float64{}
-	for _, n := range append(append([]string{}, ServerGauges...), AgentGauges...) {
-		want[n] = 0
-	}
-	return h.WaitGauges(t, want, bound)
-}
-
-func matches(got, want map[string]float64) bool {
-	for k, v := range want {
-		if g, ok := got[k]; !ok || g != v {
-			return false
-		}
-	}
-	return true
 }
 
 // errUnexpectedExit is returned by Alive when a process has exited.

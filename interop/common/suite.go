@@ -135,16 +135,17 @@ func dialHangCancelled(t *testing.T, tieTunnelToCtx bool) {
 		"konnectivity_network_proxy_server_pending_backend_dials": 1,
 		"konnectivity_network_proxy_agent_pending_dials":          1,
 	}
-	h.WaitGauges(t, pending, 250*time.Millisecond)
-	t.Logf("before cancel: server pending_backend_dials=1, agent pending_dials=1")
+	seen := h.WaitGauges(t, pending, 2*time.Second)
+	t.Logf("dial pending at server and agent %v after DialContext was called", seen.Round(time.Millisecond))
 	if n, ok := SynSentTo(addr); ok && n != 1 {
 		t.Errorf("%d sockets in SYN_SENT to %s while the dial is pending, want 1 (the agent's)", n, addr)
 	}
 	// A request whose context ends 300 ms into the dial (a deliberate wait:
 	// this is the caller's timeout being simulated, not a readiness wait).
-	time.Sleep(300*time.Millisecond - time.Since(start))
+	time.Sleep(300*time.Millisecond - time.Since(start)) // no-op if already past
 	cancelledAt := time.Now()
 	cancel()
+	t.Logf("cancelled the dial's context %v after DialContext was called", cancelledAt.Sub(start).Round(time.Millisecond))
 
 	var res result
 	select {

@@ -84,9 +84,15 @@ func HangingTarget(t *testing.T) string {
 	}
 	addr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}).String()
 
-	// Fill the accept queue (backlog 0 admits one established connection),
-	// then prove the next connect hangs. Up to 3 fillers in case the kernel
+	// Fill the accept queue: backlog 0 admits one established connection,
+	// which must succeed. Then probe: a connect that times out proves the
+	// queue is full and SYNs are dropped. Up to 3 fillers in case the kernel
 	// admits more than one.
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("first connection to the backlog-0 listener %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
 	for i := 0; i < 3; i++ {
 		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
 		if err != nil {
@@ -94,11 +100,11 @@ func HangingTarget(t *testing.T) string {
 			if errors.As(err, &ne) && ne.Timeout() {
 				return addr // the queue is full: connect hangs
 			}
-			t.Fatalf("filling the accept queue of %s: %v", addr, err)
+			t.Fatalf("probing %s: %v", addr, err)
 		}
 		t.Cleanup(func() { c.Close() })
 	}
-	t.Fatalf("connect to %s still completes after 3 unaccepted connections; cannot build a hanging target", addr)
+	t.Fatalf("connect to %s still completes after 4 unaccepted connections; cannot build a hanging target", addr)
 	return ""
 }
 

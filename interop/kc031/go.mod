@@ -1,3 +1,8 @@
+// konnectivity-client v0.31.2 is what Kubernetes 1.33, 1.34 and 1.35 pin
+// (k8s.io/kubernetes v1.35.0 go.mod). grpc-go, protobuf, klog, x/net, x/sys,
+// genproto rpc, logr and client_golang are pinned to that same go.mod, so the
+// client runs on the stack kube-apiserver 1.35 links.
+
 module konnq.dev/interop/kc031
 
 go 1.24.0

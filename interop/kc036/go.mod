@@ -1,3 +1,8 @@
+// konnectivity-client v0.36.0 is what Kubernetes 1.37 pins (k8s.io/kubernetes
+// v1.37.0 go.mod). grpc-go, protobuf, klog, x/net, x/sys, genproto rpc, logr
+// and client_golang are pinned to that same go.mod, so the client runs on the
+// stack kube-apiserver 1.37 links.
+
 module konnq.dev/interop/kc036
 
 go 1.25.0

@@ -1,3 +1,7 @@
+// konnectivity-client v0.37.0 is the first release with the reusable tunnel
+// (CreateGRPCTunnel); no Kubernetes release pins it yet. The other libraries
+// are pinned as in k8s.io/kubernetes v1.37.0 go.mod.
+
 module konnq.dev/interop/kc037
 
 go 1.25.0
