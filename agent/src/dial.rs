@@ -13,7 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::metrics::{GaugeGuard, Metrics};
+use konnq_shared::gauge::GaugeGuard;
+
+use crate::metrics::Metrics;
 
 /// How long the server has to send the dial header after opening a stream.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -97,19 +97,3 @@ impl Metrics {
         out
     }
 }
-
-/// Increments a gauge for as long as it lives.
-pub struct GaugeGuard(Gauge);
-
-impl GaugeGuard {
-    pub fn inc(g: &Gauge) -> Self {
-        g.inc();
-        GaugeGuard(g.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}

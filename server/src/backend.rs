@@ -18,7 +18,9 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
+use konnq_shared::gauge::GaugeGuard;
+
+use crate::metrics::{DialFailure, Metrics};
 
 /// How long an agent may take for the QUIC handshake plus its Hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +36,20 @@ pub enum DialError {
     Endpoint(String),
     #[error("agent {agent}: {reason}")]
     Backend { agent: String, reason: String },
+    #[error("dial timeout: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl DialError {
+    /// The metric label of this failure.
+    pub fn failure(&self) -> DialFailure {
+        match self {
+            DialError::NoAgent => DialFailure::NoAgent,
+            DialError::Endpoint(_) => DialFailure::Endpoint,
+            DialError::Backend { .. } => DialFailure::Backend,
+            DialError::Timeout(_) => DialFailure::Timeout,
+        }
+    }
 }
 
 /// A connected agent.
@@ -155,10 +171,27 @@ impl Backend {
         Some(Arc::clone(ready[fastrand::usize(..ready.len())]))
     }
 
-    /// Opens a dial stream on an agent and waits for its answer. Not bounded
-    /// in time here: callers race it against the dial timeout and DIAL_CLS,
-    /// and dropping the future abandons the dial on the agent.
-    pub async fn dial(&self, protocol: &str, address: &str) -> Result<Dialed, DialError> {
+    /// A dial bounded by `--backend-dial-timeout`, counted in the pending
+    /// dials gauge, the dial duration histogram and the failure counter.
+    /// Callers race it against the client giving up; dropping the future
+    /// abandons the dial on the agent (the caller counts that cancellation).
+    pub async fn dial_timed(&self, protocol: &str, address: &str) -> Result<Dialed, DialError> {
+        let _pending = GaugeGuard::inc(&self.metrics.pending_dials);
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.dial_timeout, self.dial(protocol, address)).await {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Timeout(self.dial_timeout)),
+        };
+        match &result {
+            Ok(_) => self.metrics.dial_duration.observe(started.elapsed().as_secs_f64()),
+            Err(e) => self.metrics.dial_failed(e.failure()),
+        }
+        result
+    }
+
+    /// Opens a dial stream on an agent and waits for its answer, unbounded
+    /// in time; see [`Backend::dial_timed`].
+    async fn dial(&self, protocol: &str, address: &str) -> Result<Dialed, DialError> {
         let agent = self.pick().ok_or(DialError::NoAgent)?;
         let backend_err = |reason: String| DialError::Backend { agent: agent.agent_id.clone(), reason };
         let connect_id = self.next_connect_id.fetch_add(1, Ordering::Relaxed);

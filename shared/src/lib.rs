@@ -11,3 +11,4 @@ pub mod quic;
 pub mod signal;
 pub mod tls;
 pub mod wire;
+pub mod gauge;

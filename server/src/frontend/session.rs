@@ -14,9 +14,10 @@
 //! stream; incoming packets are pulled only after the previous one was
 //! written to QUIC, so flow control holds end to end.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use konnq_shared::gauge::GaugeGuard;
 use konnq_shared::konnectivity::{self as k, FrontendPacket};
 use konnq_shared::proto::Packet;
 use konnq_shared::quic::codes;
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use crate::backend::{Backend, DialError, Dialed};
+use crate::backend::{Backend, Dialed};
 use crate::metrics::{DialFailure, Metrics};
 
 /// Largest DATA payload sent to a client in one packet.
@@ -123,7 +124,6 @@ async fn dial<S>(inbound: &mut S, out: &Outbound, ctx: &SessionCtx, req: &k::Dia
 where
     S: Stream<Item = Result<Packet, Status>> + Unpin,
 {
-    let started = Instant::now();
     let metrics = &ctx.metrics;
     if let Err(reason) = k::check_dial(req) {
         metrics.frontend_error("bad_dial_request");
@@ -131,21 +131,11 @@ where
         send(out, k::dial_rsp_err(req.random, &reason)).await;
         return None;
     }
-    let _pending = GaugeGuard::inc(&metrics.pending_dials);
-    let dial = ctx.backend.dial(&req.protocol, &req.address);
+    let dial = ctx.backend.dial_timed(&req.protocol, &req.address);
     tokio::pin!(dial);
-    let deadline = tokio::time::sleep(ctx.backend.dial_timeout);
-    tokio::pin!(deadline);
     let result = loop {
         tokio::select! {
             r = &mut dial => break r,
-            _ = &mut deadline => {
-                metrics.dial_failed(DialFailure::Timeout);
-                let reason = format!("dial timeout: no answer within {:?}", ctx.backend.dial_timeout);
-                warn!(random = req.random, address = %req.address, "{reason}");
-                send(out, k::dial_rsp_err(req.random, &reason)).await;
-                return None;
-            }
             p = next_packet(inbound, out, metrics) => match p {
                 Some(FrontendPacket::DialCls { random }) if random == req.random => {
                     metrics.dial_failed(DialFailure::Cancelled);
@@ -163,7 +153,6 @@ where
     };
     match result {
         Ok(dialed) => {
-            metrics.dial_duration.observe(started.elapsed().as_secs_f64());
             debug!(random = req.random, connect_id = dialed.connect_id, address = %req.address, agent = %dialed.agent.agent_id, "dial succeeded");
             if send(out, k::dial_rsp_ok(req.random, dialed.connect_id)).await {
                 Some(dialed)
@@ -172,11 +161,6 @@ where
             }
         }
         Err(e) => {
-            metrics.dial_failed(match &e {
-                DialError::NoAgent => DialFailure::NoAgent,
-                DialError::Endpoint(_) => DialFailure::Endpoint,
-                DialError::Backend { .. } => DialFailure::Backend,
-            });
             info!(random = req.random, address = %req.address, "dial failed: {e}");
             send(out, k::dial_rsp_err(req.random, &e.to_string())).await;
             None
@@ -316,20 +300,4 @@ async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, 
         debug!(connect_id, "{error}");
     }
     send_close(&out, connect_id, &error).await;
-}
-
-/// Increments a gauge for as long as it lives.
-struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
-
-impl GaugeGuard {
-    fn inc(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
-        g.inc();
-        GaugeGuard(g.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
