@@ -45,8 +45,6 @@ pub enum ServerError {
     ServerTls(konnq_shared::tls::TlsError),
     #[error("QUIC endpoint: {0}")]
     Quic(#[from] konnq_shared::quic::QuicSetupError),
-    #[error("{0}: not served by this build")]
-    Unsupported(&'static str),
 }
 
 /// A running server.
@@ -57,6 +55,7 @@ pub struct ServerHandle {
     pub health_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub uds_path: Option<PathBuf>,
+    pub tcp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
@@ -99,9 +98,6 @@ impl ServerHandle {
 
 /// Starts every part of the server on the given listeners.
 pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHandle, ServerError> {
-    if cfg.mode == FrontendMode::HttpConnect {
-        return Err(ServerError::Unsupported("mode http-connect"));
-    }
     let metrics = Metrics::new();
     let tls = konnq_shared::tls::server_config(
         &cfg.cluster_tls.cert,
@@ -118,22 +114,29 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&backend).serve(endpoint.clone()));
 
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|&s| s).await;
-    };
+    let mode = cfg.mode;
+    let max = cfg.max_message_bytes;
     let mut uds_path = None;
     if let Some((listener, path)) = listeners.uds {
-        info!(path = %path.display(), "gRPC frontend on Unix socket");
+        info!(path = %path.display(), ?mode, "frontend on Unix socket");
         uds_path = Some(path);
-        let (ctx, max, stop) = (ctx.clone(), cfg.max_message_bytes, stopped(shutdown_rx.clone()));
-        tasks.spawn(async move {
-            if let Err(e) = frontend::grpc::serve(UnixListenerStream::new(listener), ctx, max, stop).await {
-                error!("Unix socket frontend failed: {e}");
-            }
-        });
+        let incoming = UnixListenerStream::new(listener);
+        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), max, stopped(shutdown_rx.clone())));
     }
-    if listeners.tcp.is_some() {
-        return Err(ServerError::Unsupported("server-port (gRPC over TCP with mTLS)"));
+    let mut tcp_addr = None;
+    if let (Some(listener), Some(files)) = (listeners.tcp, &cfg.server_tls) {
+        let alpn: &[&[u8]] = match mode {
+            FrontendMode::Grpc => &[b"h2"],
+            FrontendMode::HttpConnect => &[b"http/1.1"],
+        };
+        let tls = konnq_shared::tls::server_config(&files.cert, &files.key, files.ca.as_deref(), alpn)
+            .map_err(ServerError::ServerTls)?;
+        let addr = listener.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
+        info!(%addr, ?mode, "frontend on TCP with mutual TLS");
+        tcp_addr = Some(addr);
+        let (incoming, accept_loop) = frontend::tls::incoming(listener, tls, stopped(shutdown_rx.clone()));
+        tasks.spawn(accept_loop);
+        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), max, stopped(shutdown_rx.clone())));
     }
     let health_addr = listeners.health.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let admin_addr = listeners.admin.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
@@ -157,11 +160,41 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         health_addr,
         admin_addr,
         uds_path,
+        tcp_addr,
         shutdown,
         tasks,
         endpoint,
         grace: cfg.graceful_shutdown_timeout,
     })
+}
+
+/// Resolves once shutdown has begun.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&s| s).await;
+}
+
+/// Serves one frontend (gRPC or HTTP-CONNECT) on a stream of accepted
+/// connections until `stop` resolves.
+async fn serve_frontend<I, IO, E>(
+    mode: FrontendMode,
+    incoming: I,
+    ctx: SessionCtx,
+    max_message_bytes: usize,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    I: futures::Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display + Send + 'static,
+{
+    match mode {
+        FrontendMode::Grpc => {
+            if let Err(e) = frontend::grpc::serve(incoming, ctx, max_message_bytes, stop).await {
+                error!("gRPC frontend failed: {e}");
+            }
+        }
+        FrontendMode::HttpConnect => frontend::connect::serve_all(incoming, ctx, stop).await,
+    }
 }
 
 /// Runs until `signal` resolves, then shuts down gracefully.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use konnq_shared::config::{FrontendMode, ServerConfig};
+use konnq_shared::config::ServerConfig;
 use tokio::net::{TcpListener, UnixListener};
 
 /// Mode of the frontend socket: owner and group (kube-apiserver's), never
@@ -21,8 +21,6 @@ pub enum BindError {
     Tcp { key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("agent-port {addr}: {source}")]
     Udp { addr: SocketAddr, source: konnq_shared::quic::QuicSetupError },
-    #[error("{0}: not served by this build")]
-    Unsupported(&'static str),
 }
 
 /// The server's bound sockets. Tests bind port 0 and temp-dir sockets.
@@ -36,12 +34,6 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(cfg: &ServerConfig) -> Result<Self, BindError> {
-        if cfg.mode == FrontendMode::HttpConnect {
-            return Err(BindError::Unsupported("mode http-connect"));
-        }
-        if cfg.server_port > 0 {
-            return Err(BindError::Unsupported("server-port (gRPC over TCP with mTLS)"));
-        }
         let uds = match &cfg.uds_name {
             Some(path) => Some((bind_uds(path, cfg.delete_existing_uds_file)?, path.clone())),
             None => None,

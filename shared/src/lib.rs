@@ -4,6 +4,7 @@ pub mod proto {
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod gauge;
 pub mod h2authority;
 pub mod konnectivity;
 pub mod logging;
@@ -11,4 +12,3 @@ pub mod quic;
 pub mod signal;
 pub mod tls;
 pub mod wire;
-pub mod gauge;

@@ -89,9 +89,26 @@ impl Lab {
         let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
         let mut raw = server_raw(dir.path(), &certs);
         tweak(&mut raw);
+        // A TCP frontend on an ephemeral port: bind it here, then configure
+        // the port it got (port 0 in the config means "no TCP frontend").
+        let tcp = match raw.server_port {
+            Some(0) if raw.server_cert.is_some() => {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind tcp frontend");
+                raw.server_port = Some(l.local_addr().unwrap().port());
+                Some(l)
+            }
+            _ => None,
+        };
         let cfg = raw.validate().expect("valid server config");
         let socket = cfg.uds_name.clone().expect("uds");
-        let listeners = konnq_server::Listeners::bind(&cfg).await.expect("bind");
+        let mut without_tcp = cfg.clone();
+        if tcp.is_some() {
+            without_tcp.server_port = 0;
+        }
+        let mut listeners = konnq_server::Listeners::bind(&without_tcp).await.expect("bind");
+        if tcp.is_some() {
+            listeners.tcp = tcp;
+        }
         let server = konnq_server::start(cfg, listeners).await.expect("server starts");
         Lab { dir, certs, server, socket }
     }

@@ -1,0 +1,312 @@
+//! The HTTP-CONNECT frontend (`--mode http-connect`), as kube-apiserver's
+//! HTTPConnect egress dialer expects: per proxied connection it opens a
+//! socket, sends `CONNECT host:port HTTP/1.1`, requires `200` and then uses
+//! the raw socket. The 200 is sent only once the agent has connected to the
+//! target, and nothing follows the response headers until the target sends
+//! a byte. Errors map to upstream's statuses: 502 (the dial failed), 503 (no
+//! agent), 504 (timeout), 405 (not CONNECT), 400 (malformed request).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use konnq_shared::konnectivity::{check_dial, DialReq};
+use konnq_shared::quic::codes;
+use quinn::VarInt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use super::session::SessionCtx;
+use crate::backend::{DialError, Dialed};
+use crate::metrics::{DialFailure, Metrics};
+use konnq_shared::gauge::GaugeGuard;
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes a client may send after its CONNECT head before the 200.
+const MAX_EARLY_DATA: usize = 64 * 1024;
+/// Largest read handed to QUIC at once.
+const CHUNK: usize = 64 * 1024;
+/// How long after the client's EOF we wait for the agent to close.
+const CLOSE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a CONNECT request head amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// CONNECT to this authority; `consumed` bytes were the head.
+    Connect { target: String, consumed: usize },
+    /// A complete request that is not CONNECT.
+    NotConnect { method: String },
+}
+
+/// Why a request head was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+}
+
+/// Parses a request head (sans-IO). `Ok(None)`: incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(consumed)) => {
+            let method = req.method.unwrap_or_default();
+            if !method.eq_ignore_ascii_case("CONNECT") {
+                return Ok(Some(Head::NotConnect { method: method.to_owned() }));
+            }
+            let target = req.path.unwrap_or_default().to_owned();
+            Ok(Some(Head::Connect { target, consumed }))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+fn response(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn dial_error_status(e: &DialError) -> &'static str {
+    match e {
+        DialError::NoAgent => "503 Service Unavailable",
+        DialError::Endpoint(_) => "502 Bad Gateway",
+        DialError::Backend { .. } => "503 Service Unavailable",
+        DialError::Timeout(_) => "504 Gateway Timeout",
+    }
+}
+
+/// Accepts connections until `stop` resolves; each is served on its own task.
+pub async fn serve_all<I, IO, E>(incoming: I, ctx: SessionCtx, stop: impl std::future::Future<Output = ()>)
+where
+    I: futures::Stream<Item = Result<IO, E>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    tokio::pin!(incoming, stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            next = incoming.next() => match next {
+                Some(Ok(io)) => {
+                    tokio::spawn(serve(io, ctx.clone()));
+                }
+                Some(Err(e)) => {
+                    warn!("accepting an HTTP-CONNECT client: {e}");
+                    // Typically EMFILE: give the process a moment before retrying.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Serves one client connection to its end.
+pub async fn serve<S>(mut io: S, ctx: SessionCtx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let _stream_gauge = GaugeGuard::inc(&ctx.metrics.frontend_streams);
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io, &mut buf)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            ctx.metrics.frontend_error("bad_connect_request");
+            warn!("refusing HTTP-CONNECT request: {e}");
+            let status =
+                if e == HeadError::TooLarge { "431 Request Header Fields Too Large" } else { "400 Bad Request" };
+            let _ = io.write_all(&response(status, &format!("{e}\n"))).await;
+            return;
+        }
+        Err(_) => {
+            debug!("no request head within {HEAD_TIMEOUT:?}; closing");
+            return;
+        }
+    };
+    let (target, consumed) = match head {
+        Head::Connect { target, consumed } => (target, consumed),
+        Head::NotConnect { method } => {
+            ctx.metrics.frontend_error("not_connect");
+            warn!(%method, "refusing a non-CONNECT request");
+            let _ = io.write_all(&response("405 Method Not Allowed", "only CONNECT is served\n")).await;
+            return;
+        }
+    };
+    let mut early = buf.split_off(consumed);
+    let req = DialReq { protocol: "tcp".into(), address: target, random: 0 };
+    if let Err(reason) = check_dial(&req) {
+        ctx.metrics.frontend_error("bad_dial_request");
+        let _ = io.write_all(&response("400 Bad Request", &format!("{reason}\n"))).await;
+        return;
+    }
+    let dial = ctx.backend.dial_timed("tcp", &req.address);
+    let dialed = tokio::select! {
+        r = dial => r,
+        _ = watch_client(&mut io, &mut early) => {
+            ctx.metrics.dial_failed(DialFailure::Cancelled);
+            debug!(address = %req.address, "client went away during the dial");
+            return;
+        }
+    };
+    match dialed {
+        Ok(dialed) => {
+            if io.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+                return;
+            }
+            debug!(connect_id = dialed.connect_id, address = %req.address, "CONNECT established");
+            splice(io, early.freeze(), dialed, &ctx.metrics).await;
+        }
+        Err(e) => {
+            info!(address = %req.address, "CONNECT dial failed: {e}");
+            let _ = io.write_all(&response(dial_error_status(&e), &format!("{e}\n"))).await;
+        }
+    }
+}
+
+async fn read_head<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
+    loop {
+        if let Some(head) = parse_head(buf)? {
+            return Ok(Some(head));
+        }
+        buf.reserve(1024);
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Resolves when the client closes or fails during the dial. Bytes it sends
+/// meanwhile are kept (bounded) for the target; past the bound we stop
+/// reading and let TCP push back.
+async fn watch_client<S: AsyncRead + Unpin>(io: &mut S, early: &mut BytesMut) {
+    loop {
+        if early.len() >= MAX_EARLY_DATA {
+            return std::future::pending().await;
+        }
+        early.reserve(4096);
+        match io.read_buf(early).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Copies bytes both ways until either side ends; no half-close, as in the
+/// gRPC protocol: the client's EOF closes the connection.
+async fn splice<S>(io: S, early: Bytes, dialed: Dialed, metrics: &Metrics)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let _established = GaugeGuard::inc(&metrics.established);
+    let Dialed { connect_id, mut send, mut recv, .. } = dialed;
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let up = async move {
+        if !early.is_empty() {
+            let n = early.len();
+            if send.write_chunk(early).await.is_err() {
+                return (send, false);
+            }
+            metrics.bytes_to_agent(n);
+        }
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return (send, true),
+                Ok(n) => {
+                    if send.write_chunk(buf.freeze()).await.is_err() {
+                        return (send, false);
+                    }
+                    metrics.bytes_to_agent(n);
+                }
+                Err(_) => return (send, false),
+            }
+        }
+    };
+    let down = async move {
+        loop {
+            match recv.read_chunk(CHUNK, true).await {
+                Ok(Some(chunk)) => {
+                    let n = chunk.bytes.len();
+                    if wr.write_all(&chunk.bytes).await.is_err() {
+                        let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
+                        return;
+                    }
+                    metrics.bytes_to_client(n);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(connect_id, "agent side ended: {e}");
+                    break;
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut down => {}
+        (mut send, clean) = &mut up => {
+            if clean {
+                // Client EOF: the agent closes the target and finishes.
+                let _ = send.finish();
+                if tokio::time::timeout(CLOSE_CONFIRM_TIMEOUT, &mut down).await.is_err() {
+                    let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
+                }
+            } else {
+                let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_head_is_parsed_with_what_follows_left_alone() {
+        let req = b"CONNECT 10.0.0.1:10250 HTTP/1.1\r\nHost: 10.0.0.1:10250\r\nUser-Agent: x\r\n\r\nEARLY";
+        let head = parse_head(req).unwrap().unwrap();
+        let consumed = req.len() - 5;
+        assert_eq!(head, Head::Connect { target: "10.0.0.1:10250".into(), consumed });
+    }
+
+    #[test]
+    fn partial_heads_need_more_at_every_split() {
+        let req = b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n";
+        for n in 0..req.len() {
+            assert_eq!(parse_head(&req[..n]), Ok(None), "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn other_methods_and_garbage_are_refused() {
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap(),
+            Some(Head::NotConnect { method: "GET".into() })
+        );
+        assert!(matches!(parse_head(b"\x16\x03\x01garbage\r\n\r\n"), Err(HeadError::Malformed(_))));
+        let huge = [b"CONNECT a:1 HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; MAX_HEAD]].concat();
+        assert_eq!(parse_head(&huge), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn dial_errors_map_to_upstream_statuses() {
+        assert!(dial_error_status(&DialError::NoAgent).starts_with("503"));
+        assert!(dial_error_status(&DialError::Endpoint("refused".into())).starts_with("502"));
+        assert!(dial_error_status(&DialError::Timeout(Duration::from_secs(1))).starts_with("504"));
+    }
+}
