@@ -95,6 +95,7 @@ async fn agent_lost_mid_transfer_closes_every_client_and_a_new_agent_is_used() {
         .await;
     within(Duration::from_secs(10), lab.server.wait_for_agents(1)).await;
     assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 200);
+    assert_eq!(http_status(agent.health_addr, "/readyz").await, 200);
 
     let (target, _) = firehose().await;
     let mut streams = Vec::new();
@@ -105,8 +106,24 @@ async fn agent_lost_mid_transfer_closes_every_client_and_a_new_agent_is_used() {
         streams.push(s);
     }
 
+    // A dial pending on the agent when it vanishes (its target never
+    // completes the handshake): it must get a DIAL_RSP error at once too,
+    // not wait for the 5 s backend dial timeout.
+    let hang = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    hang.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    hang.listen(0).unwrap();
+    let hang_addr = hang.local_addr().unwrap().as_socket().unwrap();
+    let _fill: Vec<_> = (0..2)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&hang_addr, Duration::from_millis(300)).ok())
+        .collect();
+    let mut pending_client = lab.channel().await;
+    let mut pending = Stream::open(&mut pending_client, &hang_addr.to_string(), 77).await;
+    eventually("the dial is pending on the agent", Duration::from_secs(5), || agent.metrics.pending_dials.get() == 1)
+        .await;
+
     relay.cut.store(true, Ordering::SeqCst);
     let cut_at = Instant::now();
+    let pending_answer = tokio::spawn(async move { (pending.next().await, cut_at.elapsed()) });
     let mut tasks = tokio::task::JoinSet::new();
     for mut s in streams {
         tasks.spawn(async move {
