@@ -19,14 +19,17 @@ if [[ -z "${KONNQ_BIN_DIR:-}" ]]; then
 	(cd "$root" && cargo build --release -p konnq-server -p konnq-agent)
 	KONNQ_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/release"
 fi
-KONNQ_BIN_DIR="$(cd "$KONNQ_BIN_DIR" && pwd)"
-export KONNQ_BIN_DIR
+# Test a private copy: every module then runs the same binaries, even if a
+# cargo build elsewhere replaces target/release meanwhile.
+logs="$(mktemp -d "${TMPDIR:-/tmp}/konnq-interop.XXXXXX")"
+mkdir "$logs/bin"
+trap 'rm -rf "$logs/bin"' EXIT
 for b in konnq-server konnq-agent; do
 	[[ -x "$KONNQ_BIN_DIR/$b" ]] || { echo "run.sh: no $KONNQ_BIN_DIR/$b" >&2; exit 2; }
+	cp "$KONNQ_BIN_DIR/$b" "$logs/bin/"
 done
-echo "==> binaries from $KONNQ_BIN_DIR"
-
-logs="$(mktemp -d "${TMPDIR:-/tmp}/konnq-interop-logs.XXXXXX")"
+echo "==> binaries: copies of $KONNQ_BIN_DIR/konnq-{server,agent} in $logs/bin"
+export KONNQ_BIN_DIR="$logs/bin"
 echo "==> go vet (common)"
 (cd "$here/common" && go vet ./...)
 

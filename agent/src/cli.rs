@@ -6,12 +6,12 @@
 
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use konnq_shared::config::{
-    normalize_go_flags, parse_duration, parse_go_bool, AgentConfig, ConfigError, Problem, RawAgentConfig,
+    describe_for_cli, normalize_go_flags, parse_duration, parse_go_bool, AgentConfig, ConfigError, RawAgentConfig,
 };
 
 /// konnq-agent: connects to konnq servers over QUIC and dials cluster targets.
@@ -111,7 +111,7 @@ impl Cli {
         match file.overlay(self.into_raw()).validate() {
             Ok(config) => Ok(config),
             Err(ConfigError::Invalid(problems)) => {
-                let lines: Vec<String> = problems.iter().map(|p| describe(p, config_file.as_deref())).collect();
+                let lines = describe_for_cli(&problems, config_file.as_deref());
                 anyhow::bail!("invalid configuration:\n  {}", lines.join("\n  "))
             }
             Err(other) => Err(other.into()),
@@ -162,17 +162,6 @@ impl Cli {
             v,
             logtostderr,
         }
-    }
-}
-
-/// `--ca-cert: ...` for keys that are flags; nested keys exist only in the file.
-fn describe(problem: &Problem, config_file: Option<&Path>) -> String {
-    let key = &problem.key;
-    match (key.contains('.'), config_file) {
-        (true, Some(file)) => format!("{key} (in {}): {}", file.display(), problem.message),
-        (true, None) => format!("{key}: {}", problem.message),
-        (false, _) if key == "v" => format!("-v: {}", problem.message),
-        (false, _) => format!("--{key}: {}", problem.message),
     }
 }
 

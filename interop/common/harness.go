@@ -101,6 +101,11 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 	}
 	h.server = startProcess(t, dir, filepath.Join(bin, "konnq-server"), serverArgs, attempt)
 	h.ServerAdmin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	// Start the agent once the server listens, so that its first connection
+	// attempt is not refused (it would retry only after --sync-interval).
+	if err := h.waitReady(fmt.Sprintf("http://127.0.0.1:%d/healthz", healthPort)); err != nil {
+		return nil, h.abandon(err)
+	}
 
 	agentHealth, agentAdmin := freeTCPPort(t), freeTCPPort(t)
 	agentArgs := []string{
@@ -120,17 +125,23 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 	h.agent = startProcess(t, dir, filepath.Join(bin, "konnq-agent"), agentArgs, attempt)
 	h.AgentAdmin = fmt.Sprintf("http://127.0.0.1:%d", agentAdmin)
 
-	err := h.waitReady(fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort))
-	if err != nil {
-		// Abandon this attempt: stop both, keep their logs in the error.
-		for _, p := range []*process{h.server, h.agent} {
-			p.abandon()
-			logs, _ := os.ReadFile(p.log)
-			err = fmt.Errorf("%w\n---- %s log ----\n%s", err, p.name, tail(logs, 4<<10))
-		}
-		return nil, err
+	if err := h.waitReady(fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)); err != nil {
+		return nil, h.abandon(err)
 	}
 	return h, nil
+}
+
+// abandon stops the processes of a failed attempt and adds their logs to err.
+func (h *Harness) abandon(err error) error {
+	for _, p := range []*process{h.server, h.agent} {
+		if p == nil {
+			continue
+		}
+		p.abandon()
+		logs, _ := os.ReadFile(p.log)
+		err = fmt.Errorf("%w\n---- %s log ----\n%s", err, p.name, tail(logs, 4<<10))
+	}
+	return err
 }
 
 // waitReady polls url until it answers 200; it gives up after readyBound or
@@ -139,7 +150,7 @@ func (h *Harness) waitReady(url string) error {
 	c := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(readyBound)
 	for time.Now().Before(deadline) {
-		if err := h.Alive(); err != nil {
+		if err := h.alive(); err != nil {
 			return fmt.Errorf("before readiness: %w", err)
 		}
 		if resp, err := c.Get(url); err == nil {
@@ -148,7 +159,7 @@ func (h *Harness) waitReady(url string) error {
 				return nil
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	return fmt.Errorf("%s not 200 within %v", url, readyBound)
 }
@@ -290,12 +301,15 @@ func freeUDPPort(t *testing.T) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
-// errUnexpectedExit is returned by Alive when a process has exited.
+// errUnexpectedExit is returned by alive when a process has exited.
 var errUnexpectedExit = errors.New("process exited")
 
-// Alive reports an error if the server or the agent has exited.
-func (h *Harness) Alive() error {
+// alive reports an error if a started process has exited.
+func (h *Harness) alive() error {
 	for _, p := range []*process{h.server, h.agent} {
+		if p == nil {
+			continue
+		}
 		select {
 		case <-p.exited:
 			return fmt.Errorf("%s: %w: %v", p.name, errUnexpectedExit, p.err)

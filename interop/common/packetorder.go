@@ -31,20 +31,9 @@ func serverFirstPacketOrder(t *testing.T) {
 		defer c.Close()
 		_ = WriteChunks(c, payload, 16<<10)
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cc, err := grpc.DialContext(ctx, h.Socket, UDSDialOption(h.Socket), grpc.WithBlock(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	stream, err := proto.NewProxyServiceClient(cc).Proxy(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := rawStream(t, h)
 	const random = 4242
-	err = stream.Send(&proto.Packet{
+	err := stream.Send(&proto.Packet{
 		Type:    proto.PacketType_DIAL_REQ,
 		Payload: &proto.Packet_DialRequest{DialRequest: &proto.DialRequest{Protocol: "tcp", Address: target.Addr, Random: random}},
 	})
@@ -101,4 +90,67 @@ func readUntilCloseRsp(stream proto.ProxyService_ProxyClient, random int64) ([]b
 			return got, summary, fmt.Errorf("unexpected %v", pkt.Type)
 		}
 	}
+}
+
+// rawStream opens one Proxy stream with the library's generated client, on
+// its own HTTP/2 connection, closed when the test ends.
+func rawStream(t *testing.T, h *Harness) proto.ProxyService_ProxyClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	cc, err := grpc.DialContext(ctx, h.Socket, UDSDialOption(h.Socket), grpc.WithBlock(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	stream, err := proto.NewProxyServiceClient(cc).Proxy(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+// clientCloseHandshake checks on the wire what conn.Close() relies on:
+// after CLOSE_REQ{connectID} the server answers CLOSE_RSP{connectID} with an
+// empty error, nothing after it but the end of the stream. (conn.Close()
+// itself may return "tunnel closed" instead of nil when CLOSE_RSP and the
+// end of the tunnel arrive before it selects: a client race.)
+func clientCloseHandshake(t *testing.T) {
+	h := Start(t, Options{})
+	target := EchoTarget(t)
+	stream := rawStream(t, h)
+	const random = 77
+	send := func(p *proto.Packet) {
+		t.Helper()
+		if err := stream.Send(p); err != nil {
+			t.Fatalf("send %v: %v", p.Type, err)
+		}
+	}
+	send(&proto.Packet{Type: proto.PacketType_DIAL_REQ, Payload: &proto.Packet_DialRequest{
+		DialRequest: &proto.DialRequest{Protocol: "tcp", Address: target.Addr, Random: random}}})
+	pkt, err := stream.Recv()
+	if err != nil || pkt.Type != proto.PacketType_DIAL_RSP || pkt.GetDialResponse().ConnectID == 0 {
+		t.Fatalf("want DIAL_RSP, got %v, %v", pkt, err)
+	}
+	id := pkt.GetDialResponse().ConnectID
+	send(&proto.Packet{Type: proto.PacketType_DATA, Payload: &proto.Packet_Data{Data: &proto.Data{ConnectID: id, Data: []byte("ping")}}})
+	if pkt, err := stream.Recv(); err != nil || pkt.Type != proto.PacketType_DATA || string(pkt.GetData().Data) != "ping" {
+		t.Fatalf("want DATA ping, got %v, %v", pkt, err)
+	}
+	start := time.Now()
+	send(&proto.Packet{Type: proto.PacketType_CLOSE_REQ, Payload: &proto.Packet_CloseRequest{CloseRequest: &proto.CloseRequest{ConnectID: id}}})
+	pkt, err = stream.Recv()
+	if err != nil || pkt.Type != proto.PacketType_CLOSE_RSP {
+		t.Fatalf("after CLOSE_REQ: want CLOSE_RSP, got %v, %v", pkt, err)
+	}
+	if r := pkt.GetCloseResponse(); r.ConnectID != id || r.Error != "" {
+		t.Errorf("CLOSE_RSP = %v, want connectID %d and no error", r, id)
+	}
+	t.Logf("CLOSE_RSP %v after CLOSE_REQ", time.Since(start).Round(time.Microsecond))
+	_ = stream.CloseSend()
+	if pkt, err := stream.Recv(); err != io.EOF {
+		t.Errorf("after CLOSE_RSP: got %v, %v; want the end of the stream", pkt, err)
+	}
+	h.WaitIdle(t, idleBound)
 }

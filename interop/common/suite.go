@@ -12,8 +12,8 @@ import (
 	"sigs.k8s.io/apiserver-network-proxy/konnectivity-client/pkg/client/metrics"
 )
 
-// Expect names the library versions the importing module pins; the suite
-// checks the test binary really links them.
+// Expect names the library versions the importing module pins; the
+// SelectedVersions subtest checks the module really selects them.
 type Expect struct {
 	ClientVersion string // e.g. "v0.36.0"
 	GRPCVersion   string // grpc-go of the kube-apiserver release that pins ClientVersion
@@ -27,7 +27,7 @@ const idleBound = 3 * time.Second
 // Run runs every single-use-tunnel scenario as a subtest, each against its
 // own konnq-server and konnq-agent.
 func Run(t *testing.T, want Expect) {
-	t.Run("SelectedVersions", func(t *testing.T) { linkedVersions(t, want) })
+	t.Run("SelectedVersions", func(t *testing.T) { selectedVersions(t, want) })
 	t.Run("Echo1MiBOneWrite", func(t *testing.T) { echoScenario(t, 1<<20, 1<<20) })
 	t.Run("Echo64MiB32KiBWrites", func(t *testing.T) { echoScenario(t, 64<<20, 32<<10) })
 	t.Run("Echo16MiB4MiBWrites", func(t *testing.T) { echoScenario(t, 16<<20, 4<<20) })
@@ -39,9 +39,10 @@ func Run(t *testing.T, want Expect) {
 	t.Run("ClientCloses", clientCloses)
 	t.Run("TargetClosesFirst", targetClosesFirst)
 	t.Run("ServerFirstPacketOrder", serverFirstPacketOrder)
+	t.Run("CloseHandshakeOnTheWire", clientCloseHandshake)
 }
 
-func linkedVersions(t *testing.T, want Expect) {
+func selectedVersions(t *testing.T, want Expect) {
 	gotClient, gotGRPC, err := SelectedVersions()
 	if err != nil {
 		t.Fatal(err)
@@ -66,11 +67,22 @@ func echoScenario(t *testing.T, size, chunk int) {
 	rtt := Echo(t, conn, payload, chunk, 60*time.Second)
 	t.Logf("echoed %d MiB in %d-byte writes in %v (%s each way)", size>>20, chunk, rtt.Round(time.Millisecond), mibps(size, rtt))
 	closeErr, took := timedClose(t, conn)
-	if closeErr != nil {
-		t.Errorf("conn.Close() = %v, want nil (CLOSE_RSP received)", closeErr)
-	}
-	t.Logf("conn.Close() took %v", took.Round(time.Microsecond))
+	CheckCloseErr(t, closeErr)
+	t.Logf("conn.Close() took %v, returned %v", took.Round(time.Microsecond), closeErr)
 	h.WaitIdle(t, idleBound)
+}
+
+// CheckCloseErr fails t unless conn.Close() returned nil (CLOSE_RSP
+// received) or "tunnel closed". The latter is a client race, not a missing
+// CLOSE_RSP: the tunnel ends right after delivering CLOSE_RSP, and if both
+// are ready before Close() reaches its select, Go picks either. What the
+// server sends is checked on the wire by CloseHandshakeOnTheWire. "close
+// timeout" (no CLOSE_RSP within 10 s) or anything else fails.
+func CheckCloseErr(t *testing.T, err error) {
+	t.Helper()
+	if err != nil && err.Error() != "tunnel closed" {
+		t.Errorf("conn.Close() = %v, want nil (or the client's racy \"tunnel closed\")", err)
+	}
 }
 
 // timedClose calls conn.Close(), bounded by the client's own 10 s close
@@ -184,8 +196,8 @@ func dialHangCancelled(t *testing.T, tieTunnelToCtx bool) {
 	}
 }
 
-// clientCloses checks conn.Close() returns promptly with CLOSE_RSP received
-// (nil error) and that the target sees EOF.
+// clientCloses checks conn.Close() returns promptly, without the client's
+// "close timeout", and that the target gets every byte written, then EOF.
 func clientCloses(t *testing.T) {
 	h := Start(t, Options{})
 	type seen struct {
@@ -213,9 +225,7 @@ func clientCloses(t *testing.T) {
 	closeStart := time.Now()
 	closeErr, took := timedClose(t, conn)
 	t.Logf("conn.Close() took %v, returned %v", took.Round(time.Microsecond), closeErr)
-	if closeErr != nil {
-		t.Errorf("conn.Close() = %v, want nil (CLOSE_RSP received)", closeErr)
-	}
+	CheckCloseErr(t, closeErr)
 	if took >= 5*time.Second {
 		t.Errorf("conn.Close() took %v, want < 5s (the client gives up at 10s)", took)
 	}

@@ -8,6 +8,6 @@ import (
 	interop "konnq.dev/interop/common"
 )
 
-func TestKonnectivityClient0312 (t *testing.T) {
+func TestKonnectivityClient0312(t *testing.T) {
 	interop.Run(t, interop.Expect{ClientVersion: "v0.31.2", GRPCVersion: "v1.72.2"})
 }

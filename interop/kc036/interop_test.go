@@ -8,6 +8,6 @@ import (
 	interop "konnq.dev/interop/common"
 )
 
-func TestKonnectivityClient0360 (t *testing.T) {
+func TestKonnectivityClient0360(t *testing.T) {
 	interop.Run(t, interop.Expect{ClientVersion: "v0.36.0", GRPCVersion: "v1.82.1"})
 }

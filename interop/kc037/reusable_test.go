@@ -146,9 +146,7 @@ func concurrentHeldOpen(t *testing.T, h *interop.Harness, rt client.ReusableTunn
 	}, 5*time.Second)
 	for _, c := range conns {
 		if c != nil {
-			if err := c.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
+			interop.CheckCloseErr(t, c.Close())
 		}
 	}
 	h.WaitIdle(t, 5*time.Second)
@@ -165,9 +163,7 @@ func dialEchoClose(t *testing.T, rt client.ReusableTunnel, addr string, size int
 	if err := echo(c, interop.RandomBytes(size, seed)); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	interop.CheckCloseErr(t, c.Close())
 }
 
 // echo writes payload and reads it back, bounded by 20 s.

@@ -6,12 +6,12 @@
 
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use konnq_shared::config::{
-    normalize_go_flags, parse_duration, parse_go_bool, ConfigError, FrontendMode, Problem, RawServerConfig,
+    describe_for_cli, normalize_go_flags, parse_duration, parse_go_bool, ConfigError, FrontendMode, RawServerConfig,
     ServerConfig,
 };
 
@@ -165,7 +165,7 @@ impl Cli {
             Ok(config) if errors.is_empty() => return Ok(config),
             Ok(_) => {}
             Err(ConfigError::Invalid(problems)) => {
-                errors.extend(problems.iter().map(|p| describe(p, config_file.as_deref())));
+                errors.extend(describe_for_cli(&problems, config_file.as_deref()));
             }
             Err(other) => return Err(other.into()),
         }
@@ -255,17 +255,6 @@ impl Cli {
             v,
             logtostderr,
         }
-    }
-}
-
-/// `--server-port: ...` for keys that are flags; nested keys exist only in the file.
-fn describe(problem: &Problem, config_file: Option<&Path>) -> String {
-    let key = &problem.key;
-    match (key.contains('.'), config_file) {
-        (true, Some(file)) => format!("{key} (in {}): {}", file.display(), problem.message),
-        (true, None) => format!("{key}: {}", problem.message),
-        (false, _) if key == "v" => format!("-v: {}", problem.message),
-        (false, _) => format!("--{key}: {}", problem.message),
     }
 }
 

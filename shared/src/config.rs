@@ -327,6 +327,24 @@ fn overlay_quic(base: Option<RawQuicConfig>, top: Option<RawQuicConfig>) -> Opti
     }
 }
 
+/// Describes configuration problems for someone who used the command line:
+/// flag keys as `--flag: ...` (`-v: ...` for verbosity), keys that exist only
+/// in the file (nested ones) with the file they came from.
+pub fn describe_for_cli(problems: &[Problem], config_file: Option<&std::path::Path>) -> Vec<String> {
+    problems
+        .iter()
+        .map(|p| {
+            let key = &p.key;
+            match (key.contains('.'), config_file) {
+                (true, Some(file)) => format!("{key} (in {}): {}", file.display(), p.message),
+                (true, None) => format!("{key}: {}", p.message),
+                (false, _) if key == "v" => format!("-v: {}", p.message),
+                (false, _) => format!("--{key}: {}", p.message),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
