@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use konnq_shared::quic::{codes, read_frame};
+use konnq_shared::quic::{codes, read_coalesced, read_frame};
 use konnq_shared::wire::{self, DialHeader, DialResult};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::AsyncWriteExt;
@@ -135,10 +135,10 @@ async fn pump(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream, connec
     };
     let downstream = async {
         loop {
-            match recv.read_chunk(CHUNK, true).await {
-                Ok(Some(chunk)) => {
-                    let n = chunk.bytes.len();
-                    if let Err(e) = tcp_write.write_all(&chunk.bytes).await {
+            match read_coalesced(&mut recv).await {
+                Ok(Some(bytes)) => {
+                    let n = bytes.len();
+                    if let Err(e) = tcp_write.write_all(&bytes).await {
                         return End::TargetError(e);
                     }
                     metrics.bytes_to_target(n);

@@ -122,3 +122,28 @@ async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8], what: &'static
         quinn::ReadExactError::ReadError(source) => FrameError::Read { what, source },
     })
 }
+
+/// Chunks gathered per [`read_coalesced`] call (each is one received STREAM
+/// frame, typically ~1.2 KB; so at most a few tens of KiB are joined).
+const COALESCE_CHUNKS: usize = 48;
+
+/// Waits for data and returns everything the stream has buffered (up to
+/// [`COALESCE_CHUNKS`] frames) as one buffer; `None` at the end of the
+/// stream. A single frame is handed over without a copy; several are joined
+/// so that many small QUIC frames become one DATA packet or one write
+/// instead of one each.
+pub async fn read_coalesced(recv: &mut quinn::RecvStream) -> Result<Option<bytes::Bytes>, quinn::ReadError> {
+    let mut chunks: [bytes::Bytes; COALESCE_CHUNKS] = std::array::from_fn(|_| bytes::Bytes::new());
+    match recv.read_chunks(&mut chunks).await? {
+        None => Ok(None),
+        Some(1) => Ok(Some(std::mem::take(&mut chunks[0]))),
+        Some(n) => {
+            let total = chunks[..n].iter().map(|c| c.len()).sum();
+            let mut joined = bytes::BytesMut::with_capacity(total);
+            for c in &chunks[..n] {
+                joined.extend_from_slice(c);
+            }
+            Ok(Some(joined.freeze()))
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use konnq_shared::konnectivity::{check_dial, DialReq};
-use konnq_shared::quic::codes;
+use konnq_shared::quic::{codes, read_coalesced};
 use quinn::VarInt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -237,10 +237,10 @@ where
     };
     let down = async move {
         loop {
-            match recv.read_chunk(CHUNK, true).await {
-                Ok(Some(chunk)) => {
-                    let n = chunk.bytes.len();
-                    if wr.write_all(&chunk.bytes).await.is_err() {
+            match read_coalesced(&mut recv).await {
+                Ok(Some(bytes)) => {
+                    let n = bytes.len();
+                    if wr.write_all(&bytes).await.is_err() {
                         let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
                         return;
                     }

@@ -20,7 +20,7 @@ use futures::{Stream, StreamExt};
 use konnq_shared::gauge::GaugeGuard;
 use konnq_shared::konnectivity::{self as k, FrontendPacket};
 use konnq_shared::proto::Packet;
-use konnq_shared::quic::codes;
+use konnq_shared::quic::{codes, read_coalesced};
 use quinn::VarInt;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -29,8 +29,6 @@ use tracing::{debug, info, warn};
 use crate::backend::{Backend, Dialed};
 use crate::metrics::{DialFailure, Metrics};
 
-/// Largest DATA payload sent to a client in one packet.
-pub const MAX_DATA_CHUNK: usize = 128 * 1024;
 /// How long after CLOSE_REQ we wait for the agent to confirm the close.
 const CLOSE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -281,10 +279,10 @@ async fn send_close(out: &Outbound, connect_id: i64, error: &str) {
 /// Agent → client: every byte as DATA, then exactly one CLOSE_RSP.
 async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, metrics: Metrics) {
     let error = loop {
-        match recv.read_chunk(MAX_DATA_CHUNK, true).await {
-            Ok(Some(chunk)) => {
-                let n = chunk.bytes.len();
-                if !send(&out, k::data(connect_id, chunk.bytes)).await {
+        match read_coalesced(&mut recv).await {
+            Ok(Some(bytes)) => {
+                let n = bytes.len();
+                if !send(&out, k::data(connect_id, bytes)).await {
                     // Client gone: stop the agent side too.
                     let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
                     return;
