@@ -195,6 +195,7 @@ async fn a_stalled_reader_does_not_stall_other_connections() {
     let buffered = written.load(Ordering::SeqCst);
     assert!(buffered < 32 * 1024 * 1024, "A's target wrote {buffered} bytes although A stopped reading at 1 MiB");
     let growth = rss_bytes().saturating_sub(rss_before);
+    println!("stalled reader: its target wrote {buffered} bytes in all; process RSS grew {growth} bytes");
     assert!(growth < 128 * 1024 * 1024, "memory grew by {growth} bytes during the stall");
     drop(a);
 }

@@ -7,8 +7,9 @@
 //! [`io::ErrorKind::InvalidData`] read error carrying the [`RewriteError`],
 //! which makes the HTTP/2 server drop the connection.
 //!
-//! Memory per connection is bounded: one fixed read buffer, and the output
-//! buffer is drained completely before the inner stream is read again.
+//! Memory per connection is bounded: a read buffer exists only during a read,
+//! and the output buffer is drained completely before the inner stream is
+//! read again, so an idle connection holds no buffer at all.
 
 use std::io;
 use std::pin::Pin;
@@ -26,9 +27,11 @@ pub const READ_CHUNK: usize = 16 * 1024;
 pub struct AuthorityFixIo<S> {
     inner: S,
     rewriter: AuthorityRewriter,
-    read_buf: Box<[u8]>,
-    /// Rewritten bytes not yet handed to the reader.
+    /// Rewritten bytes not yet handed to the reader; holds no memory while
+    /// the connection is idle.
     out: BytesMut,
+    /// Whether a rewriter error was already logged.
+    reported: bool,
 }
 
 impl<S> AuthorityFixIo<S> {
@@ -40,12 +43,7 @@ impl<S> AuthorityFixIo<S> {
     /// Wraps `inner` for an HTTP/2 server advertising `limits`
     /// (SETTINGS_MAX_FRAME_SIZE, SETTINGS_HEADER_TABLE_SIZE).
     pub fn with_limits(inner: S, limits: Limits) -> Self {
-        AuthorityFixIo {
-            inner,
-            rewriter: AuthorityRewriter::new(limits),
-            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
-            out: BytesMut::with_capacity(READ_CHUNK),
-        }
+        AuthorityFixIo { inner, rewriter: AuthorityRewriter::new(limits), out: BytesMut::new(), reported: false }
     }
 
     /// How many header blocks had their `:authority` replaced so far.
@@ -81,13 +79,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFixIo<S> {
                 this.out.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = ReadBuf::new(&mut this.read_buf);
+            // A read buffer lives only for this poll: thousands of idle
+            // connections hold none.
+            this.out = BytesMut::new();
+            let mut storage = vec![0u8; READ_CHUNK];
+            let mut chunk = ReadBuf::new(&mut storage);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
             if chunk.filled().is_empty() {
                 return Poll::Ready(Ok(())); // EOF
             }
             // May produce nothing (a partial frame header): then read again.
-            this.rewriter.feed(chunk.filled(), &mut this.out).map_err(invalid_data)?;
+            if let Err(err) = this.rewriter.feed(chunk.filled(), &mut this.out) {
+                // The rewriter's errors are sticky; say it once per connection.
+                if !this.reported {
+                    this.reported = true;
+                    tracing::warn!("closing a frontend connection: {err}");
+                }
+                return Poll::Ready(Err(invalid_data(err)));
+            }
         }
     }
 }
