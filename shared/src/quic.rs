@@ -124,8 +124,8 @@ async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8], what: &'static
 }
 
 /// Chunks gathered per [`read_coalesced`] call (each is one received STREAM
-/// frame, typically ~1.2 KB; so at most a few tens of KiB are joined).
-const COALESCE_CHUNKS: usize = 48;
+/// frame, typically ~1.2 KB, so some 20 KB are joined at most; the array lives in every idle connection's future, so it stays small).
+const COALESCE_CHUNKS: usize = 16;
 
 /// Waits for data and returns everything the stream has buffered (up to
 /// [`COALESCE_CHUNKS`] frames) as one buffer; `None` at the end of the
