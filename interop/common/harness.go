@@ -26,7 +26,15 @@ import (
 type Harness struct {
 	// Socket is the server's Unix socket, kube-apiserver's egress udsName.
 	Socket string
-	// ServerAdmin and AgentAdmin are the base URLs of the /metrics endpoints.
+	// TCPAddr is the server's TCP frontend ("127.0.0.1:port", mutual TLS),
+	// set when Options.TCPFrontend is.
+	TCPAddr string
+	// PKI is the directory `konnq-server certs` wrote: ca.crt,
+	// server.crt/key (also the TCP frontend's), agent.crt/key (a client
+	// certificate, usable as kube-apiserver's).
+	PKI string
+	// ServerAdmin and AgentAdmin are the base URLs of the /metrics endpoints
+	// (AgentAdmin is empty with Options.NoAgent).
 	ServerAdmin string
 	AgentAdmin  string
 	server      *process
@@ -39,15 +47,24 @@ type Options struct {
 	AgentDialTimeout time.Duration
 	// BackendDialTimeout is the server's --backend-dial-timeout.
 	BackendDialTimeout time.Duration
+	// Mode is the server's --mode ("grpc" when empty, or "http-connect");
+	// it applies to the Unix socket and to the TCP frontend.
+	Mode string
+	// TCPFrontend adds the TCP frontend: --server-port on 127.0.0.1 with
+	// --server-cert/--server-key (the PKI's server pair) and
+	// --server-ca-cert (the PKI's CA), so clients need a certificate of it.
+	TCPFrontend bool
+	// NoAgent starts no agent; Start returns once the server is healthy.
+	NoAgent bool
 }
 
 const readyBound = 20 * time.Second
 
 // Start runs `konnq-server certs`, then the server and the agent, and returns
-// once the server's /readyz says 200 (an agent is connected). Ports are
-// picked free and then handed over, so another process on the machine may
-// take one in between: if a process exits before readiness, Start retries
-// with new ports (at most 3 attempts).
+// once the server's /readyz says 200 (an agent is connected; with NoAgent,
+// once its /healthz does). Ports are picked free and then handed over, so
+// another process on the machine may take one in between: if a process exits
+// before readiness, Start retries with new ports (at most 3 attempts).
 func Start(t *testing.T, opts Options) *Harness {
 	t.Helper()
 	bin := binDir(t)
@@ -58,15 +75,16 @@ func Start(t *testing.T, opts Options) *Harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	certs := exec.Command(filepath.Join(bin, "konnq-server"), "certs", "--dir", filepath.Join(dir, "pki"))
-	if out, err := certs.CombinedOutput(); err != nil {
-		t.Fatalf("konnq-server certs: %v\n%s", err, out)
-	}
+	writeCerts(t, bin, filepath.Join(dir, "pki"))
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		h, err := launch(t, bin, dir, opts, attempt)
 		if err == nil {
-			t.Logf("server and agent ready in %v", time.Since(start).Round(time.Millisecond))
+			what := "server and agent"
+			if opts.NoAgent {
+				what = "server (no agent)"
+			}
+			t.Logf("%s ready in %v", what, time.Since(start).Round(time.Millisecond))
 			return h
 		}
 		if !errors.Is(err, errUnexpectedExit) || attempt == 3 {
@@ -80,7 +98,7 @@ func Start(t *testing.T, opts Options) *Harness {
 // for readiness.
 func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness, error) {
 	pki := func(name string) string { return filepath.Join(dir, "pki", name) }
-	h := &Harness{Socket: filepath.Join(dir, "konnq.sock")}
+	h := &Harness{Socket: filepath.Join(dir, "konnq.sock"), PKI: filepath.Join(dir, "pki")}
 	agentPort := freeUDPPort(t)
 	healthPort, adminPort := freeTCPPort(t), freeTCPPort(t)
 	serverArgs := []string{
@@ -99,12 +117,29 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 	if opts.BackendDialTimeout > 0 {
 		serverArgs = append(serverArgs, "--backend-dial-timeout", opts.BackendDialTimeout.String())
 	}
+	if opts.Mode != "" {
+		serverArgs = append(serverArgs, "--mode", opts.Mode)
+	}
+	if opts.TCPFrontend {
+		port := freeTCPPort(t)
+		h.TCPAddr = fmt.Sprintf("127.0.0.1:%d", port)
+		serverArgs = append(serverArgs,
+			"--server-port", strconv.Itoa(port),
+			"--server-bind-address", "127.0.0.1",
+			"--server-cert", pki("server.crt"),
+			"--server-key", pki("server.key"),
+			"--server-ca-cert", pki("ca.crt"),
+		)
+	}
 	h.server = startProcess(t, dir, filepath.Join(bin, "konnq-server"), serverArgs, attempt)
 	h.ServerAdmin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	// Start the agent once the server listens, so that its first connection
 	// attempt is not refused (it would retry only after --sync-interval).
 	if err := h.waitReady(fmt.Sprintf("http://127.0.0.1:%d/healthz", healthPort)); err != nil {
 		return nil, h.abandon(err)
+	}
+	if opts.NoAgent {
+		return h, nil
 	}
 
 	agentHealth, agentAdmin := freeTCPPort(t), freeTCPPort(t)
@@ -129,6 +164,21 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 		return nil, h.abandon(err)
 	}
 	return h, nil
+}
+
+// WriteCerts runs `konnq-server certs --dir dir`: a CA plus server and agent
+// pairs of their own (for a second, unrelated CA).
+func WriteCerts(t *testing.T, dir string) {
+	t.Helper()
+	writeCerts(t, binDir(t), dir)
+}
+
+func writeCerts(t *testing.T, bin, dir string) {
+	t.Helper()
+	certs := exec.Command(filepath.Join(bin, "konnq-server"), "certs", "--dir", dir)
+	if out, err := certs.CombinedOutput(); err != nil {
+		t.Fatalf("konnq-server certs: %v\n%s", err, out)
+	}
 }
 
 // abandon stops the processes of a failed attempt and adds their logs to err.

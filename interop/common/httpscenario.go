@@ -21,6 +21,17 @@ import (
 // DialContext opens a single-use tunnel per connection.
 func httpOverTunnel(t *testing.T) {
 	h := Start(t, Options{})
+	HTTPOverDialer(t, h, func(ctx context.Context, _, addr string) (net.Conn, error) {
+		return Dial(ctx, h.Socket, addr)
+	})
+}
+
+// HTTPOverDialer runs net/http over connections from dial, one proxied
+// connection per HTTP connection (http.Transport.DialContext = dial):
+// keep-alive, a 4 MiB POST echoed back, a streamed chunked response. Then it
+// waits for h's gauges to return to zero.
+func HTTPOverDialer(t *testing.T, h *Harness, dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +46,7 @@ func httpOverTunnel(t *testing.T) {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			dials.Add(1)
-			return Dial(ctx, h.Socket, addr)
+			return dial(ctx, network, addr)
 		},
 		MaxIdleConnsPerHost: 1,
 	}
@@ -50,7 +61,7 @@ func httpOverTunnel(t *testing.T) {
 		}
 	}
 	if d := dials.Load(); d != 1 {
-		t.Errorf("two sequential GETs used %d tunnel dials, want 1 (keep-alive over the tunnel conn)", d)
+		t.Errorf("two sequential GETs used %d proxied dials, want 1 (keep-alive over the proxied conn)", d)
 	}
 
 	// A 4 MiB upload echoed back, like an admission webhook's review.
@@ -78,7 +89,7 @@ func httpOverTunnel(t *testing.T) {
 	if body != want.String() {
 		t.Errorf("GET /stream = %q, want %q", body, want.String())
 	}
-	t.Logf("%d tunnel dials for 4 requests", dials.Load())
+	t.Logf("%d proxied dials for 4 requests", dials.Load())
 	tr.CloseIdleConnections()
 	h.WaitIdle(t, idleBound)
 }

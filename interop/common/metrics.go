@@ -63,10 +63,14 @@ var (
 	}
 )
 
-// Snapshot reads every gauge of both processes.
+// Snapshot reads every gauge of both processes (of the server alone without
+// an agent).
 func (h *Harness) Snapshot(ctx context.Context) (map[string]float64, error) {
 	out := map[string]float64{}
 	for base, names := range map[string][]string{h.ServerAdmin: ServerGauges, h.AgentAdmin: AgentGauges} {
+		if base == "" {
+			continue
+		}
 		text, err := Metrics(ctx, base)
 		if err != nil {
 			return nil, err
@@ -109,7 +113,11 @@ func (h *Harness) WaitGauges(t *testing.T, want map[string]float64, bound time.D
 func (h *Harness) WaitIdle(t *testing.T, bound time.Duration) time.Duration {
 	t.Helper()
 	want := map[string]float64{}
-	for _, n := range append(append([]string{}, ServerGauges...), AgentGauges...) {
+	names := ServerGauges
+	if h.AgentAdmin != "" {
+		names = append(append([]string{}, ServerGauges...), AgentGauges...)
+	}
+	for _, n := range names {
 		want[n] = 0
 	}
 	return h.WaitGauges(t, want, bound)

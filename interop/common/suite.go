@@ -40,6 +40,7 @@ func Run(t *testing.T, want Expect) {
 	t.Run("TargetClosesFirst", targetClosesFirst)
 	t.Run("ServerFirstPacketOrder", serverFirstPacketOrder)
 	t.Run("CloseHandshakeOnTheWire", clientCloseHandshake)
+	t.Run("GRPCMutualTLS", grpcMutualTLS)
 }
 
 func selectedVersions(t *testing.T, want Expect) {

@@ -183,7 +183,13 @@ async fn serve_frontend<I, IO, E>(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
     I: futures::Stream<Item = Result<IO, E>> + Send + 'static,
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + frontend::connect::ReadProbe
+        + Unpin
+        + Send
+        + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display + Send + 'static,
 {

@@ -242,3 +242,37 @@ async fn grpc_over_tcp_requires_a_client_certificate_from_the_server_ca() {
     let mut s = Stream::dial(&mut client, &echo).await;
     assert_eq!(echo_through(&mut s, b"still").await, b"still");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connect_never_lets_target_bytes_share_a_read_with_the_response_head() {
+    // kube-apiserver reads the response through a buffered reader and
+    // refuses the connection if anything is buffered behind the headers. A
+    // server-first target (a greeting) must not land in that read, even when
+    // the client reads late.
+    let lab = connect_lab().await;
+    let _agent = lab.ready_agent().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut t, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = t.write_all(b"220 greeting\r\n").await;
+                let mut sink = Vec::new();
+                let _ = t.read_to_end(&mut sink).await;
+            });
+        }
+    });
+    for _ in 0..20 {
+        let mut s = UnixStream::connect(&lab.socket).await.unwrap();
+        s.write_all(format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+        // Read late, in one large read, as a buffered reader would.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(first.ends_with("\r\n\r\n"), "target bytes arrived in the same read as the head: {first:?}");
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"220 greeting\r\n");
+    }
+}

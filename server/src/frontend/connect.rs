@@ -85,11 +85,56 @@ fn dial_error_status(e: &DialError) -> &'static str {
     }
 }
 
+/// Lets the frontend tell whether the client has read what was written to
+/// it. kube-apiserver's dialer reads the CONNECT response through a
+/// buffered reader and refuses the connection if any byte is buffered behind
+/// the headers; on a Unix socket the 200 and a target's first bytes (a
+/// server-first protocol) would otherwise arrive in one read.
+pub trait ReadProbe {
+    /// A descriptor whose `SIOCOUTQ` counts bytes the peer has not read yet.
+    fn unread_fd(&self) -> Option<std::os::fd::RawFd>;
+}
+
+impl ReadProbe for tokio::net::UnixStream {
+    fn unread_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
+}
+
+/// TLS: each write is its own record, and Go's TLS client returns one record
+/// per read, so the response head is never read together with target bytes.
+impl ReadProbe for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn unread_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+}
+
+/// Bytes written on a Unix stream socket that its peer has not read yet.
+fn unread_bytes(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int; `fd` belongs to a
+    // socket owned by the connection that is alive for this call.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then_some(n.max(0) as usize)
+}
+
+/// How long the first target bytes wait for the client to read the 200.
+const HEAD_READ_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits (bounded) until the client has read everything written so far.
+async fn wait_head_read(fd: Option<std::os::fd::RawFd>) {
+    let Some(fd) = fd else { return };
+    let deadline = tokio::time::Instant::now() + HEAD_READ_WAIT;
+    while unread_bytes(fd).is_some_and(|n| n > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Accepts connections until `stop` resolves; each is served on its own task.
 pub async fn serve_all<I, IO, E>(incoming: I, ctx: SessionCtx, stop: impl std::future::Future<Output = ()>)
 where
     I: futures::Stream<Item = Result<IO, E>>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + ReadProbe + Unpin + Send + 'static,
     E: std::fmt::Display,
 {
     use futures::StreamExt;
@@ -115,7 +160,7 @@ where
 /// Serves one client connection to its end.
 pub async fn serve<S>(mut io: S, ctx: SessionCtx)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + ReadProbe + Unpin + Send,
 {
     let _stream_gauge = GaugeGuard::inc(&ctx.metrics.frontend_streams);
     let mut buf = BytesMut::with_capacity(1024);
@@ -208,9 +253,11 @@ async fn watch_client<S: AsyncRead + Unpin>(io: &mut S, early: &mut BytesMut) {
 /// gRPC protocol: the client's EOF closes the connection.
 async fn splice<S>(io: S, early: Bytes, dialed: Dialed, metrics: &Metrics)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + ReadProbe + Unpin + Send,
 {
     let _established = GaugeGuard::inc(&metrics.established);
+    // The halves below keep the socket open for as long as `down` uses this.
+    let probe = io.unread_fd();
     let Dialed { connect_id, mut send, mut recv, .. } = dialed;
     let (mut rd, mut wr) = tokio::io::split(io);
     let up = async move {
@@ -236,9 +283,13 @@ where
         }
     };
     let down = async move {
+        let mut first = true;
         loop {
             match read_coalesced(&mut recv).await {
                 Ok(Some(bytes)) => {
+                    if std::mem::take(&mut first) {
+                        wait_head_read(probe).await;
+                    }
                     let n = bytes.len();
                     if wr.write_all(&bytes).await.is_err() {
                         let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
