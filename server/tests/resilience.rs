@@ -136,6 +136,15 @@ async fn agent_lost_mid_transfer_closes_every_client_and_a_new_agent_is_used() {
         assert!(!err.is_empty(), "CLOSE_RSP says why");
         assert!(after < idle + Duration::from_secs(2), "CLOSE_RSP came {after:?} after the agent vanished");
     }
+    let (answer, after) = within(Duration::from_secs(10), pending_answer).await.unwrap();
+    match answer {
+        Event::DialRsp { random: 77, connect_id: 0, error } => assert!(!error.is_empty()),
+        other => panic!("pending dial got {other:?}"),
+    }
+    assert!(after < idle + Duration::from_secs(2), "pending dial answered {after:?} after the agent vanished");
+    // The agent, on its side, notices the dead path too.
+    within(Duration::from_secs(5), agent.wait_connected(false)).await;
+    assert_eq!(http_status(agent.health_addr, "/readyz").await, 503, "agent not ready without a server");
     eventually("server reports no agent", Duration::from_secs(5), || *lab.server.backend.ready_agents().borrow() == 0)
         .await;
     assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 503);
