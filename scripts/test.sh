@@ -16,7 +16,8 @@ cargo test --workspace --all-targets
 
 if [ -x interop/run.sh ]; then
     echo "== interop (real konnectivity-client)"
-    # The binaries cargo test just built (optimised enough for these tests);
-    # saves a second, release build of the whole tree.
+    # Debug binaries (dependencies optimised) reuse what cargo test just
+    # compiled; a release build of the whole tree would double CI time.
+    cargo build -p konnq-server -p konnq-agent --bins
     KONNQ_BIN_DIR="$PWD/target/debug" interop/run.sh
 fi
