@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // DATA payloads as `bytes::Bytes`: handed to QUIC without a copy.
         .bytes(".Data.data")
+        // Small per-stream buffers: see src/codec.rs.
+        .codec_path("crate::codec::LeanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

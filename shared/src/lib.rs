@@ -12,3 +12,4 @@ pub mod quic;
 pub mod signal;
 pub mod tls;
 pub mod wire;
+pub mod codec;
