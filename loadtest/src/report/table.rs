@@ -1,0 +1,316 @@
+//! The plain-text summary printed at the end of a run.
+
+use std::fmt::Write;
+
+use super::model::{Report, Verdict};
+use crate::stats::ratio;
+
+/// Lays out rows under headers, columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, c) in cells.enumerate() {
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count());
+            let _ = write!(s, "{c}{}  ", " ".repeat(pad));
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out += &line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// Header of the CPU columns.
+const CPU: &str = "CPU cores runner/target/server/agent";
+
+fn f(v: f64, digits: usize) -> String {
+    format!("{v:.digits$}")
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| f(v, digits))
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"))
+}
+
+/// "runner/target/server/agent" cores.
+fn cores(c: &crate::report::CpuSplit) -> String {
+    format!("{:.2}/{:.2}/{}/{}", c.runner, c.target, opt(c.server, 2), opt(c.agent, 2))
+}
+
+fn kib(bytes: f64) -> String {
+    format!("{:.1}", bytes / 1024.0)
+}
+
+/// The whole summary.
+pub fn render(r: &Report) -> String {
+    let m = &r.meta;
+    let mut out = format!(
+        "konnq-loadtest {} {} | {} CPUs ({}) | kernel {} | load {} → {} | frontend {}{}\n",
+        m.revision,
+        m.date_utc,
+        m.machine.nproc,
+        m.machine.cpu_model,
+        m.machine.kernel,
+        m.loadavg_start,
+        m.loadavg_end,
+        m.frontend,
+        if m.smoke { " | SMOKE (tiny sizes, figures meaningless)" } else { "" }
+    );
+    for p in &r.peers {
+        let state = if p.available { "" } else { "UNAVAILABLE: " };
+        let _ = writeln!(out, "  {:<9} {state}{}", p.name, p.detail);
+    }
+    for section in [throughput(r), latency(r), dial(r), scale(r), soak(r), targets(r), errors(r)] {
+        if !section.is_empty() {
+            out += "\n";
+            out += &section;
+        }
+    }
+    out
+}
+
+fn gbps(r: &Report, peer: &str, mode: &str, conns: usize) -> Option<f64> {
+    r.throughput.iter().find(|t| t.peer == peer && t.mode == mode && t.conns == conns).map(|t| t.gbit_per_s)
+}
+
+fn throughput(r: &Report) -> String {
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for t in &r.throughput {
+        if !keys.contains(&(t.mode.clone(), t.conns)) {
+            keys.push((t.mode.clone(), t.conns));
+        }
+    }
+    if keys.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|(mode, conns)| {
+            let cell = |peer: &str| {
+                r.throughput.iter().find(|t| t.peer == peer && &t.mode == mode && t.conns == *conns).map_or_else(
+                    || "-".to_owned(),
+                    |t| match t.cpu_secs_per_gb {
+                        Some(c) => format!("{:.2} ({c:.2} s/GB)", t.gbit_per_s),
+                        None => f(t.gbit_per_s, 2),
+                    },
+                )
+            };
+            let k = gbps(r, "konnq", mode, *conns).unwrap_or(0.0);
+            vec![
+                mode.clone(),
+                conns.to_string(),
+                cell("konnq"),
+                cell("upstream"),
+                cell("direct"),
+                times(ratio(k, gbps(r, "upstream", mode, *conns))),
+            ]
+        })
+        .collect();
+    let cpu_rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|(mode, conns)| {
+            let cell = |peer: &str| {
+                r.throughput
+                    .iter()
+                    .find(|t| t.peer == peer && &t.mode == mode && t.conns == *conns)
+                    .map_or_else(|| "-".to_owned(), |t| cores(&t.cpu))
+            };
+            vec![mode.clone(), conns.to_string(), cell("konnq"), cell("upstream"), cell("direct")]
+        })
+        .collect();
+    "THROUGHPUT  Gbit/s (server + agent CPU seconds per GB moved)\n".to_owned()
+        + &table(&["mode", "conns", "konnq", "upstream", "direct", "konnq/upstream"], &rows)
+        + &format!("\nTHROUGHPUT {CPU}\n")
+        + &table(&["mode", "conns", "konnq", "upstream", "direct"], &cpu_rows)
+}
+
+fn latency(r: &Report) -> String {
+    let Some(first) = r.latency.first() else { return String::new() };
+    let rows: Vec<Vec<String>> = r
+        .latency
+        .iter()
+        .map(|l| {
+            let s = &l.latency;
+            vec![
+                l.peer.clone(),
+                f(s.p50_us, 0),
+                f(s.p90_us, 0),
+                f(s.p99_us, 0),
+                f(s.p999_us, 0),
+                f(s.max_us, 0),
+                f(l.achieved_rate, 0),
+                l.errors.to_string(),
+                f(l.schedule_lag.p99_us, 0),
+                cores(&l.cpu),
+            ]
+        })
+        .collect();
+    format!(
+        "LATENCY  {} B request/response at {} req/s on {} conns, open loop, µs (coordinated omission corrected)\n",
+        first.request_bytes, first.rate, first.conns
+    ) + &table(&["peer", "p50", "p90", "p99", "p99.9", "max", "req/s", "errors", "send lag p99", CPU], &rows)
+}
+
+fn dial(r: &Report) -> String {
+    let Some(first) = r.dial.first() else { return String::new() };
+    let rows: Vec<Vec<String>> = r
+        .dial
+        .iter()
+        .map(|d| {
+            vec![
+                d.peer.clone(),
+                f(d.dials_per_s, 0),
+                f(d.dial.p50_us, 0),
+                f(d.dial.p90_us, 0),
+                f(d.dial.p99_us, 0),
+                f(d.dial.p999_us, 0),
+                f(d.connect.p99_us, 0),
+                f(d.total.p99_us, 0),
+                d.errors.to_string(),
+                cores(&d.cpu),
+            ]
+        })
+        .collect();
+    format!("DIAL  concurrency {}, one small exchange per connection; DIAL_REQ→DIAL_RSP µs\n", first.concurrency)
+        + &table(
+            &["peer", "dials/s", "p50", "p90", "p99", "p99.9", "connect p99", "whole conn p99", "errors", CPU],
+            &rows,
+        )
+}
+
+fn scale(r: &Report) -> String {
+    if r.scale.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = r
+        .scale
+        .iter()
+        .map(|s| {
+            vec![
+                s.peer.clone(),
+                format!("{}/{}", s.reached, s.target_conns),
+                f(s.ramp_secs, 1),
+                kib(s.server_rss_per_conn),
+                kib(s.agent_rss_per_conn),
+                kib(s.rss_bytes_per_conn),
+                f(s.fds_per_conn, 2),
+                s.errors.to_string(),
+            ]
+        })
+        .collect();
+    "SCALE  idle proxied connections; RSS growth per connection, KiB\n".to_owned()
+        + &table(&["peer", "reached", "ramp s", "server", "agent", "total", "fds/conn", "errors"], &rows)
+}
+
+fn soak(r: &Report) -> String {
+    if r.soak.is_empty() {
+        return String::new();
+    }
+    let g = |v: &Option<crate::stats::Growth>, scale: f64| {
+        v.as_ref().map_or_else(
+            || "-".to_owned(),
+            |g| format!("{:.1} → {:.1} ({:+.1}%)", g.first / scale, g.last / scale, g.growth_pct),
+        )
+    };
+    let rows: Vec<Vec<String>> = r
+        .soak
+        .iter()
+        .map(|s| {
+            vec![
+                s.peer.clone(),
+                f(s.secs, 0),
+                s.dials.to_string(),
+                (s.dial_errors + s.request_errors).to_string(),
+                f(s.dial.p99_us, 0),
+                g(&s.growth.total_rss, 1024.0 * 1024.0),
+                g(&s.growth.total_fds, 1.0),
+            ]
+        })
+        .collect();
+    "SOAK  steady mixed load; server + agent, first vs last window after warm-up\n".to_owned()
+        + &table(&["peer", "secs", "dials", "errors", "dial p99 µs", "RSS MiB", "fds"], &rows)
+}
+
+fn targets(r: &Report) -> String {
+    if r.targets.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = r
+        .targets
+        .iter()
+        .map(|t| {
+            let verdict = match t.verdict {
+                Verdict::Met => "MET",
+                Verdict::Missed => "MISSED",
+                Verdict::NotMeasured => "not measured",
+            };
+            vec![
+                t.target.clone(),
+                t.konnq.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} {}", t.unit)),
+                opt(t.upstream, 2),
+                verdict.to_owned(),
+                t.note.clone(),
+            ]
+        })
+        .collect();
+    "TARGETS (konnq)\n".to_owned() + &table(&["target", "konnq", "upstream", "verdict", "note"], &rows)
+}
+
+fn errors(r: &Report) -> String {
+    if r.errors.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> =
+        r.errors.iter().map(|e| vec![e.scenario.clone(), e.peer.clone(), e.error.clone()]).collect();
+    "ERRORS\n".to_owned() + &table(&["scenario", "peer", "error"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::testdata::sample_report;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["a", "bbb"], &[vec!["long".into(), "x".into()], vec!["y".into(), "z".into()]]);
+        assert_eq!(t, "a     bbb\nlong  x\ny     z\n");
+    }
+
+    #[test]
+    fn renders_every_section() {
+        let mut r = sample_report();
+        r.targets = crate::report::targets::evaluate(&r);
+        r.errors.push(crate::report::model::ScenarioError {
+            scenario: "dial".into(),
+            peer: "upstream".into(),
+            error: "boom".into(),
+        });
+        let text = render(&r);
+        for section in ["THROUGHPUT", "LATENCY", "DIAL", "SCALE", "SOAK", "TARGETS", "ERRORS", "boom"] {
+            assert!(text.contains(section), "missing {section} in\n{text}");
+        }
+        // One-way, 1 connection: konnq 3.00 vs upstream 1.00.
+        let row = text.lines().find(|l| l.starts_with("oneway  1 ")).expect("oneway row");
+        assert!(row.contains("3.00x"), "{row}");
+        assert!(text.contains("MISSED") && text.contains("MET"));
+    }
+
+    #[test]
+    fn empty_report_renders_header_only() {
+        let text = render(&Report::default());
+        assert_eq!(text.lines().count(), 1);
+    }
+}
