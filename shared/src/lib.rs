@@ -1,8 +1,24 @@
+//! konnq's common crate, shared by konnq-server, konnq-agent and the tools.
+//!
+//! - [`proto`]: the Konnectivity protocol as kube-apiserver speaks it
+//!   (`ProxyService.Proxy`, `Packet`), compiled from `proto/konnectivity.proto`;
+//!   [`konnectivity`] classifies client packets and builds answers; [`codec`]
+//!   is the gRPC codec with small per-stream buffers.
+//! - [`wire`]: konnq's own server↔agent frames (dial header, dial result,
+//!   control messages), sans-IO; [`quic`] the QUIC transport settings and
+//!   stream helpers; [`tls`] rustls configurations (ring only); [`certs`]
+//!   development certificates.
+//! - [`h2authority`]: the HTTP/2 shim that makes the Unix-socket `:authority`
+//!   real clients send acceptable to h2.
+//! - [`config`]: validated TOML/flag configuration of both binaries.
+//! - [`client`]: a Konnectivity client over a Unix socket (demo, load tests).
+
 pub mod proto {
     tonic::include_proto!("_");
 }
 pub mod certs;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod gauge;
 pub mod h2authority;
@@ -12,4 +28,3 @@ pub mod quic;
 pub mod signal;
 pub mod tls;
 pub mod wire;
-pub mod codec;
