@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# netlab's tests build network namespaces with iproute2 (they need root).
+if ! command -v ip >/dev/null 2>&1; then
+    echo "== installing iproute2 (needed by netlab's tests)"
+    apt-get update -qq && apt-get install -y -qq iproute2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
