@@ -9,10 +9,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
-use konnq_shared::config::{
-    describe_for_cli, normalize_go_flags, parse_duration, parse_go_bool, AgentConfig, ConfigError, RawAgentConfig,
-};
+use clap::Parser;
+use konnq_shared::config::{describe_for_cli, parse_duration, parse_go_bool, AgentConfig, ConfigError, RawAgentConfig};
 
 /// konnq-agent: connects to konnq servers over QUIC and dials cluster targets.
 #[derive(Debug, Parser)]
@@ -95,9 +93,7 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
-        let command = Cli::command();
-        let longs: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
-        Cli::try_parse_from(normalize_go_flags(args, &longs))
+        konnq_shared::config::try_parse_go_style(args)
     }
 
     /// Loads `--config` if given, overlays the flags and validates. The error

@@ -9,10 +9,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use konnq_shared::config::{
-    describe_for_cli, normalize_go_flags, parse_duration, parse_go_bool, ConfigError, FrontendMode, RawServerConfig,
-    ServerConfig,
+    describe_for_cli, parse_duration, parse_go_bool, ConfigError, FrontendMode, RawServerConfig, ServerConfig,
 };
 
 /// konnq-server: Konnectivity proxy server with QUIC agents.
@@ -146,9 +145,7 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
-        let command = Cli::command();
-        let longs: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
-        Cli::try_parse_from(normalize_go_flags(args, &longs))
+        konnq_shared::config::try_parse_go_style(args)
     }
 
     /// Loads `--config` if given, overlays the flags and validates. The error

@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 pub use agent::{AgentConfig, RawAgentConfig};
 pub use duration::{format_duration, parse_duration};
-pub use goflags::normalize_go_flags;
+pub use goflags::{normalize_go_flags, try_parse_go_style};
 pub use identifiers::AgentIdentifiers;
 pub use server::{FrontendMode, RawServerConfig, ServerConfig};
 

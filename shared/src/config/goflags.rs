@@ -35,6 +35,19 @@ where
     out
 }
 
+/// Parses `args` (first = program name) with clap, after rewriting Go-style
+/// single-dash spellings of the parser's long flags.
+pub fn try_parse_go_style<P, I, T>(args: I) -> Result<P, clap::Error>
+where
+    P: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let command = P::command();
+    let longs: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
+    P::try_parse_from(normalize_go_flags(args, &longs))
+}
+
 fn rewrite(arg: OsString, long_names: &[&str]) -> OsString {
     let Some(text) = arg.to_str() else { return arg };
     let Some(rest) = text.strip_prefix('-') else {
