@@ -276,3 +276,66 @@ async fn http_connect_never_lets_target_bytes_share_a_read_with_the_response_hea
         assert_eq!(&buf[..n], b"220 greeting\r\n");
     }
 }
+
+/// A target that sends `payload` as soon as it is connected and then keeps
+/// the connection open (like an HTTP server answering on a keep-alive
+/// connection) until the client goes away.
+async fn sending_target(payload: Arc<Vec<u8>>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                if s.write_all(&payload).await.is_ok() {
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client that reads late fills the TLS connection's socket buffer; every
+/// byte the target sent must still arrive while the connection stays open
+/// (nothing may stay behind in the TLS layer's buffer waiting for a flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connect_over_tls_delivers_the_tail_to_a_late_reader() {
+    let lab = tls_lab(FrontendMode::HttpConnect).await;
+    let _agent = lab.ready_agent().await;
+    let cert = Some((lab.certs.agent_cert.as_path(), lab.certs.agent_key.as_path()));
+    for round in 0..4 {
+        let payload = Arc::new(random_bytes(1 << 20));
+        let target = sending_target(payload.clone()).await.to_string();
+        // A small receive buffer keeps the server's socket full most of the time.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock.connect(lab.server.tcp_addr.unwrap()).await.unwrap();
+        let name = konnq_shared::tls::server_name("localhost").unwrap();
+        let mut s = client_tls(&lab.certs, cert, b"http/1.1").connect(name, tcp).await.unwrap();
+        assert!(connect(&mut s, &target).await.starts_with("HTTP/1.1 200"));
+        // Let the server's writes hit a full socket buffer before reading.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Then read slowly, so the server keeps meeting a full socket.
+        let read_slowly = async {
+            let mut got = Vec::with_capacity(payload.len());
+            let mut buf = vec![0u8; 4096];
+            while got.len() < payload.len() {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                got.extend_from_slice(&buf[..n]);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok::<_, std::io::Error>(got)
+        };
+        let got = match tokio::time::timeout(Duration::from_secs(30), read_slowly).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => panic!("round {round}: reading the target's bytes: {e}"),
+            Err(_) => panic!("round {round}: the target's last bytes never arrived"),
+        };
+        assert!(got == *payload, "round {round}: bytes differ");
+    }
+}

@@ -172,7 +172,7 @@ where
             warn!("refusing HTTP-CONNECT request: {e}");
             let status =
                 if e == HeadError::TooLarge { "431 Request Header Fields Too Large" } else { "400 Bad Request" };
-            let _ = io.write_all(&response(status, &format!("{e}\n"))).await;
+            answer_and_close(&mut io, &response(status, &format!("{e}\n"))).await;
             return;
         }
         Err(_) => {
@@ -185,7 +185,7 @@ where
         Head::NotConnect { method } => {
             ctx.metrics.frontend_error("not_connect");
             warn!(%method, "refusing a non-CONNECT request");
-            let _ = io.write_all(&response("405 Method Not Allowed", "only CONNECT is served\n")).await;
+            answer_and_close(&mut io, &response("405 Method Not Allowed", "only CONNECT is served\n")).await;
             return;
         }
     };
@@ -193,7 +193,7 @@ where
     let req = DialReq { protocol: "tcp".into(), address: target, random: 0 };
     if let Err(reason) = check_dial(&req) {
         ctx.metrics.frontend_error("bad_dial_request");
-        let _ = io.write_all(&response("400 Bad Request", &format!("{reason}\n"))).await;
+        answer_and_close(&mut io, &response("400 Bad Request", &format!("{reason}\n"))).await;
         return;
     }
     let dial = ctx.backend.dial_timed("tcp", &req.address);
@@ -207,7 +207,7 @@ where
     };
     match dialed {
         Ok(dialed) => {
-            if io.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+            if write_flushed(&mut io, b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
                 return;
             }
             debug!(connect_id = dialed.connect_id, address = %req.address, "CONNECT established");
@@ -215,9 +215,28 @@ where
         }
         Err(e) => {
             info!(address = %req.address, "CONNECT dial failed: {e}");
-            let _ = io.write_all(&response(dial_error_status(&e), &format!("{e}\n"))).await;
+            answer_and_close(&mut io, &response(dial_error_status(&e), &format!("{e}\n"))).await;
         }
     }
+}
+
+/// Writes `bytes` and flushes them. A TLS stream can accept bytes into its
+/// record buffer without writing them to a full socket; without the flush
+/// they would wait there for a later write that may never come.
+async fn write_flushed<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+/// Sends a final response and closes the connection (for TLS, with
+/// close_notify after the response is out), bounded in time so a client
+/// that does not read cannot hold the task.
+async fn answer_and_close<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) {
+    let _ = tokio::time::timeout(HEAD_TIMEOUT, async {
+        write_flushed(w, bytes).await?;
+        w.shutdown().await
+    })
+    .await;
 }
 
 async fn read_head<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
@@ -291,7 +310,7 @@ where
                         wait_head_read(probe).await;
                     }
                     let n = bytes.len();
-                    if wr.write_all(&bytes).await.is_err() {
+                    if write_flushed(&mut wr, &bytes).await.is_err() {
                         let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
                         return;
                     }
