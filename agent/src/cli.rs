@@ -13,6 +13,10 @@ use clap::Parser;
 use konnq_shared::config::{describe_for_cli, parse_duration, parse_go_bool, AgentConfig, ConfigError, RawAgentConfig};
 
 /// konnq-agent: connects to konnq servers over QUIC and dials cluster targets.
+///
+/// Signals: SIGTERM or SIGINT stops the agent. SIGUSR1 moves its QUIC
+/// connections to a new local UDP port (e.g. after the node's address or NAT
+/// mapping changed); proxied connections survive.
 #[derive(Debug, Parser)]
 #[command(name = "konnq-agent", version)]
 pub struct Cli {
@@ -219,6 +223,14 @@ mod tests {
         std::fs::write(&file, "[quic]\nidle-timeout = \"1s\"\n").unwrap();
         let text = config(&["--config", file.to_str().unwrap()]).unwrap_err().to_string();
         assert!(text.contains(&format!("quic.idle-timeout (in {})", file.display())), "{text}");
+    }
+
+    #[test]
+    fn long_help_documents_the_signals() {
+        let long = parse(&["--help"]).unwrap_err().to_string();
+        assert!(long.contains("SIGUSR1 moves its QUIC connections to a new local UDP port"), "{long}");
+        let short = parse(&["-h"]).unwrap_err().to_string();
+        assert!(!short.contains("SIGUSR1"), "-h stays short: {short}");
     }
 
     #[test]

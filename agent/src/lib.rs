@@ -6,6 +6,11 @@
 //!   ends; reconnect forever with jittered exponential backoff.
 //! - [`dial`]: one dial stream (header, TCP dial, answer, byte copy).
 //! - [`admin`]: `/healthz`, `/readyz` (connected to a server), `/metrics`.
+//!
+//! One QUIC endpoint (one UDP socket) carries the agent's server connection.
+//! [`AgentHandle::rebind`] (SIGUSR1 in the binary) moves it to a new local
+//! socket; QUIC connection migration keeps every proxied connection alive
+//! when the node's address or NAT mapping changed.
 
 pub mod admin;
 pub mod cli;
@@ -31,6 +36,10 @@ pub enum AgentError {
     Quic(#[from] konnq_shared::quic::QuicSetupError),
     #[error("{key} {addr}: {source}")]
     Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("moving the QUIC endpoint to a new local UDP socket: {0}")]
+    Rebind(#[from] session::RebindError),
+    #[error("listening for SIGUSR1: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 /// The agent's bound sockets (health and admin HTTP).
@@ -60,6 +69,7 @@ pub struct AgentHandle {
     connected: watch::Receiver<bool>,
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
+    udp_buffer_bytes: usize,
 }
 
 impl AgentHandle {
@@ -71,6 +81,23 @@ impl AgentHandle {
 
     pub fn is_connected(&self) -> bool {
         *self.connected.borrow()
+    }
+
+    /// The local address of the QUIC endpoint's UDP socket.
+    pub fn quic_local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Moves the QUIC endpoint, with every server connection and proxied
+    /// connection on it, to a new UDP socket: same local IP, new ephemeral
+    /// port, same buffer sizes. Use it after the node's address or NAT
+    /// mapping changed. Returns the new local address; on error the old
+    /// socket stays in use.
+    pub fn rebind(&self) -> Result<SocketAddr, AgentError> {
+        let (old, new) = session::rebind(&self.endpoint, self.udp_buffer_bytes)?;
+        self.metrics.socket_rebinds.inc();
+        info!(%old, %new, "moved QUIC endpoint to a new local socket");
+        Ok(new)
     }
 
     /// Stops the agent: closes the QUIC connection (the server answers every
@@ -88,6 +115,7 @@ impl AgentHandle {
 pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle, AgentError> {
     let metrics = Metrics::new();
     let endpoint = session::endpoint(&cfg)?;
+    let udp_buffer_bytes = cfg.quic.udp_buffer_bytes;
     let (connected_tx, connected) = watch::channel(false);
     let health_addr = listeners.health.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
     let admin_addr = listeners.admin.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
@@ -107,17 +135,31 @@ pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle
         }
     });
     info!(%health_addr, %admin_addr, "konnq-agent started");
-    Ok(AgentHandle { metrics, health_addr, admin_addr, connected, tasks, endpoint })
+    Ok(AgentHandle { metrics, health_addr, admin_addr, connected, tasks, endpoint, udp_buffer_bytes })
 }
 
-/// Runs until `signal` resolves.
+/// Runs until `shutdown` resolves; each SIGUSR1 meanwhile moves the QUIC
+/// connections to a new local UDP socket ([`AgentHandle::rebind`]).
 pub async fn run(
     cfg: AgentConfig,
     listeners: Listeners,
-    signal: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(AgentError::Signal)?;
     let handle = start(cfg, listeners).await?;
-    signal.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = usr1.recv() => {
+                info!("SIGUSR1: moving the QUIC connections to a new local UDP socket");
+                if let Err(e) = handle.rebind() {
+                    error!("SIGUSR1: {e}; still on the old socket");
+                }
+            }
+        }
+    }
     handle.shutdown().await;
     Ok(())
 }

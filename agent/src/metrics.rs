@@ -1,5 +1,6 @@
 //! Prometheus metrics of the agent, under upstream's names
-//! (`konnectivity_network_proxy_agent_*`).
+//! (`konnectivity_network_proxy_agent_*`), plus konnq's own under
+//! `konnq_agent_*` (QUIC-only events upstream has no name for).
 
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct Metrics {
     stream_errors: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
     pub server_connection_failures: Counter,
+    /// Moves of the QUIC endpoint to a new local UDP socket.
+    pub socket_rebinds: Counter,
 }
 
 impl Default for Metrics {
@@ -36,7 +39,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("konnectivity_network_proxy_agent");
+        let mut root = Registry::default();
         let m = Metrics {
             registry: Arc::new(Registry::default()),
             server_connections: Gauge::default(),
@@ -47,7 +50,9 @@ impl Metrics {
             stream_errors: Family::default(),
             bytes: Family::default(),
             server_connection_failures: Counter::default(),
+            socket_rebinds: Counter::default(),
         };
+        let registry = root.sub_registry_with_prefix("konnectivity_network_proxy_agent");
         registry.register("server_connections", "Connections to konnq servers", m.server_connections.clone());
         registry.register(
             "open_endpoint_connections",
@@ -64,7 +69,12 @@ impl Metrics {
             "Failed attempts to connect to a server",
             m.server_connection_failures.clone(),
         );
-        Metrics { registry: Arc::new(registry), ..m }
+        root.sub_registry_with_prefix("konnq_agent").register(
+            "socket_rebinds",
+            "Moves of the QUIC endpoint to a new local UDP socket (SIGUSR1)",
+            m.socket_rebinds.clone(),
+        );
+        Metrics { registry: Arc::new(root), ..m }
     }
 
     pub fn dial_failed(&self, reason: &'static str) {
@@ -95,5 +105,22 @@ impl Metrics {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_names_and_konnq_names() {
+        let m = Metrics::new();
+        m.server_connection_failures.inc();
+        m.socket_rebinds.inc();
+        m.socket_rebinds.inc();
+        let text = m.render();
+        assert!(text.contains("\nkonnectivity_network_proxy_agent_server_connection_failure_total 1\n"), "{text}");
+        assert!(text.contains("\nkonnq_agent_socket_rebinds_total 2\n"), "{text}");
+        assert!(!text.contains("konnectivity_network_proxy_agent_konnq"), "{text}");
     }
 }

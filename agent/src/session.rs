@@ -2,6 +2,7 @@
 //! stream, serve dial streams until the connection ends, reconnect forever
 //! with jittered exponential backoff.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,17 +22,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// Builds the client QUIC endpoint (TLS 1.3 trusting `ca-cert`, presenting
-/// `agent-cert`/`agent-key` when given).
+/// `agent-cert`/`agent-key` when given) on a dual-stack UDP socket, or an
+/// IPv4 one on hosts without IPv6. Every server connection shares it.
 pub fn endpoint(cfg: &AgentConfig) -> Result<quinn::Endpoint, AgentError> {
     let client_cert = cfg.agent_tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let tls = konnq_shared::tls::client_config(&cfg.ca_cert, client_cert, &[konnq_shared::tls::ALPN_KONNQ])?;
     let mut client = quinn::ClientConfig::new(quic::client_crypto(tls)?);
     client.transport_config(Arc::new(quic::transport_config(&cfg.quic, true)?));
-    let bind: std::net::SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
-    let (socket, _, _) = match quic::udp_socket(bind, cfg.quic.udp_buffer_bytes) {
+    let buffer = cfg.quic.udp_buffer_bytes;
+    let socket = match udp_socket(Ipv6Addr::UNSPECIFIED.into(), buffer) {
         Ok(s) => s,
         // Hosts without IPv6.
-        Err(_) => quic::udp_socket((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), cfg.quic.udp_buffer_bytes)?,
+        Err(_) => udp_socket(Ipv4Addr::UNSPECIFIED.into(), buffer)?,
     };
     let runtime = quinn::default_runtime()
         .ok_or_else(|| quic::QuicSetupError::Socket(std::io::Error::other("no async runtime")))?;
@@ -39,6 +41,34 @@ pub fn endpoint(cfg: &AgentConfig) -> Result<quinn::Endpoint, AgentError> {
         .map_err(quic::QuicSetupError::Socket)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// The agent's UDP socket: `ip`, a new ephemeral port, the configured buffers.
+fn udp_socket(ip: IpAddr, buffer: usize) -> Result<std::net::UdpSocket, quic::QuicSetupError> {
+    quic::udp_socket(SocketAddr::new(ip, 0), buffer).map(|(socket, _, _)| socket)
+}
+
+/// Why the endpoint could not move to a new UDP socket (it keeps the old one).
+#[derive(Debug, thiserror::Error)]
+pub enum RebindError {
+    #[error("reading the local address of the {which} socket: {source}")]
+    LocalAddr { which: &'static str, source: std::io::Error },
+    #[error("creating a UDP socket on {ip}: {source}")]
+    Socket { ip: IpAddr, source: quic::QuicSetupError },
+    #[error("switching to {new}: {source}")]
+    Switch { new: SocketAddr, source: std::io::Error },
+}
+
+/// Moves `endpoint`, and with it every connection on it, to a new UDP socket
+/// made like the first one: same local IP (unspecified stays unspecified),
+/// new ephemeral port, same buffer sizes. The server sees the new address,
+/// validates the path and carries on: no stream is lost. Returns (old, new).
+pub fn rebind(endpoint: &quinn::Endpoint, buffer: usize) -> Result<(SocketAddr, SocketAddr), RebindError> {
+    let old = endpoint.local_addr().map_err(|source| RebindError::LocalAddr { which: "current", source })?;
+    let socket = udp_socket(old.ip(), buffer).map_err(|source| RebindError::Socket { ip: old.ip(), source })?;
+    let new = socket.local_addr().map_err(|source| RebindError::LocalAddr { which: "new", source })?;
+    endpoint.rebind(socket).map_err(|source| RebindError::Switch { new, source })?;
+    Ok((old, new))
 }
 
 /// Upstream-style identifiers as (key, value) pairs for the Hello.
@@ -232,6 +262,25 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn rebind_keeps_the_ip_and_takes_a_new_port() {
+        let mut addrs = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))];
+        if std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok() {
+            addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
+        }
+        for bind in addrs {
+            let endpoint = quinn::Endpoint::client(bind).expect("client endpoint");
+            let first = endpoint.local_addr().expect("local addr");
+            let (old, new) = rebind(&endpoint, 1 << 16).expect("rebind");
+            assert_eq!(old, first, "{bind}");
+            assert_eq!(new.ip(), bind.ip(), "same IP, unspecified stays unspecified");
+            assert_ne!(new.port(), old.port(), "a new ephemeral port");
+            assert_eq!(endpoint.local_addr().expect("local addr"), new, "the endpoint uses the new socket");
+            let (again, _) = rebind(&endpoint, 1 << 16).expect("second rebind");
+            assert_eq!(again, new);
+        }
     }
 
     #[test]

@@ -1,0 +1,227 @@
+//! The konnq-agent binary on SIGUSR1: its QUIC connection moves to a new
+//! local UDP port (the server sees the same connection arrive from it), a
+//! proxied connection opened before the signal keeps working, and the agent
+//! keeps running until SIGTERM.
+//!
+//! The server here is a minimal one speaking konnq's agent protocol (the
+//! Hello/Welcome exchange and one dial stream), so that the test needs only
+//! the agent's own crate.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use konnq_shared::certs::GeneratedCerts;
+use konnq_shared::quic::read_frame;
+use konnq_shared::wire::{self, Control, DialHeader, DialResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_konnq-agent");
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The agent process and its stderr lines (colour codes removed); killed
+/// on drop so a failed assertion leaves no process behind.
+struct Agent {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    fn spawn(args: &[String]) -> Agent {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn konnq-agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(strip_ansi(&line));
+            }
+        });
+        Agent { child, log }
+    }
+
+    /// Waits (bounded) for a log line containing `needle` and returns it.
+    async fn log_line(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            if let Some(line) = self.log.lock().expect("log lock").iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let log = self.log.lock().expect("log lock").join("\n");
+            assert!(tokio::time::Instant::now() < deadline, "no log line with {needle:?}; log:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([format!("-{name}"), self.child.id().to_string()]).status();
+        assert!(status.expect("run kill").success(), "kill -{name}");
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI sequence: ESC [ ... final byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key}= in {line:?}")) + key.len() + 1;
+    line[start..].split_whitespace().next().unwrap_or_default()
+}
+
+fn server_endpoint(certs: &GeneratedCerts) -> quinn::Endpoint {
+    let alpn = [konnq_shared::tls::ALPN_KONNQ];
+    let tls = konnq_shared::tls::server_config(&certs.server_cert, &certs.server_key, None, &alpn).expect("tls");
+    let config = quinn::ServerConfig::with_crypto(konnq_shared::quic::server_crypto(tls).expect("quic crypto"));
+    quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("server endpoint")
+}
+
+/// Accepts one agent and answers its Hello; the control stream halves are
+/// returned because dropping them would end the agent's session.
+async fn accept_agent(endpoint: &quinn::Endpoint) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let conn = endpoint.accept().await.expect("an agent connects").await.expect("QUIC handshake");
+    let (mut send, mut recv) = conn.accept_bi().await.expect("control stream");
+    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "hello").await.expect("hello");
+    match Control::from_frame(kind, &body) {
+        Ok(Control::Hello(h)) => assert_eq!(h.agent_id, "sigusr1-test"),
+        other => panic!("expected a Hello, got {other:?}"),
+    }
+    let welcome = Control::Welcome { server_id: "test-server".into(), server_count: 1 };
+    send.write_all(&welcome.encode()).await.expect("welcome");
+    (conn, send, recv)
+}
+
+/// Opens a dial stream to `target` through the agent, as the server does.
+async fn dial(conn: &quinn::Connection, target: &str) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = conn.open_bi().await.expect("dial stream");
+    let header = DialHeader { protocol: "tcp".into(), address: target.into(), timeout_ms: 5000, connect_id: 1 };
+    send.write_all(&header.encode()).await.expect("dial header");
+    let (kind, body) = read_frame(&mut recv, wire::MAX_DIAL_BODY, "dial result").await.expect("dial result");
+    assert!(matches!(DialResult::from_frame(kind, &body), Ok(DialResult::Connected)), "dial to {target}");
+    (send, recv)
+}
+
+async fn echo_target() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(stream: &mut (quinn::SendStream, quinn::RecvStream), payload: &[u8]) {
+    stream.0.write_all(payload).await.expect("write to the dial stream");
+    let mut back = vec![0u8; payload.len()];
+    stream.1.read_exact(&mut back).await.expect("read the echo");
+    assert!(back == payload, "echo differs");
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("send request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read response");
+    body
+}
+
+#[tokio::test]
+async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
+    let server = server_endpoint(&certs);
+    let port = server.local_addr().expect("server addr").port();
+    let args: Vec<String> = [
+        "--proxy-server-host=127.0.0.1".to_owned(),
+        format!("--proxy-server-port={port}"),
+        format!("--ca-cert={}", certs.ca_cert.display()),
+        "--agent-id=sigusr1-test".to_owned(),
+        "--health-bind-address=127.0.0.1".to_owned(),
+        "--health-server-port=0".to_owned(),
+        "--admin-server-port=0".to_owned(),
+        "--sync-interval=100ms".to_owned(),
+    ]
+    .into();
+    let mut agent = Agent::spawn(&args);
+    let started = agent.log_line("konnq-agent started").await;
+    let admin = field(&started, "admin_addr").to_owned();
+    // The agent listens for SIGUSR1 before it starts, so once connected a
+    // SIGUSR1 cannot hit the default action (terminate).
+    let (conn, _control_send, _control_recv) =
+        tokio::time::timeout(LIMIT, accept_agent(&server)).await.expect("agent connects in time");
+    let old_port = conn.remote_address().port();
+    let target = echo_target().await;
+    let mut proxied = dial(&conn, &target).await;
+    echo(&mut proxied, b"before the move").await;
+
+    agent.signal("USR1");
+    let moved = agent.log_line("moved QUIC endpoint to a new local socket").await;
+    let new_port: u16 = field(&moved, "new").rsplit(':').next().and_then(|p| p.parse().ok()).expect("new port");
+    let logged_old: u16 = field(&moved, "old").rsplit(':').next().and_then(|p| p.parse().ok()).expect("old port");
+    assert_eq!(logged_old, old_port, "the log names the socket the server saw: {moved}");
+    assert_ne!(new_port, old_port, "{moved}");
+
+    // Traffic after the move arrives from the new port, on the same connection.
+    let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    tokio::time::timeout(LIMIT, echo(&mut proxied, &payload)).await.expect("echo after the move in time");
+    assert_eq!(conn.remote_address().port(), new_port, "the server's view of the agent moved");
+    assert!(conn.close_reason().is_none(), "the agent's QUIC connection is still open");
+    let mut second = dial(&conn, &target).await;
+    echo(&mut second, b"a new proxied connection").await;
+
+    assert!(agent.still_running(), "SIGUSR1 does not stop the agent");
+    let metrics = http_get(&admin, "/metrics").await;
+    assert!(metrics.contains("\nkonnq_agent_socket_rebinds_total 1\n"), "{metrics}");
+    assert!(metrics.contains("\nkonnectivity_network_proxy_agent_server_connection_failure_total 0\n"), "{metrics}");
+
+    agent.signal("TERM");
+    let exit = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Some(status) = agent.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the agent exits after SIGTERM");
+    assert!(exit.success(), "exit status {exit:?}");
+}
