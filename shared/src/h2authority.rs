@@ -26,8 +26,8 @@
 //! caller closes the connection on any of them.
 
 use bytes::{BufMut, BytesMut};
-use loona_hpack::decoder::DecoderError;
-use loona_hpack::Decoder;
+
+use crate::hpack::{DecodeError, Decoder};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -94,7 +94,7 @@ pub enum RewriteError {
     #[error("apiserver sent a header list above {max} bytes decoded on stream {stream_id}")]
     HeaderListTooLarge { stream_id: u32, max: usize },
     #[error("apiserver sent an undecodable HPACK block on stream {stream_id}: {source}")]
-    Hpack { stream_id: u32, source: DecoderError },
+    Hpack { stream_id: u32, source: DecodeError },
     #[error("apiserver sent CONTINUATION on stream {stream_id} without a preceding HEADERS")]
     ContinuationWithoutHeaders { stream_id: u32 },
     #[error("apiserver interrupted the header block of stream {expected} with a frame of type {frame_type:#x} on stream {stream_id}")]
@@ -159,7 +159,7 @@ struct OpenBlock {
 pub struct AuthorityRewriter {
     state: State,
     limits: Limits,
-    decoder: Decoder<'static>,
+    decoder: Decoder,
     /// Set between a HEADERS frame and the frame carrying END_HEADERS.
     open: Option<OpenBlock>,
     /// Payload of the HEADERS/CONTINUATION frame being received.
@@ -188,9 +188,8 @@ impl AuthorityRewriter {
             "max_frame_size {} outside the HTTP/2 range",
             limits.max_frame_size
         );
-        let mut decoder = Decoder::new();
         let allowed = limits.header_table_size.max(DEFAULT_HEADER_TABLE_SIZE);
-        decoder.set_max_allowed_table_size(allowed as usize);
+        let decoder = Decoder::new(allowed as usize);
         AuthorityRewriter {
             state: State::Preface { matched: 0 },
             limits,
@@ -353,18 +352,18 @@ impl AuthorityRewriter {
         let mut list_size = 0usize;
         let mut rewritten = false;
         self.decoder
-            .decode_with_cb(&self.block, |name, value| {
+            .decode(&self.block, |name, value| {
                 list_size = list_size.saturating_add(name.len() + value.len() + FIELD_OVERHEAD);
                 if list_size > max_list {
                     return; // reported below; stop growing `encoded`
                 }
-                let value = if &*name == b":authority" && !is_valid_authority(&value) {
+                let value = if name == b":authority" && !is_valid_authority(value) {
                     rewritten = true;
                     REPLACEMENT_AUTHORITY
                 } else {
-                    &*value
+                    value
                 };
-                put_literal_field(encoded, &name, value);
+                put_literal_field(encoded, name, value);
             })
             .map_err(|source| RewriteError::Hpack { stream_id: open.stream_id, source })?;
         if list_size > max_list {
@@ -487,6 +486,11 @@ mod tests {
     use super::*;
     use loona_hpack::Encoder;
 
+    /// An independent decoder for checking the output.
+    fn reference_decoder() -> loona_hpack::Decoder<'static> {
+        loona_hpack::Decoder::new()
+    }
+
     type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
     const PERCENT_PATH: &str = "%2Fetc%2Fkubernetes%2Fkonnectivity-server%2Fkonnectivity-server.socket";
@@ -593,7 +597,7 @@ mod tests {
                 continue;
             }
             assert_no_huffman_no_indexing(&block);
-            let list = Decoder::new().decode(&block).expect("output decodes");
+            let list = reference_decoder().decode(&block).expect("output decodes");
             result.push((stream_id, flags, list));
         }
         assert!(current.is_none(), "output ends inside a header block");
@@ -771,7 +775,10 @@ mod tests {
         let input = connection(&[frame(TYPE_HEADERS, e, 1, &b1), frame(TYPE_HEADERS, e, 3, &b3)]);
         let err = rewrite_err(Limits::default(), &input);
         assert!(
-            matches!(err, RewriteError::Hpack { stream_id: 3, source: DecoderError::HeaderIndexOutOfBounds }),
+            matches!(
+                err,
+                RewriteError::Hpack { stream_id: 3, source: DecodeError::IndexOutOfBounds { index: 62, .. } }
+            ),
             "{err:?}"
         );
     }
@@ -782,9 +789,19 @@ mod tests {
         let block = vec![0x3f, 0xe1, 0x3f, 0x82];
         let input = connection(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block)]);
         let err = rewrite_err(Limits::default(), &input);
-        assert!(matches!(err, RewriteError::Hpack { source: DecoderError::InvalidMaxDynamicSize, .. }), "{err:?}");
+        let too_large = DecodeError::TableSizeTooLarge { size: 8192, max: 4096 };
+        assert_eq!(err, RewriteError::Hpack { stream_id: 1, source: too_large });
         let limits = Limits { header_table_size: 8192, ..Limits::default() };
         run(&mut AuthorityRewriter::new(limits), &input).unwrap();
+    }
+
+    #[test]
+    fn bad_huffman_string_is_an_hpack_error() {
+        // :authority (name index 1) with a Huffman value of one 0xff byte:
+        // eight bits of padding.
+        let input = connection(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x82, 0x41, 0x81, 0xff])]);
+        let source = DecodeError::Huffman(crate::hpack::HuffmanError::PaddingTooLong);
+        assert_eq!(rewrite_err(Limits::default(), &input), RewriteError::Hpack { stream_id: 1, source });
     }
 
     /// A connection exercising every code path, for split-feeding tests.
@@ -978,7 +995,7 @@ mod tests {
         for value in [0, 1, 126, 127, 128, 255, 4000, 1 << 20] {
             let mut out = Vec::new();
             put_literal_field(&mut out, b"n", &vec![b'v'; value]);
-            let list = Decoder::new().decode(&out).unwrap();
+            let list = reference_decoder().decode(&out).unwrap();
             assert_eq!(list, vec![(b"n".to_vec(), vec![b'v'; value])]);
         }
     }

@@ -9,7 +9,8 @@
 //!   stream helpers; [`tls`] rustls configurations (ring only); [`certs`]
 //!   development certificates.
 //! - [`h2authority`]: the HTTP/2 shim that makes the Unix-socket `:authority`
-//!   real clients send acceptable to h2.
+//!   real clients send acceptable to h2; [`hpack`] the HPACK decoder it uses
+//!   (table-driven Huffman decoding, no allocation per string).
 //! - [`config`]: validated TOML/flag configuration of both binaries.
 //! - [`client`]: a Konnectivity client over a Unix socket (demo, load tests).
 
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod config;
 pub mod gauge;
 pub mod h2authority;
+pub mod hpack;
 pub mod konnectivity;
 pub mod logging;
 pub mod quic;
