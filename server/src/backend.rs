@@ -2,6 +2,13 @@
 //! of connected agents, and [`Backend::dial`], which opens one bidirectional
 //! QUIC stream per proxied connection and performs the dial handshake.
 //!
+//! Each agent connection carries at most `quic.max-concurrent-streams` dial
+//! streams at once: a dial takes one of the agent's stream slots before it
+//! opens its stream and holds it for the life of the connection ([`Dialed`]).
+//! A dial that finds every slot taken waits for one, up to the backend dial
+//! timeout. The agent advertises enough QUIC stream credit for that many
+//! (see [`konnq_shared::quic::stream_credit`]), so `open_bi` does not wait.
+//!
 //! Abandoning a dial is done by dropping its future: the stream is wrapped in
 //! a [`StreamGuard`] whose `Drop` resets both halves, so the agent aborts the
 //! dial (or closes the TCP connection it produced) whatever the reason —
@@ -15,7 +22,7 @@ use std::time::Duration;
 use konnq_shared::quic::{codes, read_frame, FrameError};
 use konnq_shared::wire::{self, Control, DialHeader, DialResult, Hello};
 use quinn::{RecvStream, SendStream, VarInt};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use konnq_shared::gauge::GaugeGuard;
@@ -38,6 +45,9 @@ pub enum DialError {
     Backend { agent: String, reason: String },
     #[error("dial timeout: no answer within {0:?}")]
     Timeout(Duration),
+    /// Every stream slot of the agent stayed taken for the whole dial timeout.
+    #[error("dial timeout: all {limit} streams to agent {agent} stayed busy for {timeout:?}")]
+    NoFreeStream { agent: String, limit: usize, timeout: Duration },
 }
 
 impl DialError {
@@ -47,7 +57,7 @@ impl DialError {
             DialError::NoAgent => DialFailure::NoAgent,
             DialError::Endpoint(_) => DialFailure::Endpoint,
             DialError::Backend { .. } => DialFailure::Backend,
-            DialError::Timeout(_) => DialFailure::Timeout,
+            DialError::Timeout(_) | DialError::NoFreeStream { .. } => DialFailure::Timeout,
         }
     }
 }
@@ -61,6 +71,9 @@ pub struct AgentConn {
     pub identifiers: Vec<(String, String)>,
     pub conn: quinn::Connection,
     draining: AtomicBool,
+    /// One permit per dial stream the server may have open on `conn`;
+    /// closed when the agent disconnects, failing the dials still waiting.
+    streams: Arc<Semaphore>,
 }
 
 /// A successful dial: the stream halves now carry raw bytes.
@@ -69,6 +82,9 @@ pub struct Dialed {
     pub send: SendStream,
     pub recv: RecvStream,
     pub agent: Arc<AgentConn>,
+    /// The agent's stream slot this connection occupies until it is dropped:
+    /// keep it as long as `send` and `recv`.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// Owns a dial stream until the dial succeeds; on drop, resets it so the
@@ -109,10 +125,21 @@ pub struct Backend {
     server_id: String,
     server_count: u32,
     pub dial_timeout: Duration,
+    /// Dial streams one agent connection may carry at once.
+    max_streams: usize,
 }
 
 impl Backend {
-    pub fn new(server_id: String, server_count: u32, dial_timeout: Duration, metrics: Metrics) -> Arc<Self> {
+    /// `max_streams` is `quic.max-concurrent-streams`: the dial streams one
+    /// agent connection may carry at once.
+    pub fn new(
+        server_id: String,
+        server_count: u32,
+        dial_timeout: Duration,
+        max_streams: u64,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let max_streams = usize::try_from(max_streams).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         Arc::new(Backend {
             agents: Mutex::new(Vec::new()),
             next_agent_key: AtomicU64::new(1),
@@ -122,6 +149,7 @@ impl Backend {
             server_id,
             server_count,
             dial_timeout,
+            max_streams,
         })
     }
 
@@ -161,14 +189,17 @@ impl Backend {
         self.publish(&agents);
     }
 
-    /// A random agent among those not draining.
+    /// A random agent among those not draining, preferring those with a free
+    /// stream slot.
     fn pick(&self) -> Option<Arc<AgentConn>> {
         let agents = self.agents();
         let ready: Vec<_> = agents.iter().filter(|a| !a.draining.load(Ordering::Relaxed)).collect();
-        if ready.is_empty() {
+        let free: Vec<_> = ready.iter().copied().filter(|a| a.streams.available_permits() > 0).collect();
+        let pool = if free.is_empty() { ready } else { free };
+        if pool.is_empty() {
             return None;
         }
-        Some(Arc::clone(ready[fastrand::usize(..ready.len())]))
+        Some(Arc::clone(pool[fastrand::usize(..pool.len())]))
     }
 
     /// A dial bounded by `--backend-dial-timeout`, counted in the pending
@@ -178,7 +209,8 @@ impl Backend {
     pub async fn dial_timed(&self, protocol: &str, address: &str) -> Result<Dialed, DialError> {
         let _pending = GaugeGuard::inc(&self.metrics.pending_dials);
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.dial_timeout, self.dial(protocol, address)).await {
+        let deadline = tokio::time::Instant::now() + self.dial_timeout;
+        let result = match tokio::time::timeout_at(deadline, self.dial(protocol, address, deadline)).await {
             Ok(r) => r,
             Err(_) => Err(DialError::Timeout(self.dial_timeout)),
         };
@@ -189,10 +221,12 @@ impl Backend {
         result
     }
 
-    /// Opens a dial stream on an agent and waits for its answer, unbounded
-    /// in time; see [`Backend::dial_timed`].
-    async fn dial(&self, protocol: &str, address: &str) -> Result<Dialed, DialError> {
+    /// Opens a dial stream on an agent and waits for its answer; only the
+    /// wait for a stream slot is bounded (by `deadline`), the caller bounds
+    /// the rest. See [`Backend::dial_timed`].
+    async fn dial(&self, protocol: &str, address: &str, deadline: tokio::time::Instant) -> Result<Dialed, DialError> {
         let agent = self.pick().ok_or(DialError::NoAgent)?;
+        let slot = self.stream_slot(&agent, deadline).await?;
         let backend_err = |reason: String| DialError::Backend { agent: agent.agent_id.clone(), reason };
         let connect_id = self.next_connect_id.fetch_add(1, Ordering::Relaxed);
         let (send, recv) = agent.conn.open_bi().await.map_err(|e| backend_err(e.to_string()))?;
@@ -212,10 +246,34 @@ impl Backend {
             DialResult::Connected => {
                 let (send, recv) = guard.into_parts();
                 let connect_id = connect_id as i64;
-                Ok(Dialed { connect_id, send, recv, agent })
+                Ok(Dialed { connect_id, send, recv, agent, slot })
             }
             // The guard resets the stream: nothing more is expected on it.
             DialResult::Failed(reason) => Err(DialError::Endpoint(reason)),
+        }
+    }
+
+    /// Takes one of `agent`'s stream slots, waiting until `deadline` if all
+    /// are in use.
+    async fn stream_slot(
+        &self,
+        agent: &AgentConn,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, DialError> {
+        if let Ok(slot) = Arc::clone(&agent.streams).try_acquire_owned() {
+            return Ok(slot);
+        }
+        debug!(agent_id = %agent.agent_id, limit = self.max_streams, "all streams to the agent busy; waiting");
+        match tokio::time::timeout_at(deadline, Arc::clone(&agent.streams).acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_closed)) => {
+                Err(DialError::Backend { agent: agent.agent_id.clone(), reason: "agent disconnected".to_owned() })
+            }
+            Err(_) => Err(DialError::NoFreeStream {
+                agent: agent.agent_id.clone(),
+                limit: self.max_streams,
+                timeout: self.dial_timeout,
+            }),
         }
     }
 
@@ -252,7 +310,8 @@ impl Backend {
         let welcome = Control::Welcome { server_id: self.server_id.clone(), server_count: self.server_count };
         send.write_all(&welcome.encode()).await.map_err(|e| AdmitError::Protocol(e.to_string()))?;
         let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
-        let agent = Arc::new(AgentConn { key, agent_id, identifiers, conn, draining: AtomicBool::new(false) });
+        let streams = Arc::new(Semaphore::new(self.max_streams));
+        let agent = Arc::new(AgentConn { key, agent_id, identifiers, conn, draining: AtomicBool::new(false), streams });
         Ok((agent, (send, recv)))
     }
 
@@ -282,6 +341,7 @@ impl Backend {
             None => reason,
         };
         self.deregister(agent.key);
+        agent.streams.close();
         agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"control stream ended");
         info!(agent_id = %agent.agent_id, %remote, "agent disconnected: {reason}");
     }

@@ -108,7 +108,13 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     .map_err(ServerError::ClusterTls)?;
     let endpoint = backend::endpoint(listeners.agent_udp, tls, &cfg.quic)?;
     let agent_addr = endpoint.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
-    let backend = Backend::new(cfg.server_id.clone(), cfg.server_count, cfg.backend_dial_timeout, metrics.clone());
+    let backend = Backend::new(
+        cfg.server_id.clone(),
+        cfg.server_count,
+        cfg.backend_dial_timeout,
+        cfg.quic.max_concurrent_streams,
+        metrics.clone(),
+    );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ctx = SessionCtx { backend: Arc::clone(&backend), metrics: metrics.clone() };
     let mut tasks = JoinSet::new();

@@ -51,10 +51,25 @@ pub fn transport_config(
     t.send_window(cfg.stream_receive_window.saturating_mul(64));
     // Only the agent accepts bidirectional streams (one per dial); the
     // server accepts exactly one (the control stream) from each agent.
-    let bidi = if accepts_dial_streams { cfg.max_concurrent_streams } else { 1 };
+    let bidi = if accepts_dial_streams { stream_credit(cfg.max_concurrent_streams) } else { 1 };
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u64(bidi).unwrap_or(quinn::VarInt::MAX));
     t.max_concurrent_uni_streams(0u32.into());
     Ok(t)
+}
+
+/// The bidirectional stream limit to advertise so that the peer can always
+/// have `streams` open at once.
+///
+/// A stream the peer opened is freed once both ends are done with it, but
+/// quinn tells the peer (MAX_STREAMS) only when more than 1/8 of the limit
+/// has been freed since it last did: up to `limit / 8` closed streams may
+/// still count against the peer. Advertising exactly `streams` therefore
+/// left one stream short after a single closed connection, and up to 1/8
+/// short in general. With `limit = streams + streams / 7`, `limit - limit / 8`
+/// is exactly `streams`. The server enforces `streams` itself (its own
+/// `quic.max-concurrent-streams`), so the margin only absorbs the delay.
+pub fn stream_credit(streams: u64) -> u64 {
+    streams.saturating_add(streams / 7)
 }
 
 /// Wraps a rustls config for QUIC.
@@ -145,5 +160,21 @@ pub async fn read_coalesced(recv: &mut quinn::RecvStream) -> Result<Option<bytes
             }
             Ok(Some(joined.freeze()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_credit_covers_credit_quinn_holds_back() {
+        for streams in (1..=2_000).chain([9_999, 10_000, 10_001, 65_536, 1_000_000]) {
+            let limit = stream_credit(streams);
+            // quinn announces freed credit once more than limit / 8 is back.
+            assert_eq!(limit - limit / 8, streams, "{streams} -> {limit}");
+        }
+        assert_eq!(stream_credit(8), 9);
+        assert_eq!(stream_credit(10_000), 11_428);
     }
 }

@@ -81,7 +81,7 @@ fn dial_error_status(e: &DialError) -> &'static str {
         DialError::NoAgent => "503 Service Unavailable",
         DialError::Endpoint(_) => "502 Bad Gateway",
         DialError::Backend { .. } => "503 Service Unavailable",
-        DialError::Timeout(_) => "504 Gateway Timeout",
+        DialError::Timeout(_) | DialError::NoFreeStream { .. } => "504 Gateway Timeout",
     }
 }
 
@@ -277,7 +277,8 @@ where
     let _established = GaugeGuard::inc(&metrics.established);
     // The halves below keep the socket open for as long as `down` uses this.
     let probe = io.unread_fd();
-    let Dialed { connect_id, mut send, mut recv, .. } = dialed;
+    // `_slot` keeps the agent's stream slot taken until the splice ends.
+    let Dialed { connect_id, mut send, mut recv, slot: _slot, .. } = dialed;
     let (mut rd, mut wr) = tokio::io::split(io);
     let up = async move {
         if !early.is_empty() {

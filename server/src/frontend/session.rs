@@ -200,7 +200,8 @@ where
 {
     async fn run(self) {
         let Tunnel { mut inbound, out, ctx, dialed, random } = self;
-        let Dialed { connect_id, mut send, recv, agent } = dialed;
+        // `_slot` keeps the agent's stream slot taken until the tunnel ends.
+        let Dialed { connect_id, mut send, recv, agent, slot: _slot } = dialed;
         let metrics = ctx.metrics.clone();
         let _established = GaugeGuard::inc(&metrics.established);
         // Agent → client runs on its own task so a slow client write never
