@@ -129,6 +129,13 @@ impl Lab {
         &self.namespaces[side.index()].name
     }
 
+    /// A new handle on one end's namespace, for `setns(2)` in a child process
+    /// the caller spawns itself (between fork and exec). The namespace lives
+    /// as long as the lab; the handle alone does not keep it listed.
+    pub fn namespace_fd(&self, side: Side) -> io::Result<OwnedFd> {
+        self.namespaces[side.index()].handle.try_clone()
+    }
+
     /// The address of one end inside its namespace.
     pub fn addr(&self, side: Side) -> Ipv4Addr {
         side.addr()
