@@ -228,6 +228,36 @@ pub struct QuicConfig {
     pub max_concurrent_streams: u64,
     /// Requested SO_RCVBUF / SO_SNDBUF of the UDP socket, in bytes.
     pub udp_buffer_bytes: usize,
+    /// Congestion controller of what this end sends.
+    pub congestion_control: CongestionControl,
+}
+
+/// QUIC congestion controllers (`quic.congestion-control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CongestionControl {
+    /// Loss-based (RFC 9438); backs off on every loss.
+    Cubic,
+    /// Model-based (BBR): paces at the measured bottleneck rate and keeps the
+    /// queue short; random loss does not make it back off.
+    Bbr,
+    /// Loss-based (RFC 9002's NewReno).
+    NewReno,
+}
+
+impl CongestionControl {
+    pub fn name(self) -> &'static str {
+        match self {
+            CongestionControl::Cubic => "cubic",
+            CongestionControl::Bbr => "bbr",
+            CongestionControl::NewReno => "new-reno",
+        }
+    }
+
+    fn parse(s: &str) -> Option<CongestionControl> {
+        [CongestionControl::Cubic, CongestionControl::Bbr, CongestionControl::NewReno]
+            .into_iter()
+            .find(|c| c.name() == s)
+    }
 }
 
 impl Default for QuicConfig {
@@ -238,6 +268,7 @@ impl Default for QuicConfig {
             stream_receive_window: 1_250_000,
             max_concurrent_streams: 10_000,
             udp_buffer_bytes: 4 * MIB as usize,
+            congestion_control: CongestionControl::Cubic,
         }
     }
 }
@@ -253,6 +284,7 @@ pub struct RawQuicConfig {
     pub stream_receive_window: Option<u64>,
     pub max_concurrent_streams: Option<u64>,
     pub udp_buffer_bytes: Option<usize>,
+    pub congestion_control: Option<String>,
 }
 
 impl RawQuicConfig {
@@ -264,6 +296,7 @@ impl RawQuicConfig {
             stream_receive_window: other.stream_receive_window.or(self.stream_receive_window),
             max_concurrent_streams: other.max_concurrent_streams.or(self.max_concurrent_streams),
             udp_buffer_bytes: other.udp_buffer_bytes.or(self.udp_buffer_bytes),
+            congestion_control: other.congestion_control.or(self.congestion_control),
         }
     }
 
@@ -308,6 +341,13 @@ impl RawQuicConfig {
             64 * KIB as usize,
             256 * MIB as usize,
         );
+        let congestion_control = match self.congestion_control.as_deref() {
+            None => d.congestion_control,
+            Some(name) => CongestionControl::parse(name).unwrap_or_else(|| {
+                p.push("congestion-control", format!("{name:?} is not one of \"cubic\", \"bbr\", \"new-reno\""));
+                d.congestion_control
+            }),
+        };
         outer.extend(p);
         QuicConfig {
             keep_alive_interval,
@@ -315,6 +355,7 @@ impl RawQuicConfig {
             stream_receive_window,
             max_concurrent_streams,
             udp_buffer_bytes,
+            congestion_control,
         }
     }
 }
@@ -352,6 +393,17 @@ mod tests {
     fn quic(toml_text: &str) -> Result<QuicConfig, ConfigError> {
         let raw: RawQuicConfig = parse_toml(toml_text, "test").expect("parses");
         raw.validate()
+    }
+
+    #[test]
+    fn congestion_control_by_name() {
+        for c in [CongestionControl::Cubic, CongestionControl::Bbr, CongestionControl::NewReno] {
+            let q = quic(&format!("congestion-control = \"{}\"", c.name())).expect("valid");
+            assert_eq!(q.congestion_control, c);
+            crate::quic::transport_config(&q, true).expect("quinn takes it");
+        }
+        let err = quic("congestion-control = \"vegas\"").unwrap_err().to_string();
+        assert!(err.contains("quic.congestion-control") && err.contains("vegas"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::QuicConfig;
+use crate::config::{CongestionControl, QuicConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuicSetupError {
@@ -54,6 +54,12 @@ pub fn transport_config(
     let bidi = if accepts_dial_streams { stream_credit(cfg.max_concurrent_streams) } else { 1 };
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u64(bidi).unwrap_or(quinn::VarInt::MAX));
     t.max_concurrent_uni_streams(0u32.into());
+    let cc: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match cfg.congestion_control {
+        CongestionControl::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+        CongestionControl::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        CongestionControl::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+    };
+    t.congestion_controller_factory(cc);
     Ok(t)
 }
 
