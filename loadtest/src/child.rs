@@ -2,8 +2,10 @@
 //! their output in a log file, killed by the kernel if the runner dies
 //! (`PR_SET_PDEATHSIG`), stopped with SIGTERM and, after a grace period, SIGKILL.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,16 +14,51 @@ use tokio::process::{Child, Command};
 use crate::procfs::{self, ProcSample};
 
 /// A program and the arguments that come before the caller's (for the
-/// built-in konnq: this executable and a hidden subcommand).
+/// built-in konnq: this executable and a hidden subcommand), and the network
+/// namespace it runs in (the lab's; `None`: the runner's own).
 #[derive(Debug, Clone)]
 pub struct Program {
     pub path: PathBuf,
     pub prefix: Vec<String>,
+    pub netns: Option<Arc<OwnedFd>>,
 }
 
 impl Program {
     pub fn plain(path: PathBuf) -> Program {
-        Program { path, prefix: Vec::new() }
+        Program { path, prefix: Vec::new(), netns: None }
+    }
+
+    pub fn with_prefix(path: PathBuf, prefix: Vec<String>) -> Program {
+        Program { path, prefix, netns: None }
+    }
+
+    /// The same program, started inside the namespace `netns` refers to.
+    pub fn in_netns(&self, netns: Arc<OwnedFd>) -> Program {
+        Program { netns: Some(netns), ..self.clone() }
+    }
+
+    /// A command for this program (prefix arguments added, namespace entered
+    /// between fork and exec, killed with the runner).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.args(&self.prefix).stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(ns) = &self.netns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: the closure runs in the forked child and only makes the
+            // async-signal-safe setns(2) call; `fd` is open: `self` holds it
+            // until spawn returns, and the child's copy is what setns uses.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        die_with_parent(&mut cmd);
+        cmd
     }
 
     pub fn describe(&self) -> String {
@@ -37,6 +74,8 @@ pub struct ChildProc {
     pub pid: u32,
     pub log: PathBuf,
     child: Child,
+    /// What started it, for [`ChildProc::respawn`].
+    launch: Option<(Program, Vec<String>)>,
 }
 
 impl ChildProc {
@@ -44,18 +83,46 @@ impl ChildProc {
     pub fn spawn(name: &str, program: &Program, args: &[String], log: &Path) -> anyhow::Result<ChildProc> {
         let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let mut cmd = Command::new(&program.path);
-        cmd.args(&program.prefix).args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
-        die_with_parent(&mut cmd);
+        let mut cmd = program.command();
+        cmd.args(args).stdout(out).stderr(err);
         let child = cmd.spawn().with_context(|| format!("starting {}", program.path.display()))?;
         let pid = child.id().context("child has no pid")?;
-        Ok(ChildProc { name: name.to_owned(), pid, log: log.to_owned(), child })
+        let launch = Some((program.clone(), args.to_vec()));
+        Ok(ChildProc { name: name.to_owned(), pid, log: log.to_owned(), child, launch })
+    }
+
+    /// Starts the same program with the same arguments again (after it
+    /// exited or was killed), appending to the same log.
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
+        let (program, args) = self.launch.clone().context("not started by ChildProc::spawn")?;
+        let out = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        let err = out.try_clone()?;
+        let mut cmd = program.command();
+        cmd.args(&args).stdout(out).stderr(err);
+        self.child = cmd.spawn().with_context(|| format!("restarting {}", program.path.display()))?;
+        self.pid = self.child.id().context("child has no pid")?;
+        Ok(())
+    }
+
+    /// Sends `signal` to the process (if it is still running).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) with a pid this process spawned and has not reaped.
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to exit after a signal.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.child.wait()).await.is_ok()
     }
 
     /// Wraps an already spawned child.
     pub fn from_child(name: &str, child: Child, log: PathBuf) -> anyhow::Result<ChildProc> {
         let pid = child.id().context("child has no pid")?;
-        Ok(ChildProc { name: name.to_owned(), pid, log, child })
+        Ok(ChildProc { name: name.to_owned(), pid, log, child, launch: None })
     }
 
     pub fn sample(&self) -> anyhow::Result<ProcSample> {

@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run scenarios against peers; writes results.json, summary.txt and SVG charts to --out.
     Run(Box<RunArgs>),
+    /// Lossy-link lab (needs root): konnq and upstream with the agent across an
+    /// impaired link; writes lab.json, lab-summary.txt and SVG charts to --out.
+    Lab(Box<crate::lab::LabArgs>),
     /// CI smoke run: konnq only, every scenario at a tiny size, a few seconds;
     /// fails unless every scenario produced figures.
     Smoke(SmokeArgs),

@@ -24,6 +24,7 @@ pub mod builtin;
 pub mod child;
 pub mod cli;
 pub mod conn;
+pub mod lab;
 pub mod machine;
 pub mod peers;
 pub mod procfs;

@@ -21,6 +21,10 @@ fn main() -> anyhow::Result<()> {
             let settings = args.settings()?;
             runtime()?.block_on(konnq_loadtest::runner::main(settings, argv))
         }
+        Command::Lab(args) => {
+            let settings = args.settings()?;
+            runtime()?.block_on(konnq_loadtest::lab::main(settings, argv))
+        }
         Command::Smoke(args) => {
             let settings = args.settings()?;
             runtime()?.block_on(konnq_loadtest::runner::main(settings, argv))

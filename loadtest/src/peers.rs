@@ -3,7 +3,10 @@
 //! the agent connected over TLS (konnq: QUIC, upstream: gRPC over TCP) on
 //! loopback with mutual certificates. `direct` is no tunnel at all.
 
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -71,6 +74,26 @@ pub struct Env {
     pub certs: GeneratedCerts,
     pub targets: Targets,
     pub frontend: Frontend,
+    /// Server and agent in the lab's namespaces instead of on loopback.
+    pub lab: Option<LabPlacement>,
+}
+
+/// Where the lab puts a peer: the server (and the client's Unix socket, which
+/// every namespace shares through the file system) on one side of the
+/// impaired link, the agent and the targets on the other.
+#[derive(Debug, Clone)]
+pub struct LabPlacement {
+    pub server_ns: Arc<OwnedFd>,
+    pub agent_ns: Arc<OwnedFd>,
+    /// The server's address on the link: it listens for agents there.
+    pub server_ip: Ipv4Addr,
+}
+
+impl Env {
+    /// The address agents connect to.
+    fn agent_facing_ip(&self) -> String {
+        self.lab.as_ref().map_or_else(|| "127.0.0.1".to_owned(), |l| l.server_ip.to_string())
+    }
 }
 
 /// A started peer, ready for traffic.
@@ -79,6 +102,8 @@ pub struct Peer {
     pub dialer: Dialer,
     pub server: Option<ChildProc>,
     pub agent: Option<ChildProc>,
+    /// The port the server listens for agents on (0 for `direct`).
+    pub agent_port: u16,
 }
 
 struct Ports {
@@ -119,7 +144,7 @@ fn server_args(kind: PeerKind, env: &Env, socket: &Path, p: &Ports) -> Vec<Strin
         s("--agent-port"),
         s(p.agent),
         s("--agent-bind-address"),
-        s("127.0.0.1"),
+        env.agent_facing_ip(),
         s("--health-port"),
         s(p.health),
         s("--health-bind-address"),
@@ -146,7 +171,7 @@ fn agent_args(kind: PeerKind, env: &Env, p: &Ports) -> Vec<String> {
     let c = &env.certs;
     let mut a = vec![
         s("--proxy-server-host"),
-        s("127.0.0.1"),
+        env.agent_facing_ip(),
         s("--proxy-server-port"),
         s(p.agent),
         s("--ca-cert"),
@@ -174,7 +199,7 @@ impl Peer {
     /// exchange through it succeeds. `tag` names its socket and log files.
     pub async fn start(kind: PeerKind, bins: Option<&Binaries>, env: &Env, tag: &str) -> anyhow::Result<Peer> {
         let Some(bins) = bins.filter(|_| kind.has_processes()) else {
-            return Ok(Peer { kind, dialer: Dialer::Direct, server: None, agent: None });
+            return Ok(Peer { kind, dialer: Dialer::Direct, server: None, agent: None, agent_port: 0 });
         };
         let mut last = None;
         // A port picked as free can be taken before the child binds it: retry with new ones.
@@ -193,10 +218,14 @@ impl Peer {
         let log = |role: &str| env.log_dir.join(format!("{tag}-{role}.log"));
         let mut server_a = server_args(kind, env, &socket, &ports);
         server_a.extend(bins.server_flags.iter().cloned());
-        let mut server = ChildProc::spawn(&format!("{} server", kind.name()), &bins.server, &server_a, &log("server"))?;
+        let (server_prog, agent_prog) = match &env.lab {
+            Some(l) => (bins.server.in_netns(l.server_ns.clone()), bins.agent.in_netns(l.agent_ns.clone())),
+            None => (bins.server.clone(), bins.agent.clone()),
+        };
+        let mut server = ChildProc::spawn(&format!("{} server", kind.name()), &server_prog, &server_a, &log("server"))?;
         let mut agent_a = agent_args(kind, env, &ports);
         agent_a.extend(bins.agent_flags.iter().cloned());
-        let agent = ChildProc::spawn(&format!("{} agent", kind.name()), &bins.agent, &agent_a, &log("agent"));
+        let agent = ChildProc::spawn(&format!("{} agent", kind.name()), &agent_prog, &agent_a, &log("agent"));
         let mut agent = match agent {
             Ok(a) => a,
             Err(e) => {
@@ -205,7 +234,7 @@ impl Peer {
             }
         };
         match ready(&mut server, &mut agent, ports.health, &socket, env).await {
-            Ok(dialer) => Ok(Peer { kind, dialer, server: Some(server), agent: Some(agent) }),
+            Ok(dialer) => Ok(Peer { kind, dialer, server: Some(server), agent: Some(agent), agent_port: ports.agent }),
             Err(e) => {
                 let tails = format!(
                     "{e:#}\n--- {} log:\n{}\n--- {} log:\n{}",
@@ -263,7 +292,10 @@ async fn ready(
         if Instant::now() > deadline {
             bail!("not ready after {READY_TIMEOUT:?}: {last}");
         }
-        match http_status(health, "/readyz").await {
+        // In the lab the health port is on the server namespace's loopback,
+        // out of the runner's reach: the probe through the tunnel decides.
+        let health = if env.lab.is_some() { Ok(200) } else { http_status(health, "/readyz").await };
+        match health {
             Ok(200) if socket.exists() => match probe(env.frontend, socket, env.targets).await {
                 Ok(dialer) => return Ok(dialer),
                 Err(e) => last = format!("probe through the tunnel: {e:#}"),
@@ -276,7 +308,7 @@ async fn ready(
 }
 
 /// One small exchange with the echo target through the tunnel.
-async fn probe(frontend: Frontend, socket: &Path, targets: Targets) -> anyhow::Result<Dialer> {
+pub async fn probe(frontend: Frontend, socket: &Path, targets: Targets) -> anyhow::Result<Dialer> {
     let dialer = Dialer::tunnel(frontend, socket.to_owned()).await?;
     let exchange = async {
         let (mut conn, _) = dialer.dial(targets.echo).await?;
@@ -327,6 +359,7 @@ mod tests {
             },
             targets: crate::target::parse_announcement("echo=127.0.0.1:1 source=127.0.0.1:2").unwrap(),
             frontend: Frontend::Grpc,
+            lab: None,
         }
     }
 

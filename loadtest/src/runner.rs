@@ -22,7 +22,7 @@ const SCENARIO_SLACK: Duration = Duration::from_secs(180);
 /// The konnq binaries `choice` selects, and how to describe them.
 pub fn konnq_binaries(choice: &KonnqBin, exe: &Path) -> anyhow::Result<(Binaries, String)> {
     let builtin = || {
-        let prog = |sub: &str| Program { path: exe.to_owned(), prefix: vec![sub.to_owned()] };
+        let prog = |sub: &str| Program::with_prefix(exe.to_owned(), vec![sub.to_owned()]);
         let detail = format!("built-in: konnq libraries linked into {}", exe.display());
         let b = Binaries {
             server: prog("builtin-server"),
@@ -104,7 +104,7 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
         }
         report.peers.push(info);
     }
-    let env = Env { socket_dir: work.path().to_owned(), log_dir, certs, targets, frontend: s.frontend };
+    let env = Env { socket_dir: work.path().to_owned(), log_dir, certs, targets, frontend: s.frontend, lab: None };
     for &sc in &s.scenarios {
         let run = scenario(sc, s, &peers, &env, &progress, &mut report);
         if tokio::time::timeout(budget(s, sc), run).await.is_err() {
@@ -135,7 +135,12 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn peer_binaries(kind: PeerKind, s: &Settings, exe: &Path, progress: &Progress) -> (Option<Binaries>, PeerInfo) {
+pub(crate) async fn peer_binaries(
+    kind: PeerKind,
+    s: &Settings,
+    exe: &Path,
+    progress: &Progress,
+) -> (Option<Binaries>, PeerInfo) {
     let info = |available, detail: String| PeerInfo { name: kind.name().into(), available, detail };
     match kind {
         PeerKind::Direct => (None, info(true, "no tunnel: TCP straight to the target".into())),

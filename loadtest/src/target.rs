@@ -16,7 +16,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::child::{die_with_parent, ChildProc, Program};
+use crate::child::{ChildProc, Program};
 
 const CHUNK: usize = 64 * 1024;
 /// No single target connection lives longer than this.
@@ -107,14 +107,11 @@ async fn source_conn(s: TcpStream) -> std::io::Result<()> {
 /// Starts the target process and reads its addresses.
 pub async fn start(exe: &Program, log_dir: &std::path::Path, max: Duration) -> anyhow::Result<(ChildProc, Targets)> {
     let log = log_dir.join("target.log");
-    let mut cmd = tokio::process::Command::new(&exe.path);
-    cmd.args(&exe.prefix)
-        .args(["target", "--max-secs", &max.as_secs().to_string()])
+    let mut cmd = exe.command();
+    cmd.args(["target", "--max-secs", &max.as_secs().to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log)?)
-        .kill_on_drop(true);
-    die_with_parent(&mut cmd);
+        .stderr(std::fs::File::create(&log)?);
     let mut child = cmd.spawn().context("starting the target process")?;
     let stdout = child.stdout.take().context("target stdout")?;
     let mut line = String::new();

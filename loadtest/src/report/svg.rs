@@ -16,6 +16,9 @@ pub fn colour(peer: &str) -> &'static str {
         "konnq" => "#1f77b4",
         "upstream" => "#ff7f0e",
         "direct" => "#2ca02c",
+        // The lab's baselines beside their peer's main series.
+        "konnq baseline" => "#aec7e8",
+        "upstream baseline" => "#ffbb78",
         _ => "#7f7f7f",
     }
 }

@@ -32,7 +32,7 @@ pub fn evaluate(report: &Report) -> Vec<TargetCheck> {
 }
 
 /// `value >= factor * reference` (higher is better) or `value <= factor * reference`.
-fn relative(
+pub(crate) fn relative(
     id: &str,
     target: String,
     unit: &str,
@@ -52,7 +52,7 @@ fn relative(
     TargetCheck { id: id.to_owned(), target, konnq, upstream, unit: unit.to_owned(), verdict, note }
 }
 
-fn absolute(id: &str, target: String, unit: &str, konnq: Option<f64>, limit: f64) -> TargetCheck {
+pub(crate) fn absolute(id: &str, target: String, unit: &str, konnq: Option<f64>, limit: f64) -> TargetCheck {
     let (verdict, note) = match konnq {
         Some(k) if k <= limit => (Verdict::Met, String::new()),
         Some(_) => (Verdict::Missed, String::new()),

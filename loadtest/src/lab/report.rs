@@ -1,0 +1,497 @@
+//! The lab's results: data model (`lab.json`), the targets, the
+//! text summary and the charts.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::workload::Outcome;
+use crate::report::model::{Machine, PeerInfo, ScenarioError, TargetCheck, Verdict};
+use crate::report::svg;
+use crate::report::table::table;
+use crate::report::targets::{absolute, relative};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LabReport {
+    pub meta: LabMeta,
+    pub link: LinkInfo,
+    pub peers: Vec<PeerInfo>,
+    pub cells: Vec<Cell>,
+    pub targets: Vec<TargetCheck>,
+    pub errors: Vec<ScenarioError>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LabMeta {
+    pub date_utc: String,
+    pub command: Vec<String>,
+    pub machine: Machine,
+    pub revision: String,
+    pub smoke: bool,
+    pub frontend: String,
+    pub settings: serde_json::Value,
+    pub wall_secs: f64,
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+}
+
+/// The link as configured, and as measured before the experiments.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// Both directions, netlab spec syntax, loss left out (each cell sets it).
+    pub spec: String,
+    pub rtt_ms: f64,
+    pub rate_mbit: f64,
+    pub queue_bytes: u64,
+    /// TCP congestion control in both namespaces (upstream's agent↔server TCP).
+    pub tcp_congestion_control: String,
+    pub check: Option<LinkCheck>,
+}
+
+/// `Lab::verify` on the link, with the loss it was run at.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LinkCheck {
+    pub rtt_median_ms: f64,
+    pub rtt_expected_ms: f64,
+    pub loss_set_pct: f64,
+    pub loss_measured_pct: f64,
+    pub goodput_mbit: Option<f64>,
+    pub goodput_expected_mbit: Option<f64>,
+    pub text: String,
+}
+
+/// One run of traffic through one peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cell {
+    /// hol, slow-reader, migration, restart.
+    pub experiment: String,
+    /// What differs within the experiment: "", baseline, stalled-reader,
+    /// rebind, agent-restart, server-restart.
+    pub variant: String,
+    pub peer: String,
+    pub loss_pct: f64,
+    /// Packets the link dropped in this cell over packets offered, both directions.
+    pub link_drop_pct: f64,
+    pub outcome: Outcome,
+    pub event: Option<EventOutcome>,
+}
+
+/// What an action in the middle of a cell did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventOutcome {
+    pub action: String,
+    /// Seconds into the measurement window.
+    pub at_secs: f64,
+    /// Until a new proxied connection worked again (restarts).
+    pub ready_after_secs: Option<f64>,
+    /// Client connections that ended with an error after the action.
+    pub clean_errors: usize,
+    /// Client connections that just stopped answering (timed out).
+    pub hung: usize,
+    /// Latest error after the action, seconds after it.
+    pub last_error_after_secs: Option<f64>,
+    /// Bulk bytes in the 2 s after the action (migration).
+    pub bulk_bytes_after: Option<u64>,
+    pub detail: String,
+}
+
+impl LabReport {
+    fn cell(&self, experiment: &str, variant: &str, peer: &str, loss: Option<f64>) -> Option<&Cell> {
+        self.cells.iter().find(|c| {
+            c.experiment == experiment
+                && c.variant == variant
+                && c.peer == peer
+                && loss.is_none_or(|l| (c.loss_pct - l).abs() < 1e-9)
+        })
+    }
+
+    fn hol(&self, peer: &str, loss: f64) -> Option<&Outcome> {
+        self.cell("hol", "", peer, Some(loss)).map(|c| &c.outcome)
+    }
+}
+
+const K: &str = "konnq";
+const U: &str = "upstream";
+
+/// The targets for konnq on this report.
+pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
+    let rtt = r.link.rtt_ms;
+    let p50 = |peer, loss| r.hol(peer, loss).map(|o| o.ping.p50_us / 1e3);
+    let p99 = |peer, loss| r.hol(peer, loss).map(|o| o.ping.p99_us / 1e3);
+    let mut out = Vec::new();
+    for loss in [0.0, 1.0, 2.0, 5.0] {
+        let mut t = absolute(
+            &format!("hol_ping_p50_loss{loss}"),
+            format!("ping p50 at {loss}% loss ≤ RTT + 5 ms ({:.0} ms)", rtt + 5.0),
+            "ms",
+            p50(K, loss),
+            rtt + 5.0,
+        );
+        t.upstream = p50(U, loss);
+        out.push(t);
+    }
+    for loss in [1.0, 2.0] {
+        let mut t = absolute(
+            &format!("hol_ping_p99_loss{loss}"),
+            format!("ping p99 at {loss}% loss ≤ 3 × RTT ({:.0} ms)", 3.0 * rtt),
+            "ms",
+            p99(K, loss),
+            3.0 * rtt,
+        );
+        t.upstream = p99(U, loss);
+        out.push(t);
+    }
+    for loss in [2.0, 5.0] {
+        out.push(relative(
+            &format!("hol_ping_p99_vs_upstream_loss{loss}"),
+            format!("ping p99 at {loss}% loss ≤ upstream's / 5"),
+            "ms",
+            p99(K, loss),
+            p99(U, loss),
+            0.2,
+            false,
+        ));
+    }
+    let goodput = |peer| r.hol(peer, 1.0).and_then(|o| o.bulk_mbit_per_s);
+    out.push(relative(
+        "hol_goodput_loss1",
+        "bulk goodput at 1% loss ≥ upstream's".into(),
+        "Mbit/s",
+        goodput(K),
+        goodput(U),
+        1.0,
+        true,
+    ));
+    // Slow reader: the stalled run's p99 over the baseline's, per peer.
+    let slow = |peer| {
+        let base = r.cell("slow-reader", "baseline", peer, None)?.outcome.ping.p99_us;
+        let stalled = r.cell("slow-reader", "stalled-reader", peer, None)?.outcome.ping.p99_us;
+        (base > 0.0).then(|| stalled / base)
+    };
+    let mut t = absolute(
+        "slow_reader_p99_ratio",
+        "other connections' ping p99 with one stalled reader ≤ 1.05 × baseline".into(),
+        "× baseline",
+        slow(K),
+        1.05,
+    );
+    t.upstream = slow(U);
+    out.push(t);
+    out
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.1}", us / 1e3)
+}
+
+/// The plain-text summary.
+pub fn render(r: &LabReport) -> String {
+    let m = &r.meta;
+    let mut out = format!(
+        "konnq-loadtest lab — {} — {} cores, {} — revision {}{}\n",
+        m.date_utc,
+        m.machine.nproc,
+        m.machine.cpu_model,
+        m.revision,
+        if m.smoke { " — SMOKE (tiny sizes, figures not meaningful)" } else { "" }
+    );
+    let l = &r.link;
+    let _ = writeln!(
+        out,
+        "link: {} (RTT {:.0} ms, {:.0} Mbit/s, queue {} B), TCP congestion control {}",
+        l.spec, l.rtt_ms, l.rate_mbit, l.queue_bytes, l.tcp_congestion_control
+    );
+    if let Some(c) = &l.check {
+        let _ = writeln!(out, "link check at {}% loss:\n  {}", c.loss_set_pct, c.text.replace('\n', "\n  "));
+    }
+    for p in &r.peers {
+        let _ = writeln!(out, "{:<9} {}{}", p.name, if p.available { "" } else { "UNAVAILABLE: " }, p.detail);
+    }
+    let rows: Vec<Vec<String>> = r
+        .cells
+        .iter()
+        .map(|c| {
+            let o = &c.outcome;
+            vec![
+                c.experiment.clone(),
+                c.variant.clone(),
+                c.peer.clone(),
+                format!("{}", c.loss_pct),
+                format!("{:.2}", c.link_drop_pct),
+                ms(o.ping.p50_us),
+                ms(o.ping.p90_us),
+                ms(o.ping.p99_us),
+                ms(o.ping.max_us),
+                format!("{}/{}", o.pings_ok, o.pings_failed),
+                opt(o.bulk_mbit_per_s, 2),
+                o.endings.len().to_string(),
+            ]
+        })
+        .collect();
+    out += "\n";
+    out += &table(
+        &[
+            "experiment",
+            "variant",
+            "peer",
+            "loss %",
+            "dropped %",
+            "ping p50 ms",
+            "p90",
+            "p99",
+            "max",
+            "ok/failed",
+            "bulk Mbit/s",
+            "conns ended",
+        ],
+        &r.cells.iter().zip(rows).map(|(_, row)| row).collect::<Vec<_>>(),
+    );
+    let events: Vec<Vec<String>> = r
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let e = c.event.as_ref()?;
+            Some(vec![
+                c.peer.clone(),
+                e.action.clone(),
+                opt(e.ready_after_secs, 2),
+                e.clean_errors.to_string(),
+                e.hung.to_string(),
+                opt(e.last_error_after_secs, 2),
+                e.bulk_bytes_after.map_or_else(|| "-".into(), |b| b.to_string()),
+                e.detail.clone(),
+            ])
+        })
+        .collect();
+    if !events.is_empty() {
+        out += "\n";
+        out += &table(
+            &[
+                "peer",
+                "action",
+                "ready again s",
+                "clean errors",
+                "hung",
+                "last error s",
+                "bulk B in 2 s after",
+                "detail",
+            ],
+            &events,
+        );
+    }
+    let checks: Vec<Vec<String>> = r
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                match t.verdict {
+                    Verdict::Met => "met".into(),
+                    Verdict::Missed => "MISSED".into(),
+                    Verdict::NotMeasured => "not measured".into(),
+                },
+                t.target.clone(),
+                opt(t.konnq, 2),
+                opt(t.upstream, 2),
+                t.unit.clone(),
+                t.note.clone(),
+            ]
+        })
+        .collect();
+    out += "\n";
+    out += &table(&["verdict", "target", "konnq", "upstream", "unit", "note"], &checks);
+    for e in &r.errors {
+        let _ = writeln!(out, "error: {} {}: {}", e.scenario, e.peer, e.error);
+    }
+    out
+}
+
+/// Charts: ping CDF per loss rate (head-of-line), goodput bars, slow reader CDF.
+pub fn charts(r: &LabReport) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut losses: Vec<f64> = r.cells.iter().filter(|c| c.experiment == "hol").map(|c| c.loss_pct).collect();
+    losses.dedup();
+    let mut goodput = Vec::new();
+    for loss in losses {
+        let cells: Vec<&Cell> =
+            r.cells.iter().filter(|c| c.experiment == "hol" && (c.loss_pct - loss).abs() < 1e-9).collect();
+        let series: Vec<_> = cells.iter().map(|c| (c.peer.clone(), c.outcome.ping.cdf.clone())).collect();
+        let title = format!(
+            "1 KiB ping-pong beside a bulk transfer, {loss}% loss, {:.0} ms RTT, {:.0} Mbit/s",
+            r.link.rtt_ms, r.link.rate_mbit
+        );
+        out.push((format!("lab_ping_cdf_loss{loss}.svg"), svg::cdf(&title, &series)));
+        let bars: Vec<_> = cells.iter().map(|c| (c.peer.clone(), c.outcome.bulk_mbit_per_s.unwrap_or(0.0))).collect();
+        goodput.push((format!("{loss}% loss"), bars));
+    }
+    if !goodput.is_empty() {
+        out.push((
+            "lab_goodput.svg".into(),
+            svg::bars("Bulk goodput beside the pings (Mbit/s, higher is better)", "Mbit/s", &goodput),
+        ));
+    }
+    let slow: Vec<_> = r
+        .cells
+        .iter()
+        .filter(|c| c.experiment == "slow-reader")
+        .map(|c| {
+            let label = if c.variant == "baseline" { format!("{} baseline", c.peer) } else { c.peer.clone() };
+            (label, c.outcome.ping.cdf.clone())
+        })
+        .collect();
+    if !slow.is_empty() {
+        out.push((
+            "lab_slow_reader_cdf.svg".into(),
+            svg::cdf("Ping latency beside a stalled reader (light: baseline without it)", &slow),
+        ));
+    }
+    out
+}
+
+/// Writes lab.json, lab-summary.txt and the charts into `dir`.
+pub fn write(r: &LabReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = Vec::new();
+    let mut put = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        files.push(path);
+        Ok(())
+    };
+    put("lab.json", &serde_json::to_string_pretty(r)?)?;
+    put("lab-summary.txt", &render(r))?;
+    for (name, svg) in charts(r) {
+        put(&name, &svg)?;
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// An outcome with nothing in it.
+    pub fn outcome() -> Outcome {
+        Outcome {
+            ping: crate::stats::LatencySummary::from_histogram(&crate::stats::histogram()),
+            pings_ok: 0,
+            pings_failed: 0,
+            ping_gap_max_ms: 0.0,
+            endings: Vec::new(),
+            bulk_mbit_per_s: None,
+            bulk_timeline: Vec::new(),
+            warmup_secs: 0.0,
+            stalled_dialed: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{histogram, record, LatencySummary};
+
+    fn outcome(p50_ms: u64, p99_ms: u64, bulk: Option<f64>) -> Outcome {
+        let mut h = histogram();
+        for i in 0..100u64 {
+            let ms = if i < 98 { p50_ms } else { p99_ms };
+            record(&mut h, ms * 1_000_000);
+        }
+        Outcome {
+            ping: LatencySummary::from_histogram(&h),
+            pings_ok: 100,
+            pings_failed: 0,
+            ping_gap_max_ms: 100.0,
+            endings: Vec::new(),
+            bulk_mbit_per_s: bulk,
+            bulk_timeline: vec![1, 2, 3],
+            warmup_secs: 1.0,
+            stalled_dialed: None,
+        }
+    }
+
+    fn cell(experiment: &str, variant: &str, peer: &str, loss: f64, o: Outcome) -> Cell {
+        Cell {
+            experiment: experiment.into(),
+            variant: variant.into(),
+            peer: peer.into(),
+            loss_pct: loss,
+            link_drop_pct: loss,
+            outcome: o,
+            event: None,
+        }
+    }
+
+    fn sample() -> LabReport {
+        let mut r = LabReport::default();
+        r.link.rtt_ms = 50.0;
+        r.link.rate_mbit = 100.0;
+        for loss in [0.0, 1.0, 2.0, 5.0] {
+            r.cells.push(cell("hol", "", "konnq", loss, outcome(52, 120, Some(60.0))));
+            r.cells.push(cell("hol", "", "upstream", loss, outcome(90, 2000, Some(30.0))));
+        }
+        r.cells.push(cell("slow-reader", "baseline", "konnq", 0.0, outcome(51, 100, None)));
+        r.cells.push(cell("slow-reader", "stalled-reader", "konnq", 0.0, outcome(51, 104, None)));
+        r.cells.push(cell("slow-reader", "baseline", "upstream", 0.0, outcome(51, 100, None)));
+        r.cells.push(cell("slow-reader", "stalled-reader", "upstream", 0.0, outcome(5000, 5000, None)));
+        r
+    }
+
+    fn verdict(checks: &[TargetCheck], id: &str) -> Verdict {
+        checks.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("no {id}")).verdict
+    }
+
+    #[test]
+    fn targets_follow_the_figures() {
+        let mut r = sample();
+        let t = evaluate(&r);
+        assert_eq!(t.len(), 10);
+        for id in ["hol_ping_p50_loss0", "hol_ping_p99_loss1", "hol_ping_p99_vs_upstream_loss5", "hol_goodput_loss1"] {
+            assert_eq!(verdict(&t, id), Verdict::Met, "{id}");
+        }
+        assert_eq!(verdict(&t, "slow_reader_p99_ratio"), Verdict::Met);
+        let slow = t.iter().find(|c| c.id == "slow_reader_p99_ratio").unwrap();
+        assert!(slow.upstream.unwrap() > 10.0, "upstream's ratio is reported beside");
+
+        // konnq slower than the limits: missed; a missing peer: not measured.
+        r.cells[2] = cell("hol", "", "konnq", 1.0, outcome(80, 400, Some(10.0)));
+        r.cells.retain(|c| !(c.peer == "upstream" && c.loss_pct == 5.0));
+        let t = evaluate(&r);
+        assert_eq!(verdict(&t, "hol_ping_p50_loss1"), Verdict::Missed);
+        assert_eq!(verdict(&t, "hol_ping_p99_loss1"), Verdict::Missed);
+        assert_eq!(verdict(&t, "hol_goodput_loss1"), Verdict::Missed);
+        assert_eq!(verdict(&t, "hol_ping_p99_vs_upstream_loss5"), Verdict::NotMeasured);
+        assert!(evaluate(&LabReport::default()).iter().all(|c| c.verdict == Verdict::NotMeasured));
+    }
+
+    #[test]
+    fn summary_and_charts() {
+        let mut r = sample();
+        r.targets = evaluate(&r);
+        let text = render(&r);
+        assert!(text.contains("ping p50 ms") && text.contains("slow-reader"), "{text}");
+        let names: Vec<String> = charts(&r).into_iter().map(|c| c.0).collect();
+        assert_eq!(
+            names,
+            [
+                "lab_ping_cdf_loss0.svg",
+                "lab_ping_cdf_loss1.svg",
+                "lab_ping_cdf_loss2.svg",
+                "lab_ping_cdf_loss5.svg",
+                "lab_goodput.svg",
+                "lab_slow_reader_cdf.svg"
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let files = write(&r, dir.path()).unwrap();
+        assert_eq!(files.len(), 8);
+        let back: LabReport =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("lab.json")).unwrap()).unwrap();
+        assert_eq!(back.cells.len(), r.cells.len());
+    }
+}

@@ -1,0 +1,324 @@
+//! The lab's traffic through one peer: ping-pong connections whose latency
+//! is recorded, optionally one bulk connection saturating the link and one
+//! connection whose reader has stopped. Everything is spawned, runs on a
+//! fixed schedule and stops by itself at the end of the window; the caller
+//! may act on the peer meanwhile (restart it, move the agent's socket).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::conn::{Conn, Dialer};
+use crate::stats::{self, LatencySummary};
+use crate::target::Targets;
+
+/// A ping without its answer after this long has failed; the figure recorded
+/// for it (and for every later ping its connection could not send) is this
+/// bound: a lower bound on what the caller really waited.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on a dial.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Width of one bucket of the bulk timeline.
+pub const TIMELINE_BUCKET: Duration = Duration::from_millis(500);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Ping-pong connections.
+    pub pings: usize,
+    /// Request and response size.
+    pub ping_bytes: usize,
+    /// Each connection sends a ping this often.
+    pub interval: Duration,
+    /// One connection reading bulk data from the source target.
+    pub bulk: bool,
+    /// One connection from the source target that is never read.
+    pub stalled: bool,
+    /// Traffic before the measurement window (not recorded).
+    pub warmup: Duration,
+    /// The measurement window.
+    pub measure: Duration,
+}
+
+/// How one connection ended before the window closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ending {
+    /// Seconds since the window opened (negative: during warm-up).
+    pub at_secs: f64,
+    /// It timed out (no answer, no error) rather than failing with an error.
+    pub timed_out: bool,
+    pub error: String,
+}
+
+/// What the traffic saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Ping round trips in the window, measured from each ping's scheduled
+    /// send time (coordinated omission corrected); failed pings count as
+    /// [`PING_TIMEOUT`].
+    pub ping: LatencySummary,
+    pub pings_ok: u64,
+    pub pings_failed: u64,
+    /// The largest time between two answered pings of one connection, ms.
+    pub ping_gap_max_ms: f64,
+    /// Connections that could not be opened or ended early.
+    pub endings: Vec<Ending>,
+    /// Bulk goodput in the window, Mbit/s.
+    pub bulk_mbit_per_s: Option<f64>,
+    /// Bulk bytes per [`TIMELINE_BUCKET`] from the start of warm-up.
+    pub bulk_timeline: Vec<u64>,
+    /// Length of the warm-up before the window, seconds.
+    pub warmup_secs: f64,
+    /// Whether the never-read connection was opened (`None`: not planned).
+    pub stalled_dialed: Option<bool>,
+}
+
+struct PingerResult {
+    hist: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+    gap_max: Duration,
+    ending: Option<Ending>,
+}
+
+struct BulkResult {
+    window_bytes: u64,
+    timeline: Vec<u64>,
+    ending: Option<Ending>,
+}
+
+/// Traffic in flight; [`Running::finish`] collects it after the window.
+pub struct Running {
+    pub started: Instant,
+    pub window_start: Instant,
+    pub end: Instant,
+    pingers: Vec<JoinHandle<PingerResult>>,
+    bulk: Option<JoinHandle<BulkResult>>,
+    stalled: Option<JoinHandle<bool>>,
+    plan: Plan,
+}
+
+/// Starts the plan's traffic through `dialer`.
+pub fn start(dialer: &Dialer, targets: Targets, plan: &Plan) -> Running {
+    let started = Instant::now();
+    let window_start = started + plan.warmup;
+    let end = window_start + plan.measure;
+    let pingers = (0..plan.pings)
+        .map(|i| {
+            let offset = plan.interval.mul_f64(i as f64 / plan.pings.max(1) as f64);
+            tokio::spawn(pinger(dialer.clone(), targets, plan.clone(), started + offset, window_start, end))
+        })
+        .collect();
+    let bulk = plan.bulk.then(|| tokio::spawn(bulk(dialer.clone(), targets, started, window_start, end)));
+    let stalled = plan.stalled.then(|| tokio::spawn(stalled(dialer.clone(), targets, end)));
+    Running { started, window_start, end, pingers, bulk, stalled, plan: plan.clone() }
+}
+
+impl Running {
+    /// Waits for the window to close and every task to stop (each is bounded).
+    pub async fn finish(self) -> Outcome {
+        let mut hist = stats::histogram();
+        let (mut ok, mut failed, mut gap) = (0, 0, Duration::ZERO);
+        let mut endings = Vec::new();
+        for p in self.pingers {
+            match p.await {
+                Ok(r) => {
+                    let _ = hist.add(&r.hist);
+                    ok += r.ok;
+                    failed += r.failed;
+                    gap = gap.max(r.gap_max);
+                    endings.extend(r.ending);
+                }
+                Err(e) => endings.push(Ending { at_secs: 0.0, timed_out: false, error: format!("pinger: {e}") }),
+            }
+        }
+        let (mut bulk_mbit_per_s, mut bulk_timeline) = (None, Vec::new());
+        if let Some(b) = self.bulk {
+            if let Ok(r) = b.await {
+                bulk_mbit_per_s = Some(r.window_bytes as f64 * 8.0 / self.plan.measure.as_secs_f64() / 1e6);
+                bulk_timeline = r.timeline;
+                endings.extend(r.ending);
+            }
+        }
+        let stalled_dialed = match self.stalled {
+            Some(s) => Some(s.await.unwrap_or(false)),
+            None => None,
+        };
+        Outcome {
+            ping: LatencySummary::from_histogram(&hist),
+            pings_ok: ok,
+            pings_failed: failed,
+            ping_gap_max_ms: gap.as_secs_f64() * 1e3,
+            endings,
+            bulk_mbit_per_s,
+            bulk_timeline,
+            warmup_secs: self.plan.warmup.as_secs_f64(),
+            stalled_dialed,
+        }
+    }
+}
+
+fn since(window_start: Instant, t: Instant) -> f64 {
+    if t >= window_start {
+        (t - window_start).as_secs_f64()
+    } else {
+        -(window_start - t).as_secs_f64()
+    }
+}
+
+async fn dial(dialer: &Dialer, target: std::net::SocketAddr) -> Result<Conn, String> {
+    match tokio::time::timeout(DIAL_TIMEOUT, dialer.dial(target)).await {
+        Ok(Ok((conn, _))) => Ok(conn),
+        Ok(Err(e)) => Err(format!("dial: {e:#}")),
+        Err(_) => Err(format!("dial: no answer within {DIAL_TIMEOUT:?}")),
+    }
+}
+
+/// One ping-pong connection: a ping every `plan.interval` from `first`.
+async fn pinger(
+    dialer: Dialer,
+    targets: Targets,
+    plan: Plan,
+    first: Instant,
+    window_start: Instant,
+    end: Instant,
+) -> PingerResult {
+    let mut r = PingerResult { hist: stats::histogram(), ok: 0, failed: 0, gap_max: Duration::ZERO, ending: None };
+    let payload = Bytes::from(vec![0x42u8; plan.ping_bytes]);
+    let mut conn = match dial(&dialer, targets.echo).await {
+        Ok(c) => Some(c),
+        Err(error) => {
+            r.ending = Some(Ending { at_secs: since(window_start, Instant::now()), timed_out: false, error });
+            None
+        }
+    };
+    // The schedule starts once the connection is open: a slow dial is not
+    // charged to the pings.
+    let first = first.max(Instant::now());
+    let mut last_answer: Option<Instant> = None;
+    let mut k = 0u32;
+    loop {
+        let intended = first + plan.interval * k;
+        k += 1;
+        if intended >= end {
+            break;
+        }
+        let in_window = intended >= window_start;
+        let Some(c) = conn.as_mut() else {
+            // The connection is gone: every ping it could not send failed.
+            if in_window {
+                r.failed += 1;
+                stats::record(&mut r.hist, PING_TIMEOUT.as_nanos() as u64);
+            }
+            continue;
+        };
+        tokio::time::sleep_until(intended).await;
+        let exchange = async {
+            c.write(payload.clone()).await?;
+            c.read_exact(plan.ping_bytes).await
+        };
+        let result = tokio::time::timeout(PING_TIMEOUT, exchange).await;
+        let now = Instant::now();
+        match result {
+            Ok(Ok(())) => {
+                if in_window {
+                    r.ok += 1;
+                    stats::record(&mut r.hist, (now - intended).as_nanos() as u64);
+                    if let Some(prev) = last_answer {
+                        r.gap_max = r.gap_max.max(now - prev);
+                    }
+                }
+                last_answer = Some(now);
+            }
+            failure => {
+                let (timed_out, error) = match failure {
+                    Ok(Err(e)) => (false, format!("{e:#}")),
+                    _ => (true, format!("no answer within {PING_TIMEOUT:?}")),
+                };
+                if in_window {
+                    r.failed += 1;
+                    stats::record(&mut r.hist, PING_TIMEOUT.as_nanos() as u64);
+                }
+                r.ending = Some(Ending { at_secs: since(window_start, now), timed_out, error });
+                conn = None; // Dropped: a late answer would be taken for the next ping's.
+            }
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+    r
+}
+
+/// One connection reading the source target as fast as the tunnel allows.
+async fn bulk(dialer: Dialer, targets: Targets, started: Instant, window_start: Instant, end: Instant) -> BulkResult {
+    let mut r = BulkResult { window_bytes: 0, timeline: Vec::new(), ending: None };
+    let mut conn = match dial(&dialer, targets.source).await {
+        Ok(c) => c,
+        Err(error) => {
+            r.ending = Some(Ending { at_secs: since(window_start, Instant::now()), timed_out: false, error });
+            return r;
+        }
+    };
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let limit = PING_TIMEOUT.min(end - now);
+        match tokio::time::timeout(limit, conn.read_some()).await {
+            Ok(Ok(0)) => {
+                r.ending = Some(Ending {
+                    at_secs: since(window_start, Instant::now()),
+                    timed_out: false,
+                    error: "bulk connection ended".into(),
+                });
+                return r;
+            }
+            Ok(Ok(n)) => {
+                let now = Instant::now();
+                let bucket = ((now - started).as_secs_f64() / TIMELINE_BUCKET.as_secs_f64()) as usize;
+                if r.timeline.len() <= bucket {
+                    r.timeline.resize(bucket + 1, 0);
+                }
+                r.timeline[bucket] += n as u64;
+                if now >= window_start && now < end {
+                    r.window_bytes += n as u64;
+                }
+            }
+            Ok(Err(e)) => {
+                r.ending = Some(Ending {
+                    at_secs: since(window_start, Instant::now()),
+                    timed_out: false,
+                    error: format!("bulk: {e:#}"),
+                });
+                return r;
+            }
+            Err(_) if Instant::now() >= end => break,
+            Err(_) => {
+                r.ending = Some(Ending {
+                    at_secs: since(window_start, Instant::now()),
+                    timed_out: true,
+                    error: format!("bulk: no byte for {PING_TIMEOUT:?}"),
+                });
+                return r;
+            }
+        }
+    }
+    // Dropping the connection is enough: a bulk sender never finishes on its own.
+    drop(conn);
+    r
+}
+
+/// One connection from the source target that is never read; held open
+/// until the window closes. Returns whether it was dialed.
+async fn stalled(dialer: Dialer, targets: Targets, end: Instant) -> bool {
+    let Ok(conn) = dial(&dialer, targets.source).await else { return false };
+    tokio::time::sleep_until(end).await;
+    drop(conn);
+    true
+}
