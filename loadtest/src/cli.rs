@@ -62,6 +62,37 @@ pub struct Common {
     pub frontend: Frontend,
 }
 
+/// Where the peers' programs come from, and extra flags for konnq's.
+#[derive(Debug, Args)]
+pub struct PeerBinArgs {
+    /// Directory with prebuilt upstream proxy-server and proxy-agent (skips go build).
+    #[arg(long)]
+    pub upstream_bin: Option<PathBuf>,
+    /// Our Go module that requires upstream [default: loadtest/upstream of this source tree].
+    #[arg(long)]
+    pub upstream_module: Option<PathBuf>,
+    /// Where go build puts upstream's binaries [default: target/upstream].
+    #[arg(long)]
+    pub upstream_build_dir: Option<PathBuf>,
+    /// Extra flag for konnq-server, e.g. --konnq-server-flag=--config=tuned.toml (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub konnq_server_flag: Vec<String>,
+    /// Extra flag for konnq-agent (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub konnq_agent_flag: Vec<String>,
+}
+
+impl PeerBinArgs {
+    /// Puts these choices into `s`.
+    pub fn apply(self, s: &mut Settings) {
+        s.upstream_bin = self.upstream_bin;
+        s.upstream_module = self.upstream_module.unwrap_or_else(crate::upstream::module_dir);
+        s.upstream_build_dir = self.upstream_build_dir.unwrap_or_else(crate::upstream::default_build_dir);
+        s.konnq_server_flags = self.konnq_server_flag;
+        s.konnq_agent_flags = self.konnq_agent_flag;
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
     #[command(flatten)]
@@ -83,21 +114,8 @@ pub struct RunArgs {
     /// Latency and dial run in this many rounds, peers alternating (each round gets secs / rounds).
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// Directory with prebuilt upstream proxy-server and proxy-agent (skips go build).
-    #[arg(long)]
-    pub upstream_bin: Option<PathBuf>,
-    /// Our Go module that requires upstream [default: loadtest/upstream of this source tree].
-    #[arg(long)]
-    pub upstream_module: Option<PathBuf>,
-    /// Where go build puts upstream's binaries [default: target/upstream].
-    #[arg(long)]
-    pub upstream_build_dir: Option<PathBuf>,
-    /// Extra flag for konnq-server, e.g. --konnq-server-flag=--config=tuned.toml (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    pub konnq_server_flag: Vec<String>,
-    /// Extra flag for konnq-agent (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    pub konnq_agent_flag: Vec<String>,
+    #[command(flatten)]
+    pub peer_bins: PeerBinArgs,
 
     /// Throughput: concurrent connections per cell.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
@@ -187,11 +205,11 @@ impl RunArgs {
             frontend: self.common.frontend,
             out: self.common.out,
             konnq_bin: self.common.konnq_bin,
-            upstream_bin: self.upstream_bin,
-            upstream_module: self.upstream_module.unwrap_or_else(crate::upstream::module_dir),
-            upstream_build_dir: self.upstream_build_dir.unwrap_or_else(crate::upstream::default_build_dir),
-            konnq_server_flags: self.konnq_server_flag,
-            konnq_agent_flags: self.konnq_agent_flag,
+            upstream_bin: None,
+            upstream_module: PathBuf::new(),
+            upstream_build_dir: PathBuf::new(),
+            konnq_server_flags: Vec::new(),
+            konnq_agent_flags: Vec::new(),
             smoke: false,
             rounds: self.rounds,
             throughput: settings::Throughput {
@@ -232,6 +250,7 @@ impl RunArgs {
                 bytes: self.lat_bytes,
             },
         };
+        self.peer_bins.apply(&mut s);
         if self.smoke {
             s.smoke_preset();
         }

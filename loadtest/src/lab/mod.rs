@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::child::{ChildProc, Program};
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, PeerBinArgs};
 use crate::conn::{Dialer, Frontend};
 use crate::peers::{Binaries, Env, LabPlacement, Peer, PeerKind};
 use crate::progress::Progress;
@@ -139,19 +139,8 @@ pub struct LabArgs {
     /// Tiny sizes, konnq only: proves the lab works (CI), figures not meaningful.
     #[arg(long)]
     pub smoke: bool,
-    /// Directory with prebuilt upstream proxy-server and proxy-agent (skips go build).
-    #[arg(long)]
-    pub upstream_bin: Option<PathBuf>,
-    #[arg(long)]
-    pub upstream_module: Option<PathBuf>,
-    #[arg(long)]
-    pub upstream_build_dir: Option<PathBuf>,
-    /// Extra flag for konnq-server (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    pub konnq_server_flag: Vec<String>,
-    /// Extra flag for konnq-agent (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    pub konnq_agent_flag: Vec<String>,
+    #[command(flatten)]
+    pub peer_bins: PeerBinArgs,
 }
 
 /// Validated lab settings.
@@ -221,15 +210,7 @@ impl LabArgs {
         let mut run = run.settings()?;
         run.konnq_bin = self.konnq_bin;
         run.frontend = self.frontend;
-        run.upstream_bin = self.upstream_bin;
-        if let Some(m) = self.upstream_module {
-            run.upstream_module = m;
-        }
-        if let Some(d) = self.upstream_build_dir {
-            run.upstream_build_dir = d;
-        }
-        run.konnq_server_flags = self.konnq_server_flag;
-        run.konnq_agent_flags = self.konnq_agent_flag;
+        self.peer_bins.apply(&mut run);
         let bdp = (self.rate_mbit * 1e6 / 8.0 * self.rtt_ms / 1e3) as u64;
         let mut peer_kinds = Vec::new();
         for k in self.peers {

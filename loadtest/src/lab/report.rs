@@ -4,7 +4,6 @@
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::workload::Outcome;
@@ -355,20 +354,10 @@ pub fn charts(r: &LabReport) -> Vec<(String, String)> {
 
 /// Writes lab.json, lab-summary.txt and the charts into `dir`.
 pub fn write(r: &LabReport, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut files = Vec::new();
-    let mut put = |name: &str, text: &str| -> anyhow::Result<()> {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        files.push(path);
-        Ok(())
-    };
-    put("lab.json", &serde_json::to_string_pretty(r)?)?;
-    put("lab-summary.txt", &render(r))?;
-    for (name, svg) in charts(r) {
-        put(&name, &svg)?;
-    }
-    Ok(files)
+    let mut files =
+        vec![("lab.json".to_owned(), serde_json::to_string_pretty(r)?), ("lab-summary.txt".to_owned(), render(r))];
+    files.extend(charts(r));
+    crate::report::write_files(dir, &files)
 }
 
 #[cfg(test)]

@@ -56,20 +56,24 @@ pub fn charts(r: &Report) -> Vec<(&'static str, String)> {
 
 /// Writes results.json, summary.txt and the charts into `dir`; returns the files written.
 pub fn write(r: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = vec![
+        ("results.json".to_owned(), serde_json::to_string_pretty(r)?),
+        ("summary.txt".to_owned(), table::render(r)),
+    ];
+    files.extend(charts(r).into_iter().map(|(name, svg)| (name.to_owned(), svg)));
+    write_files(dir, &files)
+}
+
+/// Writes each (file name, text) into `dir` (created if missing); returns the paths.
+pub fn write_files(dir: &Path, files: &[(String, String)]) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut files = Vec::new();
-    let mut put = |name: &str, text: &str| -> anyhow::Result<()> {
+    let mut written = Vec::new();
+    for (name, text) in files {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        files.push(path);
-        Ok(())
-    };
-    put("results.json", &serde_json::to_string_pretty(r)?)?;
-    put("summary.txt", &table::render(r))?;
-    for (name, svg) in charts(r) {
-        put(name, &svg)?;
+        written.push(path);
     }
-    Ok(files)
+    Ok(written)
 }
 
 /// What a smoke run must have produced: a figure from every scenario.
