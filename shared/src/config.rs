@@ -268,7 +268,7 @@ impl Default for QuicConfig {
             stream_receive_window: 1_250_000,
             max_concurrent_streams: 10_000,
             udp_buffer_bytes: 4 * MIB as usize,
-            congestion_control: CongestionControl::Cubic,
+            congestion_control: CongestionControl::Bbr,
         }
     }
 }
