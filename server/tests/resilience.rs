@@ -94,6 +94,9 @@ async fn agent_lost_mid_transfer_closes_every_client_and_a_new_agent_is_used() {
         })
         .await;
     within(Duration::from_secs(10), lab.server.wait_for_agents(1)).await;
+    // The server registers the agent before the agent has the server's
+    // welcome: wait for both ends.
+    within(Duration::from_secs(10), agent.wait_connected(true)).await;
     assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 200);
     assert_eq!(http_status(agent.health_addr, "/readyz").await, 200);
 
