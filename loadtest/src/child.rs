@@ -2,7 +2,7 @@
 //! their output in a log file, killed by the kernel if the runner dies
 //! (`PR_SET_PDEATHSIG`), stopped with SIGTERM and, after a grace period, SIGKILL.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -43,19 +43,7 @@ impl Program {
         let mut cmd = Command::new(&self.path);
         cmd.args(&self.prefix).stdin(Stdio::null()).kill_on_drop(true);
         if let Some(ns) = &self.netns {
-            let fd = ns.as_raw_fd();
-            // SAFETY: the closure runs in the forked child and only makes the
-            // async-signal-safe setns(2) call; `fd` is open: `self` holds it
-            // until spawn returns, and the child's copy is what setns uses.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            konnq_netlab::netns::enter_on_exec(cmd.as_std_mut(), Arc::clone(ns));
         }
         die_with_parent(&mut cmd);
         cmd

@@ -3,8 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -185,19 +184,8 @@ impl Lab {
     /// fork and exec (like `ip netns exec`, but keeping the command's stdio, env and
     /// directory; unlike it, `/sys` is not remounted). Dropping the lab kills it.
     pub fn run_in(&self, side: Side, mut cmd: Command) -> Result<Child, LabError> {
-        let fd = self.namespaces[side.index()].handle.as_raw_fd();
-        // SAFETY: the closure runs in the forked child and only makes the
-        // async-signal-safe setns system call; `fd` stays open (the lab is borrowed
-        // until spawn returns, and `cmd` is consumed so it cannot be reused later).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-        }
+        let ns = self.namespace_fd(side).map_err(LabError::io(format!("dup handle of {}", self.namespace(side))))?;
+        netns::enter_on_exec(&mut cmd, Arc::new(ns));
         cmd.spawn().map_err(LabError::io(format!("spawn {:?} in {}", cmd.get_program(), self.namespace(side))))
     }
 

@@ -43,6 +43,24 @@ pub fn list() -> Result<Vec<String>, LabError> {
     Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
 }
 
+/// Makes `cmd`'s child enter the namespace `ns` between fork and exec
+/// (like `ip netns exec`, keeping the command's stdio, env and directory).
+/// The command holds `ns` open until it is dropped.
+pub fn enter_on_exec(cmd: &mut std::process::Command, ns: std::sync::Arc<OwnedFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child and only makes the
+    // async-signal-safe setns(2) call on a descriptor the closure owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// Creates namespace `name` and records it for clean-up.
 pub(crate) fn add(name: &str) -> Result<(), LabError> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
