@@ -307,17 +307,22 @@ async fn ready(
     }
 }
 
-/// One small exchange with the echo target through the tunnel.
-pub async fn probe(frontend: Frontend, socket: &Path, targets: Targets) -> anyhow::Result<Dialer> {
+/// A dialer for the server's socket, once one exchange through it worked.
+async fn probe(frontend: Frontend, socket: &Path, targets: Targets) -> anyhow::Result<Dialer> {
     let dialer = Dialer::tunnel(frontend, socket.to_owned()).await?;
+    probe_exchange(&dialer, targets).await?;
+    Ok(dialer)
+}
+
+/// One small exchange with the echo target through `dialer`, bounded to 5 s.
+pub async fn probe_exchange(dialer: &Dialer, targets: Targets) -> anyhow::Result<()> {
     let exchange = async {
         let (mut conn, _) = dialer.dial(targets.echo).await?;
         conn.write(Bytes::from_static(b"probe")).await?;
         conn.read_exact(5).await?;
         conn.close().await
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.context("probe timed out")??;
-    Ok(dialer)
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.context("probe timed out")?
 }
 
 /// Status code of `GET path` on 127.0.0.1:`port`.

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use clap::{Args, Parser};
 use konnq_netlab::{DirectionSettings, Lab, LinkSettings, Side, VerifyConfig};
 use serde::Serialize;
@@ -621,14 +620,7 @@ async fn restart(p: &mut ChildProc) -> anyhow::Result<()> {
 async fn ready_again(dialer: &Dialer, targets: Targets, since: Instant) -> Option<f64> {
     let deadline = since + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let attempt = async {
-            let (mut conn, _) = dialer.dial(targets.echo).await?;
-            conn.write(Bytes::from_static(b"ready?")).await?;
-            conn.read_exact(6).await?;
-            let _ = conn.close().await;
-            anyhow::Ok(())
-        };
-        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        if crate::peers::probe_exchange(dialer, targets).await.is_ok() {
             return Some((Instant::now() - since).as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -170,6 +170,11 @@ fn since(window_start: Instant, t: Instant) -> f64 {
     }
 }
 
+/// A connection ending now.
+fn ending_now(window_start: Instant, timed_out: bool, error: String) -> Option<Ending> {
+    Some(Ending { at_secs: since(window_start, Instant::now()), timed_out, error })
+}
+
 async fn dial(dialer: &Dialer, target: std::net::SocketAddr) -> Result<Conn, String> {
     match tokio::time::timeout(DIAL_TIMEOUT, dialer.dial(target)).await {
         Ok(Ok((conn, _))) => Ok(conn),
@@ -192,7 +197,7 @@ async fn pinger(
     let mut conn = match dial(&dialer, targets.echo).await {
         Ok(c) => Some(c),
         Err(error) => {
-            r.ending = Some(Ending { at_secs: since(window_start, Instant::now()), timed_out: false, error });
+            r.ending = ending_now(window_start, false, error);
             None
         }
     };
@@ -260,7 +265,7 @@ async fn bulk(dialer: Dialer, targets: Targets, started: Instant, window_start: 
     let mut conn = match dial(&dialer, targets.source).await {
         Ok(c) => c,
         Err(error) => {
-            r.ending = Some(Ending { at_secs: since(window_start, Instant::now()), timed_out: false, error });
+            r.ending = ending_now(window_start, false, error);
             return r;
         }
     };
@@ -272,11 +277,7 @@ async fn bulk(dialer: Dialer, targets: Targets, started: Instant, window_start: 
         let limit = PING_TIMEOUT.min(end - now);
         match tokio::time::timeout(limit, conn.read_some()).await {
             Ok(Ok(0)) => {
-                r.ending = Some(Ending {
-                    at_secs: since(window_start, Instant::now()),
-                    timed_out: false,
-                    error: "bulk connection ended".into(),
-                });
+                r.ending = ending_now(window_start, false, "bulk connection ended".into());
                 return r;
             }
             Ok(Ok(n)) => {
@@ -291,20 +292,12 @@ async fn bulk(dialer: Dialer, targets: Targets, started: Instant, window_start: 
                 }
             }
             Ok(Err(e)) => {
-                r.ending = Some(Ending {
-                    at_secs: since(window_start, Instant::now()),
-                    timed_out: false,
-                    error: format!("bulk: {e:#}"),
-                });
+                r.ending = ending_now(window_start, false, format!("bulk: {e:#}"));
                 return r;
             }
             Err(_) if Instant::now() >= end => break,
             Err(_) => {
-                r.ending = Some(Ending {
-                    at_secs: since(window_start, Instant::now()),
-                    timed_out: true,
-                    error: format!("bulk: no byte for {PING_TIMEOUT:?}"),
-                });
+                r.ending = ending_now(window_start, true, format!("bulk: no byte for {PING_TIMEOUT:?}"));
                 return r;
             }
         }
