@@ -9,7 +9,6 @@
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use konnq_shared::certs::GeneratedCerts;
@@ -20,11 +19,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const BIN: &str = env!("CARGO_BIN_EXE_konnq-agent");
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// The agent process and its stderr lines (colour codes removed); killed
-/// on drop so a failed assertion leaves no process behind.
+/// The agent's stderr so far (colour codes removed), and whether it ended
+/// (the process exited).
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// The agent process and its log; killed on drop so a failed assertion
+/// leaves no process behind.
 struct Agent {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: tokio::sync::watch::Receiver<Log>,
 }
 
 impl Agent {
@@ -37,27 +44,33 @@ impl Agent {
             .spawn()
             .expect("spawn konnq-agent");
         let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
+        let (sink, log) = tokio::sync::watch::channel(Log::default());
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log lock").push(strip_ansi(&line));
+                sink.send_modify(|l| l.lines.push(strip_ansi(&line)));
             }
+            sink.send_modify(|l| l.closed = true);
         });
         Agent { child, log }
     }
 
     /// Waits (bounded) for a log line containing `needle` and returns it.
     async fn log_line(&self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        loop {
-            if let Some(line) = self.log.lock().expect("log lock").iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            let log = self.log.lock().expect("log lock").join("\n");
-            assert!(tokio::time::Instant::now() < deadline, "no log line with {needle:?}; log:\n{log}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut rx = self.log.clone();
+        let found =
+            tokio::time::timeout(LIMIT, rx.wait_for(|l| l.lines.iter().any(|line| line.contains(needle)))).await;
+        match found {
+            Ok(Ok(log)) => log.lines.iter().find(|l| l.contains(needle)).cloned().unwrap_or_default(),
+            _ => panic!("no log line with {needle:?}; log:\n{}", self.log.borrow().lines.join("\n")),
         }
+    }
+
+    /// Waits (bounded) for the process to exit: its stderr closes.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let mut rx = self.log.clone();
+        let closed = tokio::time::timeout(LIMIT, rx.wait_for(|l| l.closed)).await;
+        assert!(matches!(closed, Ok(Ok(_))), "the agent did not exit");
+        self.child.wait().expect("wait")
     }
 
     fn signal(&self, name: &str) {
@@ -213,15 +226,6 @@ async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
     assert!(metrics.contains("\nkonnectivity_network_proxy_agent_server_connection_failure_total 0\n"), "{metrics}");
 
     agent.signal("TERM");
-    let exit = tokio::time::timeout(LIMIT, async {
-        loop {
-            if let Some(status) = agent.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the agent exits after SIGTERM");
+    let exit = agent.exited().await;
     assert!(exit.success(), "exit status {exit:?}");
 }
