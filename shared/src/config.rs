@@ -222,7 +222,8 @@ pub struct QuicConfig {
     /// A connection with no traffic for this long is dead (dead-agent detection).
     pub idle_timeout: Duration,
     /// Per-stream receive window in bytes (bounds one connection's throughput
-    /// to window / RTT).
+    /// to window / RTT; after a loss the receiver holds up to about two
+    /// round trips of data until the retransmission fills the gap).
     pub stream_receive_window: u64,
     /// Streams (proxied connections) one agent connection may have open at once.
     pub max_concurrent_streams: u64,
@@ -237,11 +238,15 @@ pub struct QuicConfig {
 pub enum CongestionControl {
     /// Loss-based (RFC 9438); backs off on every loss.
     Cubic,
-    /// Model-based (BBR): paces at the measured bottleneck rate and keeps the
-    /// queue short; random loss does not make it back off.
+    /// Model-based (konnq's BBR-style controller, [`crate::cc`]): keeps the
+    /// data in flight at the measured bandwidth-delay product, so the
+    /// bottleneck queue stays short; random loss does not make it back off.
     Bbr,
     /// Loss-based (RFC 9002's NewReno).
     NewReno,
+    /// quinn's experimental BBR (window 2–3 × its BDP estimate), for
+    /// comparison.
+    QuinnBbr,
 }
 
 impl CongestionControl {
@@ -250,14 +255,16 @@ impl CongestionControl {
             CongestionControl::Cubic => "cubic",
             CongestionControl::Bbr => "bbr",
             CongestionControl::NewReno => "new-reno",
+            CongestionControl::QuinnBbr => "quinn-bbr",
         }
     }
 
     fn parse(s: &str) -> Option<CongestionControl> {
-        [CongestionControl::Cubic, CongestionControl::Bbr, CongestionControl::NewReno]
-            .into_iter()
-            .find(|c| c.name() == s)
+        Self::ALL.into_iter().find(|c| c.name() == s)
     }
+
+    const ALL: [CongestionControl; 4] =
+        [CongestionControl::Bbr, CongestionControl::Cubic, CongestionControl::NewReno, CongestionControl::QuinnBbr];
 }
 
 impl Default for QuicConfig {
@@ -265,7 +272,7 @@ impl Default for QuicConfig {
         QuicConfig {
             keep_alive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
-            stream_receive_window: 1_250_000,
+            stream_receive_window: 4 * MIB,
             max_concurrent_streams: 10_000,
             udp_buffer_bytes: 4 * MIB as usize,
             congestion_control: CongestionControl::Bbr,
@@ -344,7 +351,8 @@ impl RawQuicConfig {
         let congestion_control = match self.congestion_control.as_deref() {
             None => d.congestion_control,
             Some(name) => CongestionControl::parse(name).unwrap_or_else(|| {
-                p.push("congestion-control", format!("{name:?} is not one of \"cubic\", \"bbr\", \"new-reno\""));
+                let names: Vec<String> = CongestionControl::ALL.iter().map(|c| format!("{:?}", c.name())).collect();
+                p.push("congestion-control", format!("{name:?} is not one of {}", names.join(", ")));
                 d.congestion_control
             }),
         };
@@ -397,7 +405,7 @@ mod tests {
 
     #[test]
     fn congestion_control_by_name() {
-        for c in [CongestionControl::Cubic, CongestionControl::Bbr, CongestionControl::NewReno] {
+        for c in CongestionControl::ALL {
             let q = quic(&format!("congestion-control = \"{}\"", c.name())).expect("valid");
             assert_eq!(q.congestion_control, c);
             crate::quic::transport_config(&q, true).expect("quinn takes it");
@@ -412,7 +420,7 @@ mod tests {
         assert_eq!(q, QuicConfig::default());
         assert_eq!(q.keep_alive_interval, Duration::from_secs(1));
         assert_eq!(q.idle_timeout, Duration::from_secs(5));
-        assert_eq!(q.stream_receive_window, 1_250_000);
+        assert_eq!(q.stream_receive_window, 4 * 1024 * 1024);
         assert_eq!(q.max_concurrent_streams, 10_000);
         assert_eq!(q.udp_buffer_bytes, 4 * 1024 * 1024);
     }

@@ -6,8 +6,9 @@
 //!   is the gRPC codec with small per-stream buffers.
 //! - [`wire`]: konnq's own server↔agent frames (dial header, dial result,
 //!   control messages), sans-IO; [`quic`] the QUIC transport settings and
-//!   stream helpers; [`tls`] rustls configurations (ring only); [`certs`]
-//!   development certificates.
+//!   stream helpers; [`cc`] konnq's BBR-style QUIC congestion controller;
+//!   [`tls`] rustls configurations (ring only); [`certs`] development
+//!   certificates.
 //! - [`h2authority`]: the HTTP/2 shim that makes the Unix-socket `:authority`
 //!   real clients send acceptable to h2; [`hpack`] the HPACK decoder it uses
 //!   (table-driven Huffman decoding, no allocation per string).
@@ -17,6 +18,7 @@
 pub mod proto {
     tonic::include_proto!("_");
 }
+pub mod cc;
 pub mod certs;
 pub mod client;
 pub mod codec;

@@ -56,8 +56,9 @@ pub fn transport_config(
     t.max_concurrent_uni_streams(0u32.into());
     let cc: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match cfg.congestion_control {
         CongestionControl::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
-        CongestionControl::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        CongestionControl::Bbr => Arc::new(crate::cc::BbrConfig::default()),
         CongestionControl::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+        CongestionControl::QuinnBbr => Arc::new(quinn::congestion::BbrConfig::default()),
     };
     t.congestion_controller_factory(cc);
     Ok(t)
