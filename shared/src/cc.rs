@@ -112,20 +112,25 @@ struct Sent {
     app_limited: bool,
 }
 
-/// Maximum over the last `N` round trips, one slot per round.
+/// Maximum over the `N` round trips up to the latest update, one slot per
+/// round. Rounds without an update do not age it: an estimate survives a
+/// quiet (app-limited) period, as in Linux's BBR, instead of decaying to
+/// what an idle connection delivers.
 #[derive(Debug, Clone)]
 struct RoundMax<const N: usize> {
     slots: [(u64, u64); N],
+    latest: u64,
 }
 
 impl<const N: usize> Default for RoundMax<N> {
     fn default() -> Self {
-        RoundMax { slots: [(0, 0); N] }
+        RoundMax { slots: [(0, 0); N], latest: 0 }
     }
 }
 
 impl<const N: usize> RoundMax<N> {
     fn update(&mut self, round: u64, value: u64) {
+        self.latest = self.latest.max(round);
         let slot = &mut self.slots[(round % N as u64) as usize];
         if slot.0 != round {
             *slot = (round, value);
@@ -134,8 +139,8 @@ impl<const N: usize> RoundMax<N> {
         }
     }
 
-    fn get(&self, round: u64) -> u64 {
-        self.slots.iter().filter(|(r, _)| *r + N as u64 > round).map(|(_, v)| *v).max().unwrap_or(0)
+    fn get(&self) -> u64 {
+        self.slots.iter().filter(|(r, _)| *r + N as u64 > self.latest).map(|(_, v)| *v).max().unwrap_or(0)
     }
 
     fn scale(&mut self, factor: f64) {
@@ -243,7 +248,7 @@ impl Bbr {
 
     /// Bottleneck bandwidth estimate, bytes per second.
     pub fn bandwidth(&self) -> u64 {
-        self.bw.get(self.round)
+        self.bw.get()
     }
 
     pub fn min_rtt(&self) -> Option<Duration> {
@@ -527,7 +532,7 @@ impl Bbr {
         let bw = self.bandwidth();
         let mut target = bdp.max(self.bytes_in(bw, MIN_WINDOW_TIME)) + QUANTUM_PACKETS * self.mtu;
         if self.filled_pipe {
-            let extra = self.extra_acked.get(self.round).min(self.bytes_in(bw, MAX_EXTRA_ACKED_TIME));
+            let extra = self.extra_acked.get().min(self.bytes_in(bw, MAX_EXTRA_ACKED_TIME));
             target += extra;
         }
         if self.filled_pipe {
@@ -607,6 +612,8 @@ mod tests {
         one_way: Duration,
         queue: u64,
         loss: f64,
+        /// What the application offers, bytes/s; `None`: always has data.
+        offered: Option<f64>,
     }
 
     #[derive(Default, Debug)]
@@ -625,7 +632,7 @@ mod tests {
     /// `later` at `change_at`, if given) with quinn's pacing rule
     /// (1.25 × window per smoothed RTT) and packet-threshold loss
     /// detection; figures cover the last `measure` of `total` (sim time).
-    fn simulate(path: Path, later: Option<(Duration, Path)>, total: Duration, measure: Duration) -> Outcome {
+    fn simulate(path: Path, later: &[(Duration, Path)], total: Duration, measure: Duration) -> Outcome {
         let start = Instant::now();
         let mut rng = fastrand::Rng::with_seed(7);
         let mut cc = Bbr::new(BbrConfig::default().initial_window, MTU, start);
@@ -635,6 +642,8 @@ mod tests {
         let mut in_flight = 0u64;
         let mut srtt: Option<Duration> = None;
         let mut tokens = 10.0 * size as f64;
+        let mut app_credit = 0.0f64;
+        let mut app_limited = false;
         // (arrival time, pn) on the forward wire after the queue; queue; acks.
         let mut queue: VecDeque<u64> = VecDeque::new();
         let mut queued_bytes = 0u64;
@@ -649,9 +658,9 @@ mod tests {
         let mut p = path;
         for i in 0..steps {
             let now = start + STEP * i as u32;
-            if let Some((at, q)) = later {
-                if now >= start + at {
-                    p = q;
+            for (at, q) in later {
+                if now >= start + *at {
+                    p = *q;
                 }
             }
             let measuring = now >= measure_from;
@@ -662,7 +671,7 @@ mod tests {
                 for pn in pns {
                     if let Some(sent) = unacked.remove(&pn) {
                         in_flight -= size;
-                        cc.acked(now, sent, size, false);
+                        cc.acked(now, sent, size, app_limited);
                         let rtt = now - sent;
                         srtt = Some(srtt.map_or(rtt, |s| (s * 7 + rtt) / 8));
                     }
@@ -676,7 +685,7 @@ mod tests {
                     }
                     cc.lost(size * lost.len() as u64);
                 }
-                cc.end_acks(now, in_flight, false);
+                cc.end_acks(now, in_flight, app_limited);
             }
             // Receiver: packets off the wire, acked every second packet.
             while wire.front().is_some_and(|(t, _)| *t <= now) {
@@ -705,8 +714,17 @@ mod tests {
             let rtt = srtt.unwrap_or(Duration::from_millis(100));
             tokens = (tokens + 1.25 * window as f64 * STEP.as_secs_f64() / rtt.as_secs_f64())
                 .min((window as f64 / 8.0).max(10.0 * size as f64));
+            if let Some(offered) = p.offered {
+                app_credit = (app_credit + offered * STEP.as_secs_f64()).min(2.0 * size as f64);
+            }
             let mut batch = 0;
             while in_flight + size <= window && tokens >= size as f64 {
+                if p.offered.is_some() {
+                    if app_credit < size as f64 {
+                        break;
+                    }
+                    app_credit -= size as f64;
+                }
                 tokens -= size as f64;
                 let pn = next_pn;
                 next_pn += 1;
@@ -728,6 +746,8 @@ mod tests {
             if batch > 0 {
                 cc.sent(now, batch);
             }
+            // quinn's notion: nothing left to send although the window had room.
+            app_limited = p.offered.is_some() && in_flight + size <= window;
             if measuring {
                 queue_delay_sum += queued_bytes as f64 / p.rate;
                 samples += 1;
@@ -744,13 +764,13 @@ mod tests {
         let rate = mbit * 1e6 / 8.0;
         let one_way = Duration::from_millis(rtt_ms) / 2;
         let queue = (rate * one_way.as_secs_f64() * 2.0) as u64; // one BDP
-        Path { rate, one_way, queue, loss }
+        Path { rate, one_way, queue, loss, offered: None }
     }
 
     #[test]
     fn fills_a_clean_path_without_a_standing_queue() {
         let path = link(100.0, 50, 0.0);
-        let o = simulate(path, None, Duration::from_secs(12), Duration::from_secs(8));
+        let o = simulate(path, &[], Duration::from_secs(12), Duration::from_secs(8));
         assert!(o.goodput >= 0.9 * path.rate, "goodput {:.1} Mbit/s: {o:?}", o.goodput * 8e-6);
         assert!(o.mean_queue_delay <= Duration::from_millis(8), "{o:?}");
         assert_eq!(o.overflow_drops, 0, "{o:?}");
@@ -760,7 +780,7 @@ mod tests {
     fn random_loss_does_not_shrink_the_window() {
         for loss in [0.01, 0.05] {
             let path = link(100.0, 50, loss);
-            let o = simulate(path, None, Duration::from_secs(12), Duration::from_secs(8));
+            let o = simulate(path, &[], Duration::from_secs(12), Duration::from_secs(8));
             assert!(
                 o.goodput >= (0.9 - loss) * path.rate,
                 "loss {loss}: goodput {:.1} Mbit/s: {o:?}",
@@ -778,11 +798,27 @@ mod tests {
         let after = Path { one_way: Duration::from_millis(30), queue: before.queue * 3, ..before };
         let o = simulate(
             before,
-            Some((Duration::from_secs(5), after)),
+            &[(Duration::from_secs(5), after)],
             Duration::from_secs(5) + MIN_RTT_WINDOW + Duration::from_secs(5),
             Duration::from_secs(3),
         );
         assert!(o.goodput >= 0.85 * after.rate, "goodput {:.1} Mbit/s: {o:?}", o.goodput * 8e-6);
+    }
+
+    #[test]
+    fn bulk_after_a_quiet_period_gets_the_path_back_at_once() {
+        // Bulk, then 30 s of a trickle (1 KiB every 100 ms, app-limited),
+        // then bulk again: the bandwidth estimate must survive the quiet
+        // period instead of shrinking to the trickle's rate.
+        let bulk = link(100.0, 50, 0.0);
+        let trickle = Path { offered: Some(10_240.0), ..bulk };
+        let o = simulate(
+            bulk,
+            &[(Duration::from_secs(5), trickle), (Duration::from_secs(35), bulk)],
+            Duration::from_millis(35_600),
+            Duration::from_millis(500),
+        );
+        assert!(o.goodput >= 0.8 * bulk.rate, "goodput {:.1} Mbit/s: {o:?}", o.goodput * 8e-6);
     }
 
     #[test]
@@ -804,12 +840,17 @@ mod tests {
         let mut m = RoundMax::<10>::default();
         m.update(1, 100);
         m.update(2, 50);
-        assert_eq!(m.get(2), 100);
-        assert_eq!(m.get(10), 100);
-        assert_eq!(m.get(11), 50);
-        assert_eq!(m.get(12), 0);
-        m.update(12, 70);
+        assert_eq!(m.get(), 100);
+        m.update(10, 10);
+        assert_eq!(m.get(), 100);
+        m.update(11, 20);
+        assert_eq!(m.get(), 50, "round 1 is out of the window");
+        m.update(12, 5);
+        assert_eq!(m.get(), 20);
         m.update(12, 60);
-        assert_eq!(m.get(12), 70);
+        m.update(12, 30);
+        assert_eq!(m.get(), 60);
+        m.update(40, 1);
+        assert_eq!(m.get(), 1, "everything older than 10 rounds before the latest is gone");
     }
 }
