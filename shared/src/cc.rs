@@ -178,7 +178,6 @@ pub struct Bbr {
     app_limited: bool,
     sent: VecDeque<Sent>,
     batch: Batch,
-    lost: u64,
 
     round: u64,
     next_round_delivered: u64,
@@ -221,7 +220,6 @@ impl Bbr {
             app_limited: false,
             sent: VecDeque::new(),
             batch: Batch::default(),
-            lost: 0,
             round: 0,
             next_round_delivered: 0,
             round_delivered_start: 0,
@@ -269,15 +267,16 @@ impl Bbr {
         Some((gain * bw as f64 * rtt.as_secs_f64()) as u64)
     }
 
-    fn bytes_in(&self, bw: u64, time: Duration) -> u64 {
-        (bw as f64 * time.as_secs_f64()) as u64
+    /// The window for `gain`: `gain` × BDP, at least [`MIN_WINDOW_TIME`]
+    /// of data, plus send/ack quantisation; `None` before the first sample.
+    fn window_target(&self, gain: f64) -> Option<u64> {
+        let bdp = self.bdp(gain)?;
+        Some(bdp.max(bytes_in(self.bandwidth(), MIN_WINDOW_TIME)) + QUANTUM_PACKETS * self.mtu)
     }
 
-    /// The window of a steady (gain 1) phase: one BDP, at least
-    /// [`MIN_WINDOW_TIME`] of data, plus send/ack quantisation.
+    /// The window of a steady (gain 1) phase.
     fn steady_target(&self) -> Option<u64> {
-        let bdp = self.bdp(1.0)?;
-        Some(bdp.max(self.bytes_in(self.bandwidth(), MIN_WINDOW_TIME)) + QUANTUM_PACKETS * self.mtu)
+        self.window_target(1.0)
     }
 
     /// A packet batch went out (`bytes` in total, all at `now`).
@@ -324,7 +323,6 @@ impl Bbr {
 
     /// Packets carrying `bytes` were declared lost.
     pub fn lost(&mut self, bytes: u64) {
-        self.lost += bytes;
         self.round_lost += bytes;
         self.in_flight = self.in_flight.saturating_sub(bytes);
     }
@@ -437,13 +435,14 @@ impl Bbr {
         if bw == 0 {
             return;
         }
-        let expected = self.bytes_in(bw, now.saturating_duration_since(self.ack_epoch_start));
+        let mut expected = bytes_in(bw, now.saturating_duration_since(self.ack_epoch_start));
         if self.ack_epoch_acked <= expected {
+            // The acks caught up with the bandwidth: a new epoch starts now.
             self.ack_epoch_start = now;
             self.ack_epoch_acked = 0;
+            expected = 0;
         }
         self.ack_epoch_acked += acked;
-        let expected = self.bytes_in(bw, now.saturating_duration_since(self.ack_epoch_start));
         let extra = self.ack_epoch_acked.saturating_sub(expected).min(self.window);
         self.extra_acked.update(self.round, extra);
     }
@@ -524,18 +523,13 @@ impl Bbr {
             Mode::Drain => 1.0,
             _ => PROBE_GAINS[self.cycle_index],
         };
-        let Some(bdp) = self.bdp(gain) else {
+        let Some(mut target) = self.window_target(gain) else {
             // No model yet: slow start.
             self.window += acked;
             return;
         };
-        let bw = self.bandwidth();
-        let mut target = bdp.max(self.bytes_in(bw, MIN_WINDOW_TIME)) + QUANTUM_PACKETS * self.mtu;
         if self.filled_pipe {
-            let extra = self.extra_acked.get().min(self.bytes_in(bw, MAX_EXTRA_ACKED_TIME));
-            target += extra;
-        }
-        if self.filled_pipe {
+            target += self.extra_acked.get().min(bytes_in(self.bandwidth(), MAX_EXTRA_ACKED_TIME));
             self.window = target.min(self.window + acked);
             if self.mode == Mode::Drain || PROBE_GAINS[self.cycle_index] < 1.0 {
                 // Shrink at once so the queue actually drains.
@@ -546,6 +540,11 @@ impl Bbr {
         }
         self.window = self.window.max(self.min_window());
     }
+}
+
+/// Bytes sent at `bw` bytes/s in `time`.
+fn bytes_in(bw: u64, time: Duration) -> u64 {
+    (bw as f64 * time.as_secs_f64()) as u64
 }
 
 impl Controller for Bbr {
