@@ -4,9 +4,8 @@
 //! kube-apiserver ──gRPC Proxy stream (UDS)──▶ frontend::session ──QUIC stream──▶ konnq-agent ──TCP──▶ target
 //! ```
 //!
-//! - [`frontend`]: the gRPC `ProxyService` (one session per Proxy stream);
-//!   accepted connections pass through `AuthorityFixIo` so real clients'
-//!   Unix-socket `:authority` values are accepted.
+//! - [`frontend`]: the gRPC `ProxyService` on konnq's own HTTP/2 server
+//!   (`frontend::http2`, one session per Proxy stream), and HTTP-CONNECT.
 //! - [`backend`]: the QUIC endpoint agents connect to, the agent registry and
 //!   the per-dial stream handshake.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`.
@@ -201,7 +200,7 @@ async fn serve_frontend<I, IO, E>(
 {
     match mode {
         FrontendMode::Grpc => {
-            if let Err(e) = frontend::grpc::serve(incoming, ctx, max_message_bytes, stop).await {
+            if let Err(e) = frontend::http2::serve(incoming, ctx, max_message_bytes, stop).await {
                 error!("gRPC frontend failed: {e}");
             }
         }

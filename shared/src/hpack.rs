@@ -9,9 +9,8 @@
 //! - [`huffman`]: the Huffman code, decoded by a table built at compile time.
 //! - [`table`]: the static table and the dynamic table with its eviction.
 //!
-//! konnq only decodes HPACK: the `:authority` shim re-encodes every field as
-//! a plain literal (see [`crate::h2authority`]), which needs no encoder
-//! state. Every malformed input is an error naming the violation; nothing
+//! konnq only decodes HPACK: the server's HTTP/2 frontend encodes its few
+//! response fields as plain literals, which needs no encoder state. Every malformed input is an error naming the violation; nothing
 //! here panics on input.
 
 pub mod huffman;

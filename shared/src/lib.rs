@@ -3,14 +3,13 @@
 //! - [`proto`]: the Konnectivity protocol as kube-apiserver speaks it
 //!   (`ProxyService.Proxy`, `Packet`), compiled from `proto/konnectivity.proto`;
 //!   [`konnectivity`] classifies client packets and builds answers; [`codec`]
-//!   is the gRPC codec with small per-stream buffers.
+//!   is the gRPC codec with small per-stream buffers (konnq's client side).
 //! - [`wire`]: konnq's own server↔agent frames (dial header, dial result,
 //!   control messages), sans-IO; [`quic`] the QUIC transport settings and
 //!   stream helpers; [`cc`] konnq's BBR-style QUIC congestion controller;
 //!   [`tls`] rustls configurations (ring only); [`certs`] development
 //!   certificates.
-//! - [`h2authority`]: the HTTP/2 shim that makes the Unix-socket `:authority`
-//!   real clients send acceptable to h2; [`hpack`] the HPACK decoder it uses
+//! - [`hpack`]: the HPACK decoder of the server's HTTP/2 frontend
 //!   (table-driven Huffman decoding, no allocation per string).
 //! - [`config`]: validated TOML/flag configuration of both binaries.
 //! - [`client`]: a Konnectivity client over a Unix socket (demo, load tests).
@@ -24,7 +23,6 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod gauge;
-pub mod h2authority;
 pub mod hpack;
 pub mod konnectivity;
 pub mod logging;

@@ -1,5 +1,4 @@
-pub mod authority_io;
 pub mod connect;
-pub mod grpc;
+pub mod http2;
 pub mod session;
 pub mod tls;

@@ -1,0 +1,1226 @@
+//! The gRPC `ProxyService` frontend's HTTP/2 server (RFC 9113), serving
+//! `/ProxyService/Proxy` only.
+//!
+//! Why konnq has its own: kube-apiserver opens one HTTP/2 connection per
+//! proxied connection, so per-connection memory is what a busy server holds.
+//! A general-purpose HTTP/2 server allocates fixed read, write and HPACK
+//! buffers (about 28 KiB) for every connection up front; this one sizes its
+//! read buffer to the traffic (a few hundred bytes on an idle connection),
+//! writes through a buffer that is freed whenever it drains, and never adds
+//! to the HPACK dynamic table. It also accepts any `:authority`: real clients
+//! send the Unix socket path there, raw or percent-encoded, which stricter
+//! servers reset.
+//!
+//! One task per connection runs everything: frame parsing, flow control both
+//! ways, HPACK decoding, keep-alive pings and graceful GOAWAY. Each Proxy
+//! stream is served by [`session::run`] on its own task, connected by an
+//! inbound queue (credited back to the client as the session consumes it, so
+//! a slow session stalls only its own stream) and a bounded outbound channel.
+//!
+//! Every protocol violation closes the connection with GOAWAY naming the
+//! error (or resets just the stream, where RFC 9113 says a stream error),
+//! counts `frontend_errors{kind="http2"}` and is logged; other connections
+//! are untouched.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
+use konnq_shared::hpack::Decoder;
+use konnq_shared::proto::Packet;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamMap;
+use tonic::Status;
+use tracing::{debug, warn};
+
+use super::session::{self, SessionCtx};
+
+/// The one method served.
+pub const PROXY_PATH: &[u8] = b"/ProxyService/Proxy";
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Packets buffered toward one client before the session waits: bounded, so
+/// a client that stops reading stalls only its own connection.
+const OUTBOUND_PACKETS: usize = 4;
+/// Stream receive window we advertise.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Connection receive window we advertise.
+const CONN_WINDOW: u32 = 4 * 1024 * 1024;
+/// Concurrent streams per connection we allow.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Largest frame payload we accept (the protocol default; we advertise no other).
+const MAX_FRAME: usize = 16_384;
+/// Largest header block (HEADERS + CONTINUATION) we accept.
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// HPACK dynamic table size the client's encoder may use.
+const HEADER_TABLE_SIZE: usize = 4096;
+/// Smallest and largest read buffer; reads adapt between the two.
+const READ_MIN: usize = 512;
+const READ_MAX: usize = 64 * 1024;
+/// Stop taking outbound packets while this much is waiting to be written.
+const WRITE_HIGH: usize = 64 * 1024;
+/// Stop reading while this much is waiting to be written (PING and
+/// SETTINGS acks cannot pile up without bound).
+const WRITE_STOP_READ: usize = 256 * 1024;
+/// Keep-alive: ping an idle client this often, close if it does not answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// Frame types (RFC 9113 §6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+// Flags.
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY_FLAG: u8 = 0x20;
+// Error codes (RFC 9113 §7).
+const NO_ERROR: u32 = 0x0;
+const PROTOCOL_ERROR: u32 = 0x1;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const STREAM_CLOSED: u32 = 0x5;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+const REFUSED_STREAM: u32 = 0x7;
+const COMPRESSION_ERROR: u32 = 0x9;
+// Settings identifiers.
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const MAX_WINDOW: i64 = (1 << 31) - 1;
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A connection error we reported to the client with GOAWAY.
+    #[error("{reason} (GOAWAY code {code:#x})")]
+    Protocol { code: u32, reason: String },
+    #[error("no PING acknowledgement within {0:?}")]
+    KeepAlive(Duration),
+}
+
+fn proto_err(code: u32, reason: impl Into<String>) -> ConnError {
+    ConnError::Protocol { code, reason: reason.into() }
+}
+
+/// Serves the Proxy service on a stream of accepted connections until
+/// `shutdown` resolves; then every connection gets GOAWAY and lives on until
+/// its streams are done.
+pub async fn serve<I, IO, E>(
+    incoming: I,
+    ctx: SessionCtx,
+    max_message_bytes: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), std::io::Error>
+where
+    I: Stream<Item = Result<IO, E>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: std::fmt::Display,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut incoming = std::pin::pin!(incoming);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            next = incoming.next() => match next {
+                Some(Ok(io)) => {
+                    let ctx = ctx.clone();
+                    let mut stop = stop_rx.clone();
+                    tokio::spawn(async move {
+                        let stopping = Box::pin(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        });
+                        let metrics = ctx.metrics.clone();
+                        if let Err(e) = Connection::new(io, ctx, max_message_bytes, stopping).run().await {
+                            match e {
+                                ConnError::Io(e) => debug!("frontend connection ended: {e}"),
+                                e => {
+                                    metrics.frontend_error("http2");
+                                    warn!("frontend HTTP/2 connection closed: {e}");
+                                }
+                            }
+                        }
+                    });
+                }
+                Some(Err(e)) => debug!("frontend accept failed: {e}"),
+                None => break,
+            },
+        }
+    }
+    stop_tx.send_replace(true);
+    Ok(())
+}
+
+/// What one Proxy stream's session reads: decoded packets in order, then the
+/// end of the client's side (or an error naming its violation).
+pub struct Inbound {
+    shared: Arc<InboundShared>,
+}
+
+struct InboundShared {
+    state: Mutex<InboundState>,
+    conn: Arc<ConnShared>,
+    stream_id: u32,
+}
+
+#[derive(Default)]
+struct InboundState {
+    /// Packets with the bytes to credit back when each is taken.
+    queue: VecDeque<(Result<Packet, Status>, u32)>,
+    ended: bool,
+    waker: Option<Waker>,
+}
+
+impl InboundShared {
+    fn push(&self, item: Result<Packet, Status>, credit: u32) {
+        let mut st = self.state.lock().unwrap();
+        st.queue.push_back((item, credit));
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn end(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.ended = true;
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Stream for Inbound {
+    type Item = Result<Packet, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let shared = &self.shared;
+        let mut st = shared.state.lock().unwrap();
+        if let Some((item, n)) = st.queue.pop_front() {
+            if st.queue.is_empty() {
+                st.queue = VecDeque::new();
+            }
+            drop(st);
+            if n > 0 {
+                shared.conn.consumed(shared.stream_id, n);
+            }
+            return Poll::Ready(Some(item));
+        }
+        if st.ended {
+            return Poll::Ready(None);
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Inbound {
+    /// Packets the session never took still return their bytes to the
+    /// connection window, or a long-lived connection would shrink it away.
+    fn drop(&mut self) {
+        let unread: u32 = {
+            let mut st = self.shared.state.lock().unwrap();
+            st.ended = true;
+            st.queue.drain(..).map(|(_, n)| n).sum()
+        };
+        if unread > 0 {
+            self.shared.conn.consumed(self.shared.stream_id, unread);
+        }
+    }
+}
+
+/// Shared between a connection and its streams' inbound queues: bytes the
+/// sessions consumed, to be credited back with WINDOW_UPDATE.
+struct ConnShared {
+    consumed: Mutex<Vec<(u32, u32)>>,
+    waker: AtomicWaker,
+}
+
+impl ConnShared {
+    fn consumed(&self, stream_id: u32, n: u32) {
+        self.consumed.lock().unwrap().push((stream_id, n));
+        self.waker.wake();
+    }
+}
+
+/// One packet from a session, or the error status that ends its stream.
+type Item = Result<Packet, Status>;
+
+/// The outbound side of a stream as the connection polls it: the session's
+/// packets, then `None` once every sender is gone.
+type Outbound = futures::stream::Chain<
+    futures::stream::Map<ReceiverStream<Item>, fn(Item) -> Option<Item>>,
+    futures::stream::Once<futures::future::Ready<Option<Item>>>,
+>;
+
+fn outbound(rx: mpsc::Receiver<Item>) -> Outbound {
+    let wrap: fn(Item) -> Option<Item> = Some;
+    ReceiverStream::new(rx).map(wrap).chain(futures::stream::once(futures::future::ready(None)))
+}
+
+struct StreamState {
+    /// `None` once the client's side ended or we stopped reading it.
+    inbound: Option<Arc<InboundShared>>,
+    /// What the client may still send before our next WINDOW_UPDATE.
+    recv_window: i64,
+    /// Received bytes not yet credited back.
+    owed: u32,
+    /// A gRPC message being reassembled from DATA frames.
+    partial: BytesMut,
+    /// Our send window on this stream.
+    send_window: i64,
+    /// Encoded response bytes the windows did not let out yet.
+    pending: Option<Bytes>,
+    /// The outbound receiver while it is out of the poll set because the
+    /// stream has pending bytes.
+    parked: Option<Outbound>,
+    headers_sent: bool,
+    /// Trailers sent: the response is complete.
+    done: bool,
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    Flushed(std::io::Result<()>),
+    Out(u32, Option<Result<Packet, Status>>),
+    Credit,
+    Timer,
+    Stop,
+}
+
+struct Connection<IO> {
+    io: IO,
+    ctx: SessionCtx,
+    max_message_bytes: usize,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopped: bool,
+    read_buf: BytesMut,
+    /// Next read's buffer size; grows while reads fill it, shrinks when idle.
+    read_hint: usize,
+    preface_seen: bool,
+    eof: bool,
+    write_buf: BytesMut,
+    /// Written bytes may sit in a TLS layer until flushed.
+    needs_flush: bool,
+    decoder: Decoder,
+    /// A header block waiting for CONTINUATION: stream id, END_STREAM, bytes.
+    header_block: Option<(u32, bool, Vec<u8>)>,
+    streams: HashMap<u32, StreamState>,
+    outbound: StreamMap<u32, Outbound>,
+    shared: Arc<ConnShared>,
+    last_stream_id: u32,
+    conn_recv_window: i64,
+    conn_owed: u32,
+    conn_send_window: i64,
+    peer_initial_window: i64,
+    peer_max_frame: usize,
+    /// Keep-alive: when to ping next, or by when the PING must be answered.
+    timer: Pin<Box<Sleep>>,
+    ping_outstanding: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
+    fn new(
+        io: IO,
+        ctx: SessionCtx,
+        max_message_bytes: usize,
+        stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Self {
+        Connection {
+            io,
+            ctx,
+            max_message_bytes,
+            stopping,
+            stopped: false,
+            read_buf: BytesMut::new(),
+            read_hint: READ_MIN,
+            preface_seen: false,
+            eof: false,
+            write_buf: BytesMut::new(),
+            needs_flush: false,
+            decoder: Decoder::new(HEADER_TABLE_SIZE),
+            header_block: None,
+            streams: HashMap::new(),
+            outbound: StreamMap::new(),
+            shared: Arc::new(ConnShared { consumed: Mutex::new(Vec::new()), waker: AtomicWaker::new() }),
+            last_stream_id: 0,
+            conn_recv_window: CONN_WINDOW as i64,
+            conn_owed: 0,
+            conn_send_window: 65_535,
+            peer_initial_window: 65_535,
+            peer_max_frame: MAX_FRAME,
+            timer: Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL)),
+            ping_outstanding: false,
+        }
+    }
+
+    async fn run(mut self) -> Result<(), ConnError> {
+        // Our SETTINGS and the connection window, sent at once.
+        let mut settings = Vec::with_capacity(24);
+        for (id, value) in [
+            (SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS),
+            (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+            (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
+            (SETTINGS_ENABLE_PUSH, 0),
+        ] {
+            settings.extend_from_slice(&id.to_be_bytes());
+            settings.extend_from_slice(&value.to_be_bytes());
+        }
+        self.frame(SETTINGS, 0, 0, &settings);
+        self.window_update(0, CONN_WINDOW - 65_535);
+        let result = self.serve().await;
+        if let Err(ConnError::Protocol { code, ref reason }) = result {
+            // Best effort: tell the client why, then close.
+            let mut payload = Vec::with_capacity(8 + reason.len());
+            payload.extend_from_slice(&self.last_stream_id.to_be_bytes());
+            payload.extend_from_slice(&code.to_be_bytes());
+            payload.extend_from_slice(reason.as_bytes());
+            self.frame(GOAWAY, 0, 0, &payload);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+        }
+        for st in self.streams.values() {
+            if let Some(inbound) = &st.inbound {
+                inbound.end();
+            }
+        }
+        result
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.io.write_all(&self.write_buf).await?;
+        self.write_buf = BytesMut::new();
+        self.io.flush().await
+    }
+
+    async fn serve(&mut self) -> Result<(), ConnError> {
+        loop {
+            if self.eof && self.write_buf.is_empty() && !self.needs_flush {
+                return Ok(());
+            }
+            if self.stopped && self.streams.is_empty() && self.write_buf.is_empty() {
+                return Ok(());
+            }
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Read(Ok(0)) => {
+                    self.eof = true;
+                    for st in self.streams.values_mut() {
+                        if let Some(inbound) = st.inbound.take() {
+                            inbound.end();
+                        }
+                    }
+                    self.streams.clear();
+                    self.outbound = StreamMap::new();
+                }
+                Event::Read(Ok(n)) => {
+                    self.adapt_read_hint(n);
+                    self.process_frames()?;
+                    if !self.ping_outstanding {
+                        self.timer.as_mut().reset(Instant::now() + KEEPALIVE_INTERVAL);
+                    }
+                }
+                Event::Read(Err(e)) => return Err(e.into()),
+                Event::Wrote(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Event::Wrote(Ok(n)) => {
+                    self.write_buf.advance(n);
+                    if self.write_buf.is_empty() {
+                        // Freed, so an idle connection holds no write buffer.
+                        self.write_buf = BytesMut::new();
+                        self.needs_flush = true;
+                    }
+                }
+                Event::Flushed(r) => {
+                    r?;
+                    self.needs_flush = false;
+                }
+                Event::Wrote(Err(e)) => return Err(e.into()),
+                Event::Out(id, item) => self.on_outbound(id, item),
+                Event::Credit => self.send_credits(),
+                Event::Timer => {
+                    if self.ping_outstanding {
+                        return Err(ConnError::KeepAlive(KEEPALIVE_TIMEOUT));
+                    }
+                    self.frame(PING, 0, 0, b"konnq-ka");
+                    self.ping_outstanding = true;
+                    self.timer.as_mut().reset(Instant::now() + KEEPALIVE_TIMEOUT);
+                }
+                Event::Stop => {
+                    self.stopped = true;
+                    let mut payload = [0u8; 8];
+                    payload[..4].copy_from_slice(&self.last_stream_id.to_be_bytes());
+                    self.frame(GOAWAY, 0, 0, &payload);
+                }
+            }
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if !self.write_buf.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_write(cx, &self.write_buf) {
+                return Poll::Ready(Event::Wrote(r));
+            }
+        } else if self.needs_flush {
+            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_flush(cx) {
+                return Poll::Ready(Event::Flushed(r));
+            }
+        }
+        if !self.eof && self.write_buf.len() < WRITE_STOP_READ {
+            let spare = self.read_buf.capacity() - self.read_buf.len();
+            let wanted = self.wanted_bytes().max(READ_MIN);
+            if spare < wanted {
+                self.read_buf.reserve(self.read_hint.max(wanted));
+            }
+            if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+                return Poll::Ready(Event::Read(r));
+            }
+        }
+        self.shared.waker.register(cx.waker());
+        if !self.shared.consumed.lock().unwrap().is_empty() {
+            return Poll::Ready(Event::Credit);
+        }
+        if self.conn_send_window > 0 && self.write_buf.len() < WRITE_HIGH && !self.outbound.is_empty() {
+            if let Poll::Ready(Some((id, item))) = self.outbound.poll_next_unpin(cx) {
+                return Poll::Ready(Event::Out(id, item));
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        if !self.stopped && self.stopping.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Stop);
+        }
+        Poll::Pending
+    }
+
+    /// Bytes the frame at the head of the read buffer still needs.
+    fn wanted_bytes(&self) -> usize {
+        if self.read_buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, self.read_buf[0], self.read_buf[1], self.read_buf[2]]) as usize;
+            (9 + len).saturating_sub(self.read_buf.len())
+        } else {
+            0
+        }
+    }
+
+    fn adapt_read_hint(&mut self, n: usize) {
+        if n >= self.read_hint {
+            self.read_hint = (self.read_hint * 2).min(READ_MAX);
+        } else if n < self.read_hint / 4 {
+            self.read_hint = (self.read_hint / 2).max(READ_MIN);
+        }
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream_id: u32, payload: &[u8]) {
+        self.frame_head(kind, flags, stream_id, payload.len());
+        self.write_buf.extend_from_slice(payload);
+    }
+
+    fn frame_head(&mut self, kind: u8, flags: u8, stream_id: u32, len: usize) {
+        let len = len as u32;
+        self.write_buf.reserve(9 + len as usize);
+        self.write_buf.put_slice(&len.to_be_bytes()[1..]);
+        self.write_buf.put_u8(kind);
+        self.write_buf.put_u8(flags);
+        self.write_buf.put_u32(stream_id & 0x7fff_ffff);
+    }
+
+    fn window_update(&mut self, stream_id: u32, n: u32) {
+        self.frame(WINDOW_UPDATE, 0, stream_id, &n.to_be_bytes());
+    }
+
+    fn rst(&mut self, stream_id: u32, code: u32) {
+        self.frame(RST_STREAM, 0, stream_id, &code.to_be_bytes());
+    }
+
+    /// Parses every complete frame in the read buffer.
+    fn process_frames(&mut self) -> Result<(), ConnError> {
+        if !self.preface_seen {
+            let n = self.read_buf.len().min(PREFACE.len());
+            if self.read_buf[..n] != PREFACE[..n] {
+                return Err(proto_err(PROTOCOL_ERROR, "not an HTTP/2 connection preface"));
+            }
+            if n < PREFACE.len() {
+                return Ok(());
+            }
+            self.read_buf.advance(PREFACE.len());
+            self.preface_seen = true;
+        }
+        while self.read_buf.len() >= 9 {
+            let head = &self.read_buf[..9];
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if len > MAX_FRAME {
+                return Err(proto_err(FRAME_SIZE_ERROR, format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+            }
+            if self.read_buf.len() < 9 + len {
+                break;
+            }
+            self.read_buf.advance(9);
+            let payload = self.read_buf.split_to(len).freeze();
+            self.on_frame(kind, flags, stream_id, payload)?;
+        }
+        if self.read_buf.is_empty() && self.read_buf.capacity() > READ_MIN {
+            self.read_buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, kind: u8, flags: u8, stream_id: u32, payload: Bytes) -> Result<(), ConnError> {
+        if let Some((expected, _, _)) = &self.header_block {
+            if kind != CONTINUATION || stream_id != *expected {
+                return Err(proto_err(PROTOCOL_ERROR, "header block interrupted before END_HEADERS"));
+            }
+        }
+        match kind {
+            DATA => self.on_data(flags, stream_id, payload),
+            HEADERS => self.on_headers(flags, stream_id, payload),
+            CONTINUATION => {
+                let Some((id, end_stream, mut block)) = self.header_block.take() else {
+                    return Err(proto_err(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
+                };
+                if block.len() + payload.len() > MAX_HEADER_BLOCK {
+                    return Err(proto_err(PROTOCOL_ERROR, format!("header block over {MAX_HEADER_BLOCK} bytes")));
+                }
+                block.extend_from_slice(&payload);
+                if flags & END_HEADERS != 0 {
+                    self.on_header_block(id, end_stream, &block)
+                } else {
+                    self.header_block = Some((id, end_stream, block));
+                    Ok(())
+                }
+            }
+            PRIORITY => {
+                if payload.len() != 5 {
+                    return Err(proto_err(FRAME_SIZE_ERROR, "PRIORITY frame not 5 bytes"));
+                }
+                Ok(())
+            }
+            RST_STREAM => {
+                if stream_id == 0 || payload.len() != 4 {
+                    return Err(proto_err(PROTOCOL_ERROR, "malformed RST_STREAM"));
+                }
+                if stream_id > self.last_stream_id {
+                    return Err(proto_err(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+                }
+                self.close_stream(stream_id);
+                Ok(())
+            }
+            SETTINGS => self.on_settings(flags, stream_id, &payload),
+            PUSH_PROMISE => Err(proto_err(PROTOCOL_ERROR, "clients must not send PUSH_PROMISE")),
+            PING => {
+                if stream_id != 0 || payload.len() != 8 {
+                    return Err(proto_err(FRAME_SIZE_ERROR, "malformed PING"));
+                }
+                if flags & ACK == 0 {
+                    self.frame(PING, ACK, 0, &payload);
+                } else if self.ping_outstanding {
+                    self.ping_outstanding = false;
+                    self.timer.as_mut().reset(Instant::now() + KEEPALIVE_INTERVAL);
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                if stream_id != 0 || payload.len() < 8 {
+                    return Err(proto_err(PROTOCOL_ERROR, "malformed GOAWAY"));
+                }
+                // The client opens no more streams; the open ones finish.
+                debug!("client sent GOAWAY");
+                Ok(())
+            }
+            WINDOW_UPDATE => self.on_window_update(stream_id, &payload),
+            // Unknown frame types are ignored (RFC 9113 §4.1).
+            _ => Ok(()),
+        }
+    }
+
+    fn on_settings(&mut self, flags: u8, stream_id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if stream_id != 0 {
+            return Err(proto_err(PROTOCOL_ERROR, "SETTINGS on a stream"));
+        }
+        if flags & ACK != 0 {
+            if !payload.is_empty() {
+                return Err(proto_err(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload"));
+            }
+            return Ok(());
+        }
+        if !payload.len().is_multiple_of(6) {
+            return Err(proto_err(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6"));
+        }
+        for entry in payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([entry[0], entry[1]]);
+            let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
+            match id {
+                SETTINGS_INITIAL_WINDOW_SIZE => {
+                    if value as i64 > MAX_WINDOW {
+                        return Err(proto_err(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1"));
+                    }
+                    let delta = value as i64 - self.peer_initial_window;
+                    self.peer_initial_window = value as i64;
+                    for st in self.streams.values_mut() {
+                        st.send_window += delta;
+                        if st.send_window > MAX_WINDOW {
+                            return Err(proto_err(FLOW_CONTROL_ERROR, "stream window above 2^31-1"));
+                        }
+                    }
+                }
+                SETTINGS_MAX_FRAME_SIZE => {
+                    if !(16_384..=(1 << 24) - 1).contains(&value) {
+                        return Err(proto_err(PROTOCOL_ERROR, format!("MAX_FRAME_SIZE {value} out of range")));
+                    }
+                    self.peer_max_frame = value as usize;
+                }
+                SETTINGS_ENABLE_PUSH if value > 1 => {
+                    return Err(proto_err(PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1"));
+                }
+                // HEADER_TABLE_SIZE: our encoder never uses the dynamic
+                // table. Others: nothing to adjust.
+                _ => {}
+            }
+        }
+        self.frame(SETTINGS, ACK, 0, &[]);
+        self.flush_pending();
+        Ok(())
+    }
+
+    fn on_window_update(&mut self, stream_id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if payload.len() != 4 {
+            return Err(proto_err(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes"));
+        }
+        let inc = (u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff) as i64;
+        if stream_id == 0 {
+            if inc == 0 {
+                return Err(proto_err(PROTOCOL_ERROR, "connection WINDOW_UPDATE of 0"));
+            }
+            self.conn_send_window += inc;
+            if self.conn_send_window > MAX_WINDOW {
+                return Err(proto_err(FLOW_CONTROL_ERROR, "connection window above 2^31-1"));
+            }
+        } else if let Some(st) = self.streams.get_mut(&stream_id) {
+            if inc == 0 {
+                self.rst(stream_id, PROTOCOL_ERROR);
+                self.close_stream(stream_id);
+                return Ok(());
+            }
+            st.send_window += inc;
+            if st.send_window > MAX_WINDOW {
+                self.rst(stream_id, FLOW_CONTROL_ERROR);
+                self.close_stream(stream_id);
+                return Ok(());
+            }
+        } else if stream_id > self.last_stream_id {
+            return Err(proto_err(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
+        }
+        self.flush_pending();
+        Ok(())
+    }
+
+    fn on_headers(&mut self, flags: u8, stream_id: u32, mut payload: Bytes) -> Result<(), ConnError> {
+        if stream_id == 0 {
+            return Err(proto_err(PROTOCOL_ERROR, "HEADERS on stream 0"));
+        }
+        if flags & PADDED != 0 {
+            payload = unpad(payload)?;
+        }
+        if flags & PRIORITY_FLAG != 0 {
+            if payload.len() < 5 {
+                return Err(proto_err(PROTOCOL_ERROR, "HEADERS too short for its priority"));
+            }
+            payload.advance(5);
+        }
+        let end_stream = flags & END_STREAM != 0;
+        if flags & END_HEADERS != 0 {
+            self.on_header_block(stream_id, end_stream, &payload)
+        } else {
+            self.header_block = Some((stream_id, end_stream, payload.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn on_header_block(&mut self, stream_id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        // Every block is decoded, even for streams we refuse, so the HPACK
+        // table stays in step with the client's.
+        let mut method_post = false;
+        let mut path_ok = false;
+        let mut grpc = false;
+        let mut path = Vec::new();
+        self.decoder
+            .decode(block, |name, value| match name {
+                b":method" => method_post = value == b"POST",
+                b":path" => {
+                    path_ok = value == PROXY_PATH;
+                    path = value.to_vec();
+                }
+                b"content-type" => grpc = value.starts_with(b"application/grpc"),
+                _ => {}
+            })
+            .map_err(|e| proto_err(COMPRESSION_ERROR, format!("bad header block: {e}")))?;
+
+        if stream_id <= self.last_stream_id {
+            // Trailers from the client on an open stream end its side.
+            if !end_stream {
+                return Err(proto_err(PROTOCOL_ERROR, "second HEADERS without END_STREAM"));
+            }
+            if let Some(st) = self.streams.get_mut(&stream_id) {
+                if let Some(inbound) = st.inbound.take() {
+                    inbound.end();
+                }
+            }
+            return Ok(());
+        }
+        if stream_id.is_multiple_of(2) {
+            return Err(proto_err(PROTOCOL_ERROR, "client stream with an even id"));
+        }
+        self.last_stream_id = stream_id;
+        if self.stopped {
+            self.rst(stream_id, REFUSED_STREAM);
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
+            self.rst(stream_id, REFUSED_STREAM);
+            return Ok(());
+        }
+        let refusal = if !method_post {
+            Some(Status::unimplemented("only POST is served"))
+        } else if !grpc {
+            Some(Status::invalid_argument("content-type must be application/grpc"))
+        } else if !path_ok {
+            Some(Status::unimplemented(format!("unknown method {}", String::from_utf8_lossy(&path))))
+        } else {
+            None
+        };
+        if let Some(status) = refusal {
+            self.ctx.metrics.frontend_error("http2_request");
+            debug!(stream_id, "refusing request: {}", status.message());
+            self.trailers(stream_id, false, &status);
+            if !end_stream {
+                self.rst(stream_id, NO_ERROR);
+            }
+            return Ok(());
+        }
+
+        let inbound = Arc::new(InboundShared {
+            state: Mutex::new(InboundState::default()),
+            conn: Arc::clone(&self.shared),
+            stream_id,
+        });
+        if end_stream {
+            inbound.end();
+        }
+        let (tx, rx) = mpsc::channel(OUTBOUND_PACKETS);
+        self.outbound.insert(stream_id, outbound(rx));
+        self.streams.insert(
+            stream_id,
+            StreamState {
+                inbound: (!end_stream).then(|| Arc::clone(&inbound)),
+                recv_window: STREAM_WINDOW as i64,
+                owed: 0,
+                partial: BytesMut::new(),
+                send_window: self.peer_initial_window,
+                pending: None,
+                parked: None,
+                headers_sent: true,
+                done: false,
+            },
+        );
+        // Headers at once, as clients that wait for them before sending
+        // (tonic's) expect.
+        self.response_headers(stream_id);
+        tokio::spawn(session::run(Inbound { shared: inbound }, tx, self.ctx.clone()));
+        Ok(())
+    }
+
+    fn on_data(&mut self, flags: u8, stream_id: u32, mut payload: Bytes) -> Result<(), ConnError> {
+        if stream_id == 0 {
+            return Err(proto_err(PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        let flow_len = payload.len() as u32;
+        if flow_len as i64 > self.conn_recv_window {
+            return Err(proto_err(FLOW_CONTROL_ERROR, "DATA beyond the connection window"));
+        }
+        self.conn_recv_window -= flow_len as i64;
+        if flags & PADDED != 0 {
+            payload = unpad(payload)?;
+        }
+        let end_stream = flags & END_STREAM != 0;
+        let Some(st) = self.streams.get_mut(&stream_id) else {
+            if stream_id > self.last_stream_id {
+                return Err(proto_err(PROTOCOL_ERROR, "DATA on an idle stream"));
+            }
+            // A stream already closed: its bytes still count on the connection.
+            self.credit(stream_id, flow_len);
+            return Ok(());
+        };
+        if flow_len as i64 > st.recv_window {
+            self.rst(stream_id, FLOW_CONTROL_ERROR);
+            self.close_stream(stream_id);
+            self.credit(stream_id, flow_len);
+            return Ok(());
+        }
+        st.recv_window -= flow_len as i64;
+        let Some(inbound) = st.inbound.clone() else {
+            // The client's side had ended: a stream error (RFC 9113 §5.1).
+            self.rst(stream_id, STREAM_CLOSED);
+            self.close_stream(stream_id);
+            self.credit(stream_id, flow_len);
+            return Ok(());
+        };
+        // Credit accounting: padding and bytes that go into a partial
+        // message are consumed now (a message may be larger than the
+        // window); bytes of a message queued whole are consumed when the
+        // session takes it, so a slow session stalls only its own stream.
+        let mut now = flow_len - payload.len() as u32;
+        let (outcome, taken_now) = assemble(&mut st.partial, payload, self.max_message_bytes, &inbound);
+        now += taken_now;
+        let mut close = false;
+        match outcome {
+            Ok(()) if end_stream => {
+                if !st.partial.is_empty() {
+                    inbound.push(Err(Status::internal("stream ended inside a message")), 0);
+                    st.partial = BytesMut::new();
+                }
+                inbound.end();
+                st.inbound = None;
+            }
+            Ok(()) => {}
+            Err(status) => {
+                // The session ends the stream with this status; nothing more
+                // the client sends on it is read.
+                inbound.push(Err(status), 0);
+                inbound.end();
+                st.inbound = None;
+                st.partial = BytesMut::new();
+                close = st.done;
+            }
+        }
+        self.credit(stream_id, now);
+        if close {
+            self.close_stream(stream_id);
+        }
+        Ok(())
+    }
+
+    /// Records `n` consumed bytes on a stream (and the connection) and sends
+    /// WINDOW_UPDATEs once enough have gathered.
+    fn credit(&mut self, stream_id: u32, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut stream_update = None;
+        if let Some(st) = self.streams.get_mut(&stream_id) {
+            if st.inbound.is_some() {
+                st.owed += n;
+                if st.owed >= STREAM_WINDOW / 4 {
+                    st.recv_window += st.owed as i64;
+                    stream_update = Some(std::mem::take(&mut st.owed));
+                }
+            }
+        }
+        if let Some(inc) = stream_update {
+            self.window_update(stream_id, inc);
+        }
+        self.conn_owed += n;
+        if self.conn_owed >= CONN_WINDOW / 4 {
+            self.conn_recv_window += self.conn_owed as i64;
+            let inc = std::mem::take(&mut self.conn_owed);
+            self.window_update(0, inc);
+        }
+    }
+
+    /// Credits back what sessions consumed.
+    fn send_credits(&mut self) {
+        let consumed = std::mem::take(&mut *self.shared.consumed.lock().unwrap());
+        for (id, n) in consumed {
+            self.credit(id, n);
+        }
+    }
+
+    fn on_outbound(&mut self, id: u32, item: Option<Result<Packet, Status>>) {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if st.done {
+            return;
+        }
+        match item {
+            Some(Ok(packet)) => {
+                let len = packet.encoded_len();
+                let mut buf = BytesMut::with_capacity(5 + len);
+                buf.put_u8(0);
+                buf.put_u32(len as u32);
+                packet.encode(&mut buf).expect("buffer sized by encoded_len");
+                st.pending = Some(buf.freeze());
+                if !st.headers_sent {
+                    st.headers_sent = true;
+                    self.response_headers(id);
+                }
+                self.send_pending(id);
+            }
+            Some(Err(status)) => self.finish(id, &status),
+            None => self.finish(id, &Status::ok("")),
+        }
+    }
+
+    /// Writes a stream's pending bytes as far as the windows allow; parks its
+    /// outbound receiver while bytes are left, unparks it once none are.
+    fn send_pending(&mut self, id: u32) {
+        let max_frame = self.peer_max_frame;
+        loop {
+            let Some(st) = self.streams.get_mut(&id) else {
+                return;
+            };
+            let Some(pending) = st.pending.as_mut() else {
+                break;
+            };
+            let n = (pending.len() as i64).min(max_frame as i64).min(self.conn_send_window).min(st.send_window).max(0)
+                as usize;
+            if n == 0 {
+                if let Some(rx) = self.outbound.remove(&id) {
+                    st.parked = Some(rx);
+                }
+                return;
+            }
+            let chunk = pending.split_to(n);
+            if pending.is_empty() {
+                st.pending = None;
+            }
+            st.send_window -= n as i64;
+            self.conn_send_window -= n as i64;
+            self.frame(DATA, 0, id, &chunk);
+        }
+        if let Some(st) = self.streams.get_mut(&id) {
+            if let Some(rx) = st.parked.take() {
+                self.outbound.insert(id, rx);
+            }
+        }
+    }
+
+    /// After a window grew: every stream with pending bytes gets its turn.
+    fn flush_pending(&mut self) {
+        if self.conn_send_window <= 0 {
+            return;
+        }
+        let waiting: Vec<u32> = self.streams.iter().filter(|(_, st)| st.pending.is_some()).map(|(&id, _)| id).collect();
+        for id in waiting {
+            self.send_pending(id);
+            if self.conn_send_window <= 0 {
+                break;
+            }
+        }
+    }
+
+    fn response_headers(&mut self, id: u32) {
+        let mut block = Vec::with_capacity(32);
+        block.push(0x88); // :status 200, static index 8
+        block.extend_from_slice(CONTENT_TYPE_GRPC);
+        self.frame(HEADERS, END_HEADERS, id, &block);
+    }
+
+    /// Ends the response with `status` (trailers, or trailers-only when no
+    /// headers went out) and forgets the stream; a client still sending is
+    /// asked to stop with RST_STREAM(NO_ERROR).
+    fn finish(&mut self, id: u32, status: &Status) {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
+        st.done = true;
+        let headers_sent = st.headers_sent;
+        let client_open = st.inbound.is_some();
+        self.trailers(id, headers_sent, status);
+        if client_open {
+            self.rst(id, NO_ERROR);
+        }
+        self.close_stream(id);
+    }
+
+    fn trailers(&mut self, id: u32, headers_sent: bool, status: &Status) {
+        let mut block = Vec::with_capacity(64);
+        if !headers_sent {
+            block.push(0x88);
+            block.extend_from_slice(CONTENT_TYPE_GRPC);
+        }
+        literal(&mut block, b"grpc-status", (status.code() as i32).to_string().as_bytes());
+        if !status.message().is_empty() {
+            literal(&mut block, b"grpc-message", &percent_encode(status.message()));
+        }
+        self.frame(HEADERS, END_HEADERS | END_STREAM, id, &block);
+    }
+
+    /// Forgets a stream: its session sees the end of its inbound packets and
+    /// a closed outbound channel.
+    fn close_stream(&mut self, id: u32) {
+        if let Some(st) = self.streams.remove(&id) {
+            if let Some(inbound) = st.inbound {
+                inbound.end();
+            }
+        }
+        self.outbound.remove(&id);
+    }
+}
+
+/// `content-type: application/grpc` as a literal without indexing whose
+/// name is static index 31 (RFC 7541 §6.2.2).
+const CONTENT_TYPE_GRPC: &[u8] = b"\x0f\x10\x10application/grpc";
+
+/// A literal field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
+fn literal(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    block.push(0);
+    hpack_int(block, 7, name.len());
+    block.extend_from_slice(name);
+    hpack_int(block, 7, value.len());
+    block.extend_from_slice(value);
+}
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1); the prefix's
+/// other bits are zero.
+fn hpack_int(block: &mut Vec<u8>, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        block.push(v as u8);
+        return;
+    }
+    block.push(max as u8);
+    v -= max;
+    while v >= 128 {
+        block.push((v % 128 + 128) as u8);
+        v /= 128;
+    }
+    block.push(v as u8);
+}
+
+/// grpc-message encoding: bytes outside printable ASCII, and '%', as %XX;
+/// at most 1 KiB of the message.
+fn percent_encode(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len().min(1024));
+    for &b in message.as_bytes().iter().take(1024) {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// Splits DATA payload into gRPC messages, queueing each decoded packet on
+/// `inbound`. Returns whether the stream may go on and how many payload
+/// bytes were consumed now (kept in `partial`) rather than queued.
+fn assemble(
+    partial: &mut BytesMut,
+    mut data: Bytes,
+    max_message: usize,
+    inbound: &InboundShared,
+) -> (Result<(), Status>, u32) {
+    let mut now = 0u32;
+    loop {
+        if partial.is_empty() {
+            if data.len() < 5 {
+                now += data.len() as u32;
+                partial.extend_from_slice(&data);
+                return (Ok(()), now);
+            }
+            let len = match message_len(&data[..5], max_message) {
+                Ok(len) => len,
+                Err(status) => return (Err(status), now + data.len() as u32),
+            };
+            if data.len() < 5 + len {
+                now += data.len() as u32;
+                partial.reserve(5 + len);
+                partial.extend_from_slice(&data);
+                return (Ok(()), now);
+            }
+            let mut message = data.split_to(5 + len);
+            message.advance(5);
+            if let Err(status) = queue(inbound, message, 5 + len as u32) {
+                return (Err(status), now + data.len() as u32);
+            }
+            continue;
+        }
+        if partial.len() < 5 {
+            let take = (5 - partial.len()).min(data.len());
+            partial.extend_from_slice(&data.split_to(take));
+            now += take as u32;
+            if partial.len() < 5 {
+                return (Ok(()), now);
+            }
+            match message_len(&partial[..5], max_message) {
+                Ok(len) => partial.reserve(5 + len - partial.len()),
+                Err(status) => return (Err(status), now + data.len() as u32),
+            }
+        }
+        let len = u32::from_be_bytes([partial[1], partial[2], partial[3], partial[4]]) as usize;
+        let need = 5 + len - partial.len();
+        let take = need.min(data.len());
+        partial.extend_from_slice(&data.split_to(take));
+        if take < need {
+            return (Ok(()), now + take as u32);
+        }
+        let mut message = std::mem::take(partial).freeze();
+        message.advance(5);
+        if let Err(status) = queue(inbound, message, take as u32) {
+            return (Err(status), now + data.len() as u32);
+        }
+        if data.is_empty() {
+            return (Ok(()), now);
+        }
+    }
+}
+
+/// The length a gRPC message prefix announces, if acceptable.
+fn message_len(head: &[u8], max_message: usize) -> Result<usize, Status> {
+    if head[0] != 0 {
+        return Err(Status::internal("compressed messages are not supported (grpc-encoding identity only)"));
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > max_message {
+        return Err(Status::resource_exhausted(format!(
+            "message of {len} bytes exceeds the limit of {max_message} bytes"
+        )));
+    }
+    Ok(len)
+}
+
+fn queue(inbound: &InboundShared, message: Bytes, credit: u32) -> Result<(), Status> {
+    match Packet::decode(message) {
+        Ok(packet) => {
+            inbound.push(Ok(packet), credit);
+            Ok(())
+        }
+        Err(e) => Err(Status::internal(format!("undecodable Packet: {e}"))),
+    }
+}
+
+fn unpad(mut payload: Bytes) -> Result<Bytes, ConnError> {
+    let Some(&pad) = payload.first() else {
+        return Err(proto_err(PROTOCOL_ERROR, "PADDED frame without a pad length"));
+    };
+    payload.advance(1);
+    if pad as usize > payload.len() {
+        return Err(proto_err(PROTOCOL_ERROR, "padding longer than the frame"));
+    }
+    payload.truncate(payload.len() - pad as usize);
+    Ok(payload)
+}
