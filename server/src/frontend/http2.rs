@@ -477,16 +477,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
     }
 
+    /// The next thing to do. Outbound packets are gathered before a write,
+    /// so a burst goes out in one system call; reading and gathering stop
+    /// while the write buffer is full, so both stay bounded.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        if !self.write_buf.is_empty() {
-            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_write(cx, &self.write_buf) {
-                return Poll::Ready(Event::Wrote(r));
-            }
-        } else if self.needs_flush {
-            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_flush(cx) {
-                return Poll::Ready(Event::Flushed(r));
-            }
-        }
         if !self.eof && self.write_buf.len() < WRITE_STOP_READ {
             let spare = self.read_buf.capacity() - self.read_buf.len();
             let wanted = self.wanted_bytes().max(READ_MIN);
@@ -504,6 +498,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         if self.conn_send_window > 0 && self.write_buf.len() < WRITE_HIGH && !self.outbound.is_empty() {
             if let Poll::Ready(Some((id, item))) = self.outbound.poll_next_unpin(cx) {
                 return Poll::Ready(Event::Out(id, item));
+            }
+        }
+        if !self.write_buf.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_write(cx, &self.write_buf) {
+                return Poll::Ready(Event::Wrote(r));
+            }
+        } else if self.needs_flush {
+            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_flush(cx) {
+                return Poll::Ready(Event::Flushed(r));
             }
         }
         if self.timer.as_mut().poll(cx).is_ready() {
@@ -1223,4 +1226,79 @@ fn unpad(mut payload: Bytes) -> Result<Bytes, ConnError> {
     }
     payload.truncate(payload.len() - pad as usize);
     Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(packet: &Packet) -> Vec<u8> {
+        let body = packet.encode_to_vec();
+        let mut m = vec![0];
+        m.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    fn inbound() -> Arc<InboundShared> {
+        Arc::new(InboundShared {
+            state: Mutex::new(InboundState::default()),
+            conn: Arc::new(ConnShared { consumed: Mutex::new(Vec::new()), waker: AtomicWaker::new() }),
+            stream_id: 1,
+        })
+    }
+
+    fn queued(inbound: &InboundShared) -> Vec<(Packet, u32)> {
+        let mut st = inbound.state.lock().unwrap();
+        st.queue.drain(..).map(|(p, n)| (p.expect("a packet"), n)).collect()
+    }
+
+    #[test]
+    fn messages_split_at_every_point_reassemble_and_credit_each_byte_once() {
+        let packets: Vec<Packet> = (0..3)
+            .map(|i| konnq_shared::konnectivity::data(i + 1, Bytes::from(vec![i as u8; 40 + i as usize])))
+            .collect();
+        let wire: Vec<u8> = packets.iter().flat_map(message).collect();
+        for first in 0..=wire.len() {
+            for second in first..=wire.len() {
+                let inbound = inbound();
+                let mut partial = BytesMut::new();
+                let mut credited_now = 0;
+                for chunk in [&wire[..first], &wire[first..second], &wire[second..]] {
+                    let (r, now) = assemble(&mut partial, Bytes::copy_from_slice(chunk), 1 << 20, &inbound);
+                    r.unwrap();
+                    credited_now += now;
+                }
+                assert!(partial.is_empty(), "split {first}/{second}: bytes left over");
+                let got = queued(&inbound);
+                assert_eq!(got.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), packets, "split {first}/{second}");
+                let at_pop: u32 = got.iter().map(|(_, n)| n).sum();
+                assert_eq!(credited_now + at_pop, wire.len() as u32, "split {first}/{second}: credit");
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_and_compressed_messages_are_refused() {
+        let inbound = inbound();
+        let (r, _) = assemble(&mut BytesMut::new(), Bytes::from_static(&[0, 0, 0, 1, 0]), 100, &inbound);
+        assert_eq!(r.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        let (r, _) = assemble(&mut BytesMut::new(), Bytes::from_static(&[1, 0, 0, 0, 0]), 100, &inbound);
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Internal);
+        let (r, _) = assemble(&mut BytesMut::new(), Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]), 100, &inbound);
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Internal, "undecodable protobuf");
+    }
+
+    #[test]
+    fn header_encoding_round_trips_through_the_decoder() {
+        let mut block = vec![0x88];
+        block.extend_from_slice(CONTENT_TYPE_GRPC);
+        let long = "x".repeat(300);
+        literal(&mut block, b"grpc-message", &percent_encode(&format!("{long} 100% \u{e9}")));
+        let mut fields = Vec::new();
+        Decoder::new(HEADER_TABLE_SIZE).decode(&block, |n, v| fields.push((n.to_vec(), v.to_vec()))).unwrap();
+        assert_eq!(fields[0], (b":status".to_vec(), b"200".to_vec()));
+        assert_eq!(fields[1], (b"content-type".to_vec(), b"application/grpc".to_vec()));
+        assert_eq!(fields[2].1, format!("{long} 100%25 %C3%A9").into_bytes());
+    }
 }
