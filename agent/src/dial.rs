@@ -22,7 +22,13 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest read from a target handed to QUIC at once.
 const CHUNK: usize = 64 * 1024;
 
-pub async fn handle(mut send: SendStream, mut recv: RecvStream, dial_timeout: Duration, metrics: Metrics) {
+pub async fn handle(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    dial_timeout: Duration,
+    metrics: Metrics,
+    send_clock: std::sync::Arc<konnq_shared::quic::ShareClock>,
+) {
     let header = match read_header(&mut recv).await {
         Ok(h) => h,
         Err(reason) => {
@@ -77,7 +83,7 @@ pub async fn handle(mut send: SendStream, mut recv: RecvStream, dial_timeout: Du
     }
     let _open = GaugeGuard::inc(&metrics.open_endpoint_connections);
     debug!(connect_id, address = %header.address, "connected");
-    pump(tcp, send, recv, connect_id, &metrics).await;
+    pump(tcp, send, recv, connect_id, &metrics, send_clock).await;
 }
 
 async fn read_header(recv: &mut RecvStream) -> Result<DialHeader, String> {
@@ -107,9 +113,17 @@ enum End {
     ConnectionLost,
 }
 
-async fn pump(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream, connect_id: u64, metrics: &Metrics) {
+async fn pump(
+    tcp: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    connect_id: u64,
+    metrics: &Metrics,
+    send_clock: std::sync::Arc<konnq_shared::quic::ShareClock>,
+) {
     let (tcp_read, mut tcp_write) = tcp.into_split();
     let upstream = async {
+        let mut share = konnq_shared::quic::SendShare::new(send_clock);
         loop {
             // Allocate a buffer only once the target has data: idle
             // connections hold no copy buffer.
@@ -120,7 +134,7 @@ async fn pump(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream, connec
             match tcp_read.try_read_buf(&mut buf) {
                 Ok(0) => return End::TargetEof,
                 Ok(n) => {
-                    if let Err(e) = send.write_chunk(buf.freeze()).await {
+                    if let Err(e) = konnq_shared::quic::write_shared(&mut send, &mut share, buf.freeze()).await {
                         return match e {
                             quinn::WriteError::Stopped(_) => End::ServerGone,
                             _ => End::ConnectionLost,

@@ -224,11 +224,13 @@ impl Connector {
             }
         };
         let accept = async {
+            let send_clock = Arc::new(konnq_shared::quic::ShareClock::default());
             loop {
                 match conn.accept_bi().await {
                     Ok((send, recv)) => {
                         let (timeout, metrics) = (self.cfg.dial_timeout, self.metrics.clone());
-                        tokio::spawn(crate::dial::handle(send, recv, timeout, metrics));
+                        let clock = Arc::clone(&send_clock);
+                        tokio::spawn(crate::dial::handle(send, recv, timeout, metrics, clock));
                     }
                     Err(e) => return e.to_string(),
                 }

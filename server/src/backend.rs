@@ -74,6 +74,8 @@ pub struct AgentConn {
     /// One permit per dial stream the server may have open on `conn`;
     /// closed when the agent disconnects, failing the dials still waiting.
     streams: Arc<Semaphore>,
+    /// Send order of the dial streams on `conn` (see `ShareClock`).
+    pub send_clock: Arc<konnq_shared::quic::ShareClock>,
 }
 
 /// A successful dial: the stream halves now carry raw bytes.
@@ -311,7 +313,15 @@ impl Backend {
         send.write_all(&welcome.encode()).await.map_err(|e| AdmitError::Protocol(e.to_string()))?;
         let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
         let streams = Arc::new(Semaphore::new(self.max_streams));
-        let agent = Arc::new(AgentConn { key, agent_id, identifiers, conn, draining: AtomicBool::new(false), streams });
+        let agent = Arc::new(AgentConn {
+            key,
+            agent_id,
+            identifiers,
+            conn,
+            draining: AtomicBool::new(false),
+            streams,
+            send_clock: Arc::default(),
+        });
         Ok((agent, (send, recv)))
     }
 

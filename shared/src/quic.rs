@@ -112,6 +112,73 @@ pub fn udp_socket(
     Ok((socket.into(), rcv, snd))
 }
 
+/// Bytes written per priority step (see [`ShareClock`]). Priorities are
+/// `i32`: a connection's streams are ordered this way for their first
+/// 32 TiB, then share packet by packet as quinn does by default.
+pub const SHARE_UNIT: u64 = 16 * 1024;
+/// How far behind the stream furthest ahead a stream that was idle or slow
+/// resumes (see [`ShareClock`]).
+pub const SHARE_SLACK: u64 = 128 * 1024;
+
+/// Send scheduling across the streams of one QUIC connection.
+///
+/// quinn sends the streams of the highest priority that have data, one
+/// packet each in turn. With 64 busy streams at one priority the receiver
+/// wakes for every ~1.4 KB of each stream, and every layer behind it (gRPC
+/// messages, target writes) pays per 1.4 KB: echo through 64 connections
+/// moved 0.31 Gbit/s at 31 CPU s/GB. konnq instead gives streams
+/// priorities in the manner of start-time fair queueing:
+/// - every stream has a tag, the bytes it has written, and its priority is
+///   minus its tag in [`SHARE_UNIT`]s: the stream that has written least
+///   goes first, so busy streams take turns write by write (a write is up
+///   to 64 KiB) instead of packet by packet;
+/// - a stream that was idle or slow resumes at the connection's clock,
+///   [`SHARE_SLACK`] behind the stream furthest ahead, so it neither banks
+///   credit nor waits behind others' backlog: a request/response or a dial
+///   header is sent ahead of bulk streams, and nothing starves.
+#[derive(Debug, Default)]
+pub struct ShareClock(std::sync::atomic::AtomicU64);
+
+/// One stream's place in its connection's [`ShareClock`].
+#[derive(Debug)]
+pub struct SendShare {
+    clock: std::sync::Arc<ShareClock>,
+    tag: u64,
+    priority: i32,
+}
+
+impl SendShare {
+    pub fn new(clock: std::sync::Arc<ShareClock>) -> SendShare {
+        SendShare { clock, tag: 0, priority: 0 }
+    }
+
+    /// Records `n` bytes written; returns the stream's new priority when it
+    /// changed.
+    pub fn wrote(&mut self, n: usize) -> Option<i32> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.tag = self.tag.max(self.clock.0.load(Relaxed)) + n as u64;
+        self.clock.0.fetch_max(self.tag.saturating_sub(SHARE_SLACK), Relaxed);
+        let priority = -((self.tag / SHARE_UNIT).min(i32::MAX as u64) as i32);
+        (priority != self.priority).then(|| {
+            self.priority = priority;
+            priority
+        })
+    }
+}
+
+/// Writes `data` to a stream whose priority `share` keeps (see [`ShareClock`]).
+pub async fn write_shared(
+    send: &mut quinn::SendStream,
+    share: &mut SendShare,
+    data: bytes::Bytes,
+) -> Result<(), quinn::WriteError> {
+    if let Some(priority) = share.wrote(data.len()) {
+        // Fails only on a stream that is already closed; the write reports it.
+        let _ = send.set_priority(priority);
+    }
+    send.write_chunk(data).await
+}
+
 /// Reading one konnq frame from a QUIC stream.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -173,6 +240,99 @@ pub async fn read_coalesced(recv: &mut quinn::RecvStream) -> Result<Option<bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Streams always ready to write; each step the highest priority one
+    /// (ties: round robin, as quinn) sends `chunk` bytes, except stream 0,
+    /// which writes `small` bytes every `every` steps (from step 100) and
+    /// otherwise idles.
+    /// Returns bytes sent per stream, the shortest and longest run of a bulk
+    /// stream and the most steps stream 0 waited for its turn.
+    fn schedule(
+        streams: usize,
+        steps: usize,
+        chunk: usize,
+        small: usize,
+        every: usize,
+    ) -> (Vec<usize>, (usize, usize), usize) {
+        let clock = std::sync::Arc::new(ShareClock::default());
+        let mut shares: Vec<SendShare> = (0..streams).map(|_| SendShare::new(clock.clone())).collect();
+        let mut prio = vec![0i32; streams];
+        let mut sent = vec![0usize; streams];
+        let (mut current, mut run, mut longest, mut rr) = (usize::MAX, 0, 0, 0);
+        let mut shortest = usize::MAX;
+        let (mut waiting_since, mut longest_wait) = (None::<usize>, 0);
+        for step in 0..steps {
+            // From step 100 on: every stream has written by then.
+            if step >= 100 && step % every == 0 && waiting_since.is_none() {
+                // Stream 0 has a small write ready.
+                if let Some(p) = shares[0].wrote(small) {
+                    prio[0] = p;
+                }
+                waiting_since = Some(step);
+            }
+            let ready: Vec<usize> = (0..streams).filter(|&i| i != 0 || waiting_since.is_some()).collect();
+            let best = ready.iter().map(|&i| prio[i]).max().unwrap();
+            let tied: Vec<usize> = ready.into_iter().filter(|&i| prio[i] == best).collect();
+            rr += 1;
+            let i = tied[rr % tied.len()];
+            if i == 0 {
+                longest_wait = longest_wait.max(step - waiting_since.take().unwrap());
+                sent[0] += small;
+                continue;
+            }
+            if i != current {
+                if current != usize::MAX && run > 0 {
+                    shortest = shortest.min(run);
+                }
+                current = i;
+                run = 0;
+            }
+            run += chunk;
+            longest = longest.max(run);
+            sent[i] += chunk;
+            if let Some(p) = shares[i].wrote(chunk) {
+                prio[i] = p;
+            }
+        }
+        (sent, (shortest, longest), longest_wait)
+    }
+
+    #[test]
+    fn busy_streams_share_evenly_write_by_write() {
+        let chunk = 64 * 1024;
+        for streams in [3, 9, 65] {
+            let (sent, (shortest, longest), _) = schedule(streams, 20_000, chunk, 1, usize::MAX);
+            let bulk = &sent[1..];
+            let (min, max) = (bulk.iter().min().unwrap(), bulk.iter().max().unwrap());
+            assert!(*max - *min <= 2 * chunk, "{streams} streams: uneven {bulk:?}");
+            assert!(longest <= 2 * chunk, "{streams} streams: a run of {longest} bytes");
+            assert_eq!(shortest, chunk, "{streams} streams: writes interleaved below one chunk");
+        }
+    }
+
+    #[test]
+    fn a_small_writer_goes_ahead_of_bulk_backlog() {
+        // Stream 0 writes 1 KiB every 50 steps among 8 bulk streams.
+        let (sent, _, longest_wait) = schedule(9, 20_000, 64 * 1024, 1024, 50);
+        assert_eq!(sent[0], 1024 * (20_000 - 100) / 50, "every small write was sent");
+        assert!(longest_wait <= 1, "a small write waited {longest_wait} steps behind bulk data");
+    }
+
+    #[test]
+    fn a_late_stream_neither_starves_others_nor_waits() {
+        let clock = std::sync::Arc::new(ShareClock::default());
+        let mut early = SendShare::new(clock.clone());
+        for _ in 0..1_000 {
+            early.wrote(64 * 1024);
+        }
+        // A stream that starts after 64 MB were sent starts at most
+        // SHARE_SLACK ahead of the early one, not 64 MB ahead (which would
+        // let it send alone for 64 MB), and not behind it.
+        let mut late = SendShare::new(clock.clone());
+        let p = late.wrote(1).expect("a new priority");
+        let lead = (p - early.priority) as u64 * SHARE_UNIT;
+        assert!(lead > 0 && lead <= SHARE_SLACK, "late stream {lead} bytes ahead");
+    }
 
     #[test]
     fn stream_credit_covers_credit_quinn_holds_back() {

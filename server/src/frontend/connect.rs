@@ -278,12 +278,13 @@ where
     // The halves below keep the socket open for as long as `down` uses this.
     let probe = io.unread_fd();
     // `_slot` keeps the agent's stream slot taken until the splice ends.
-    let Dialed { connect_id, mut send, mut recv, slot: _slot, .. } = dialed;
+    let Dialed { connect_id, mut send, mut recv, slot: _slot, agent } = dialed;
     let (mut rd, mut wr) = tokio::io::split(io);
     let up = async move {
+        let mut share = konnq_shared::quic::SendShare::new(agent.send_clock.clone());
         if !early.is_empty() {
             let n = early.len();
-            if send.write_chunk(early).await.is_err() {
+            if konnq_shared::quic::write_shared(&mut send, &mut share, early).await.is_err() {
                 return (send, false);
             }
             metrics.bytes_to_agent(n);
@@ -293,7 +294,7 @@ where
             match rd.read_buf(&mut buf).await {
                 Ok(0) => return (send, true),
                 Ok(n) => {
-                    if send.write_chunk(buf.freeze()).await.is_err() {
+                    if konnq_shared::quic::write_shared(&mut send, &mut share, buf.freeze()).await.is_err() {
                         return (send, false);
                     }
                     metrics.bytes_to_agent(n);

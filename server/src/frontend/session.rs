@@ -208,6 +208,7 @@ where
         // blocks reading CLOSE_REQ, and vice versa.
         let mut downstream = tokio::spawn(to_client(recv, out.clone(), connect_id, metrics.clone()));
         let mut send_open = true;
+        let mut share = konnq_shared::quic::SendShare::new(agent.send_clock.clone());
         loop {
             tokio::select! {
                 _ = &mut downstream => return,
@@ -215,7 +216,7 @@ where
                     Some(FrontendPacket::Data { connect_id: id, data }) if id == connect_id => {
                         if send_open {
                             let n = data.len();
-                            if send.write_chunk(data).await.is_ok() {
+                            if konnq_shared::quic::write_shared(&mut send, &mut share, data).await.is_ok() {
                                 metrics.bytes_to_agent(n);
                             } else {
                                 // The agent side is gone; `to_client` reports it.
