@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::h2frames::*;
 use common::*;
 use konnq_shared::konnectivity::{client, data};
 use konnq_shared::proto::{packet::Payload, Packet, PacketType};
@@ -22,52 +23,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 const LIMIT: Duration = Duration::from_secs(15);
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
-
-type Fields = Vec<(Vec<u8>, Vec<u8>)>;
-
-fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
-    let len = (payload.len() as u32).to_be_bytes();
-    let mut out = vec![len[1], len[2], len[3], kind, flags];
-    out.extend_from_slice(&stream_id.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Strips padding and priority fields from a HEADERS or DATA payload.
-fn unpad(kind: u8, flags: u8, mut payload: Vec<u8>) -> Vec<u8> {
-    if flags & PADDED != 0 {
-        let pad = payload[0] as usize;
-        payload.truncate(payload.len() - pad);
-        payload.remove(0);
-    }
-    if kind == HEADERS && flags & PRIORITY != 0 {
-        payload.drain(..5);
-    }
-    payload
-}
-
-/// One gRPC length-prefixed message (uncompressed).
-fn grpc_message(packet: &Packet) -> Vec<u8> {
-    let body = packet.encode_to_vec();
-    let mut out = vec![0];
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend(body);
-    out
-}
 
 /// What the server sent on one stream so far.
 #[derive(Default)]
@@ -202,25 +157,6 @@ impl RawH2 {
     fn response_headers(&self, stream_id: u32) -> &Fields {
         self.streams[&stream_id].header_blocks.first().expect("response headers")
     }
-}
-
-/// Removes one complete gRPC message from the front of `body`.
-fn take_message(body: &mut Vec<u8>) -> Option<Vec<u8>> {
-    if body.len() < 5 {
-        return None;
-    }
-    assert_eq!(body[0], 0, "compressed gRPC message");
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if body.len() < 5 + len {
-        return None;
-    }
-    let msg = body[5..5 + len].to_vec();
-    body.drain(..5 + len);
-    Some(msg)
-}
-
-fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
-    fields.iter().find(|(n, _)| n == name.as_bytes()).map(|(_, v)| std::str::from_utf8(v).expect("utf-8 header"))
 }
 
 /// Sends DIAL_REQ on a new stream; returns the random to expect back.

@@ -3,6 +3,8 @@
 //! and a Konnectivity client speaking gRPC over the Unix socket.
 #![allow(dead_code)]
 
+pub mod h2frames;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
