@@ -296,7 +296,6 @@ struct StreamState {
     /// The outbound receiver while it is out of the poll set because the
     /// stream has pending bytes.
     parked: Option<Outbound>,
-    headers_sent: bool,
     /// Trailers sent: the response is complete.
     done: bool,
 }
@@ -845,7 +844,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 send_window: self.peer_initial_window,
                 pending: None,
                 parked: None,
-                headers_sent: true,
                 done: false,
             },
         );
@@ -976,10 +974,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 buf.put_u32(len as u32);
                 packet.encode(&mut buf).expect("buffer sized by encoded_len");
                 st.pending = Some(buf.freeze());
-                if !st.headers_sent {
-                    st.headers_sent = true;
-                    self.response_headers(id);
-                }
                 self.send_pending(id);
             }
             Some(Err(status)) => self.finish(id, &status),
@@ -1042,17 +1036,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         self.frame(HEADERS, END_HEADERS, id, &block);
     }
 
-    /// Ends the response with `status` (trailers, or trailers-only when no
-    /// headers went out) and forgets the stream; a client still sending is
-    /// asked to stop with RST_STREAM(NO_ERROR).
+    /// Ends the response with trailers carrying `status` (its headers went
+    /// out when the stream was accepted) and forgets the stream; a client
+    /// still sending is asked to stop with RST_STREAM(NO_ERROR).
     fn finish(&mut self, id: u32, status: &Status) {
         let Some(st) = self.streams.get_mut(&id) else {
             return;
         };
         st.done = true;
-        let headers_sent = st.headers_sent;
         let client_open = st.inbound.is_some();
-        self.trailers(id, headers_sent, status);
+        self.trailers(id, true, status);
         if client_open {
             self.rst(id, NO_ERROR);
         }
