@@ -329,3 +329,30 @@ pub async fn read_all(s: &mut tokio::net::TcpStream) -> Vec<u8> {
 pub async fn write_all(s: &mut tokio::net::TcpStream, b: &[u8]) {
     s.write_all(b).await.expect("target write");
 }
+
+/// A target that streams bytes until the peer closes (bounded: 1 GiB), and
+/// counts what it managed to write.
+pub async fn firehose() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 64 * 1024];
+                while w.load(Ordering::SeqCst) < (1 << 30) {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    w.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, written)
+}
