@@ -26,6 +26,7 @@ pub mod gauge;
 pub mod hpack;
 pub mod konnectivity;
 pub mod logging;
+pub mod memory;
 pub mod quic;
 pub mod signal;
 pub mod tls;
