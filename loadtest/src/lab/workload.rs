@@ -63,6 +63,10 @@ pub struct Outcome {
     pub ping: LatencySummary,
     pub pings_ok: u64,
     pub pings_failed: u64,
+    /// How late the runner itself sent each ping in the window, after its
+    /// scheduled time (timer granularity, a busy CPU): part of `ping`, not
+    /// caused by the tunnel unless the tunnel is what kept the CPU busy.
+    pub ping_send_lag: LatencySummary,
     /// The largest time between two answered pings of one connection, ms.
     pub ping_gap_max_ms: f64,
     /// Connections that could not be opened or ended early.
@@ -79,6 +83,7 @@ pub struct Outcome {
 
 struct PingerResult {
     hist: Histogram<u64>,
+    lag: Histogram<u64>,
     ok: u64,
     failed: u64,
     gap_max: Duration,
@@ -121,13 +126,14 @@ pub fn start(dialer: &Dialer, targets: Targets, plan: &Plan) -> Running {
 impl Running {
     /// Waits for the window to close and every task to stop (each is bounded).
     pub async fn finish(self) -> Outcome {
-        let mut hist = stats::histogram();
+        let (mut hist, mut lag) = (stats::histogram(), stats::histogram());
         let (mut ok, mut failed, mut gap) = (0, 0, Duration::ZERO);
         let mut endings = Vec::new();
         for p in self.pingers {
             match p.await {
                 Ok(r) => {
                     let _ = hist.add(&r.hist);
+                    let _ = lag.add(&r.lag);
                     ok += r.ok;
                     failed += r.failed;
                     gap = gap.max(r.gap_max);
@@ -152,6 +158,7 @@ impl Running {
             ping: LatencySummary::from_histogram(&hist),
             pings_ok: ok,
             pings_failed: failed,
+            ping_send_lag: LatencySummary::from_histogram(&lag),
             ping_gap_max_ms: gap.as_secs_f64() * 1e3,
             endings,
             bulk_mbit_per_s,
@@ -192,7 +199,14 @@ async fn pinger(
     window_start: Instant,
     end: Instant,
 ) -> PingerResult {
-    let mut r = PingerResult { hist: stats::histogram(), ok: 0, failed: 0, gap_max: Duration::ZERO, ending: None };
+    let mut r = PingerResult {
+        hist: stats::histogram(),
+        lag: stats::histogram(),
+        ok: 0,
+        failed: 0,
+        gap_max: Duration::ZERO,
+        ending: None,
+    };
     let payload = Bytes::from(vec![0x42u8; plan.ping_bytes]);
     let mut conn = match dial(&dialer, targets.echo).await {
         Ok(c) => Some(c),
@@ -221,7 +235,10 @@ async fn pinger(
             }
             continue;
         };
-        tokio::time::sleep_until(intended).await;
+        sleep_precisely_until(intended).await;
+        if in_window {
+            stats::record(&mut r.lag, (Instant::now() - intended).as_nanos() as u64);
+        }
         let exchange = async {
             c.write(payload.clone()).await?;
             c.read_exact(plan.ping_bytes).await
@@ -257,6 +274,22 @@ async fn pinger(
         let _ = c.close().await;
     }
     r
+}
+
+/// Sleeps until `t`, waking within about 0.1 ms of it. tokio's timer wheel
+/// ticks in whole milliseconds and rounds a deadline up, so a ping left
+/// 1-2 ms after its scheduled time, and its round trip (measured from the
+/// schedule) carried that lateness, whichever tunnel it went through. The
+/// last stretch is slept on a blocking-pool thread with `nanosleep`.
+pub async fn sleep_precisely_until(t: Instant) {
+    const TICKS: Duration = Duration::from_millis(3);
+    if let Some(coarse) = t.checked_sub(TICKS) {
+        tokio::time::sleep_until(coarse).await;
+    }
+    let rest = t.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
 }
 
 /// One connection reading the source target as fast as the tunnel allows.
@@ -314,4 +347,21 @@ async fn stalled(dialer: Dialer, targets: Targets, end: Instant) -> bool {
     tokio::time::sleep_until(end).await;
     drop(conn);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn precise_sleep_never_returns_early() {
+        for ahead_us in [0u64, 200, 1_500, 2_999, 3_000, 7_250] {
+            let t = Instant::now() + Duration::from_micros(ahead_us);
+            sleep_precisely_until(t).await;
+            assert!(Instant::now() >= t, "woke before a deadline {ahead_us} µs ahead");
+        }
+        // A deadline in the past returns at once.
+        let past = Instant::now() - Duration::from_millis(5);
+        sleep_precisely_until(past).await;
+    }
 }
