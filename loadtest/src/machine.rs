@@ -36,6 +36,36 @@ pub fn loadavg() -> String {
     text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// Cumulative CPU time of the whole machine, from the first line of
+/// `/proc/stat` (clock ticks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub total: u64,
+    /// Time the hypervisor ran something else while this machine wanted a CPU.
+    pub steal: u64,
+}
+
+/// Reads [`CpuTimes`] now; `None` where `/proc/stat` is missing or odd.
+pub fn cpu_times() -> Option<CpuTimes> {
+    parse_cpu_times(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_cpu_times(stat: &str) -> Option<CpuTimes> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]; the
+    // guest times are already counted in user and nice.
+    let v: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    (v.len() == 8).then(|| CpuTimes { total: v.iter().sum(), steal: v[7] })
+}
+
+/// Share of the machine's CPU time stolen by the hypervisor between two
+/// readings, percent; `None` if either is missing or no time passed.
+pub fn steal_pct(before: Option<CpuTimes>, after: Option<CpuTimes>) -> Option<f64> {
+    let (b, a) = (before?, after?);
+    let total = a.total.checked_sub(b.total).filter(|&t| t > 0)?;
+    Some(a.steal.saturating_sub(b.steal) as f64 * 100.0 / total as f64)
+}
+
 /// `git describe --always --dirty` of the source tree (best effort).
 pub fn revision() -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -100,5 +130,18 @@ mod tests {
         let m = describe();
         assert!(m.nproc >= 1 && !m.kernel.is_empty(), "{m:?}");
         assert_eq!(loadavg().split(' ').count(), 3);
+        assert!(cpu_times().is_some_and(|t| t.total > 0));
+    }
+
+    #[test]
+    fn steal_share_between_two_readings() {
+        let before = parse_cpu_times("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3\n");
+        let after = parse_cpu_times("cpu  160 0 70 900 10 0 0 100 7 0\n");
+        assert_eq!(before, Some(CpuTimes { total: 1000, steal: 40 }));
+        // 240 ticks passed, 60 of them stolen.
+        assert_eq!(steal_pct(before, after), Some(25.0));
+        assert_eq!(steal_pct(after, after), None);
+        assert_eq!(parse_cpu_times("cpu  1 2 3\n"), None);
+        assert_eq!(steal_pct(None, after), None);
     }
 }

@@ -503,6 +503,7 @@ impl Ctx<'_> {
             }
         };
         let before = self.lab.stats();
+        let cpu_before = crate::machine::cpu_times();
         let planned = plan.warmup + plan.measure;
         self.progress.stage(label.clone(), planned);
         let running = workload::start(&peer.dialer, self.env.targets, &plan);
@@ -516,6 +517,7 @@ impl Ctx<'_> {
         };
         let outcome = running.finish().await;
         let after = self.lab.stats();
+        let steal_pct = crate::machine::steal_pct(cpu_before, crate::machine::cpu_times());
         let offered = (after.a_to_b.received + after.b_to_a.received)
             .saturating_sub(before.a_to_b.received + before.b_to_a.received);
         let dropped = (after.a_to_b.dropped() + after.b_to_a.dropped())
@@ -538,6 +540,7 @@ impl Ctx<'_> {
             peer: kind.name().into(),
             loss_pct: loss,
             link_drop_pct: if offered > 0 { dropped as f64 * 100.0 / offered as f64 } else { 0.0 },
+            steal_pct,
             outcome,
             event,
         });

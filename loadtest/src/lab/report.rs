@@ -73,6 +73,10 @@ pub struct Cell {
     pub loss_pct: f64,
     /// Packets the link dropped in this cell over packets offered, both directions.
     pub link_drop_pct: f64,
+    /// Share of the machine's CPU time the hypervisor took while the cell
+    /// ran (warm-up and window); `None` where it cannot be read.
+    #[serde(default)]
+    pub steal_pct: Option<f64>,
     pub outcome: Outcome,
     pub event: Option<EventOutcome>,
 }
@@ -223,6 +227,7 @@ pub fn render(r: &LabReport) -> String {
                 c.peer.clone(),
                 format!("{}", c.loss_pct),
                 format!("{:.2}", c.link_drop_pct),
+                opt(c.steal_pct, 1),
                 ms(o.ping.p50_us),
                 ms(o.ping.p90_us),
                 ms(o.ping.p99_us),
@@ -242,6 +247,7 @@ pub fn render(r: &LabReport) -> String {
             "peer",
             "loss %",
             "dropped %",
+            "steal %",
             "ping p50 ms",
             "p90",
             "p99",
@@ -415,6 +421,7 @@ mod tests {
             peer: peer.into(),
             loss_pct: loss,
             link_drop_pct: loss,
+            steal_pct: None,
             outcome: o,
             event: None,
         }
