@@ -63,9 +63,10 @@ pub struct Outcome {
     pub ping: LatencySummary,
     pub pings_ok: u64,
     pub pings_failed: u64,
-    /// How late the runner itself sent each ping in the window, after its
-    /// scheduled time (timer granularity, a busy CPU): part of `ping`, not
-    /// caused by the tunnel unless the tunnel is what kept the CPU busy.
+    /// How late the runner itself sent the pings in the window that were
+    /// due while their connection was idle (timer granularity, a busy CPU):
+    /// part of `ping`, not caused by the tunnel unless the tunnel is what
+    /// kept the CPU busy.
     pub ping_send_lag: LatencySummary,
     /// The largest time between two answered pings of one connection, ms.
     pub ping_gap_max_ms: f64,
@@ -236,7 +237,9 @@ async fn pinger(
             continue;
         };
         sleep_precisely_until(intended).await;
-        if in_window {
+        // The runner's own lateness, counted only when the connection was
+        // idle at the due time (otherwise the wait is the tunnel's).
+        if in_window && last_answer.is_none_or(|a| a <= intended) {
             stats::record(&mut r.lag, (Instant::now() - intended).as_nanos() as u64);
         }
         let exchange = async {
