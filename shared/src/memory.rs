@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-/// How often the trimmer runs. A trim of a heap that holds 10,000 idle
-/// connections takes well under a millisecond of one thread's time.
+/// How often the trimmer runs. In a soak at 300 dials/s a trim took
+/// 0.15-1 ms of one thread's time (7 ms once, right after a burst).
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Releases free pages of every allocator arena to the OS. Returns whether
@@ -53,8 +53,8 @@ fn page_size() -> u64 {
 }
 
 /// Starts a thread that trims every `every`. It runs until the process
-/// exits. It allocates nothing itself unless debug logging is on, so it
-/// adds no arena of its own.
+/// exits. Its loop allocates nothing unless debug logging is on, so glibc
+/// gives it no arena of its own.
 pub fn start_trimmer(every: Duration) -> std::io::Result<()> {
     std::thread::Builder::new().name("konnq-trim".into()).stack_size(64 * 1024).spawn(move || loop {
         std::thread::sleep(every);

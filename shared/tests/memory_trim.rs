@@ -1,5 +1,7 @@
 //! The trimmer gives a burst's freed memory back. In a test binary of its
-//! own: it measures the RSS of the whole process.
+//! own: it measures the RSS of the whole process. glibc only: elsewhere
+//! `trim` does nothing.
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
 
 use konnq_shared::memory::{rss_bytes, trim};
 
