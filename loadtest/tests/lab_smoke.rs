@@ -54,6 +54,16 @@ fn lab_smoke_runs_every_experiment_and_cleans_up() {
     for e in ["hol", "slow-reader", "migration", "restart"] {
         assert!(experiments.contains(&e), "{e} missing: {experiments:?}");
     }
+    // Every cell says when things happened: the link's bytes and the slowest
+    // ping per half second.
+    for c in cells {
+        let timeline = c["timeline"].as_array().expect("timeline");
+        let sent: u64 =
+            timeline.iter().map(|b| b["a_to_b_bytes"].as_u64().unwrap() + b["b_to_a_bytes"].as_u64().unwrap()).sum();
+        assert!(timeline.len() >= 4 && sent > 0, "{c}");
+        let pings = c["outcome"]["ping_timeline_max_ms"].as_array().expect("ping timeline");
+        assert!(pings.iter().any(|ms| ms.as_f64().unwrap() > 0.0), "{c}");
+    }
     let migration = cells.iter().find(|c| c["experiment"] == "migration").expect("migration cell");
     assert!(migration["event"]["action"].as_str().unwrap_or("").contains("SIGUSR1"), "{migration}");
     let restarts = cells.iter().filter(|c| c["experiment"] == "restart");

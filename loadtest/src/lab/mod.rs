@@ -42,7 +42,7 @@ use crate::progress::Progress;
 use crate::report::model::ScenarioError;
 use crate::settings::KonnqBin;
 use crate::target::Targets;
-use report::{Cell, EventOutcome, LabReport, LinkCheck, LinkInfo};
+use report::{Cell, CellSample, EventOutcome, LabReport, LinkCheck, LinkInfo};
 use workload::{Outcome, Plan};
 
 /// Namespace name prefix; a crashed run's leftovers with it are removed at start.
@@ -111,6 +111,11 @@ pub struct LabArgs {
     /// Loss rate (percent) of the slow-reader experiment.
     #[arg(long, default_value_t = 0.0)]
     pub slow_reader_loss: f64,
+    /// Rounds of the slow-reader experiment (a baseline, then a stalled
+    /// reader, per peer and round); its target takes the median round, so a
+    /// single stall of the host does not decide it.
+    #[arg(long, default_value_t = 3)]
+    pub slow_reader_rounds: u32,
     /// Loss rate (percent) of the migration and restart experiments.
     #[arg(long, default_value_t = 1.0)]
     pub event_loss: f64,
@@ -155,6 +160,7 @@ pub struct LabSettings {
     pub rate_mbit: f64,
     pub queue_bytes: u64,
     pub slow_reader_loss: f64,
+    pub slow_reader_rounds: u32,
     pub event_loss: f64,
     pub secs: f64,
     pub warmup_secs: f64,
@@ -192,6 +198,7 @@ impl LabArgs {
         in_range("rate-mbit", self.rate_mbit, 1.0, 10_000.0, &mut p);
         in_range("secs", self.secs, 0.5, 3600.0, &mut p);
         in_range("warmup-secs", self.warmup_secs, 0.0, 600.0, &mut p);
+        in_range("slow-reader-rounds", self.slow_reader_rounds as f64, 1.0, 20.0, &mut p);
         in_range("pings", self.pings as f64, 1.0, 256.0, &mut p);
         in_range("ping-bytes", self.ping_bytes as f64, 1.0, 65536.0, &mut p);
         in_range("ping-interval-ms", self.ping_interval_ms as f64, 1.0, 10_000.0, &mut p);
@@ -227,6 +234,7 @@ impl LabArgs {
             rate_mbit: self.rate_mbit,
             queue_bytes: self.queue_bytes.unwrap_or(bdp).max(16 * 1024),
             slow_reader_loss: self.slow_reader_loss,
+            slow_reader_rounds: self.slow_reader_rounds,
             event_loss: self.event_loss,
             secs: self.secs,
             warmup_secs: self.warmup_secs,
@@ -249,6 +257,7 @@ impl LabArgs {
             s.pings = 3;
             s.ping_interval_ms = 100;
             s.link_check = false;
+            s.slow_reader_rounds = 1;
         }
         Ok(s)
     }
@@ -303,6 +312,8 @@ struct Ctx<'a> {
     env: &'a Env,
     progress: &'a Progress,
     report: &'a mut LabReport,
+    /// Round of a repeated experiment (0: the first or only one).
+    round: u32,
 }
 
 /// Runs the lab; returns the report (files not yet written).
@@ -378,7 +389,7 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
         report.peers.push(info);
     }
 
-    let mut ctx = Ctx { s, lab: &lab, env: &env, progress: &progress, report: &mut report };
+    let mut ctx = Ctx { s, lab: &lab, env: &env, progress: &progress, report: &mut report, round: 0 };
     for &e in &s.experiments {
         match e {
             Experiment::Hol => {
@@ -389,11 +400,17 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
                 }
             }
             Experiment::SlowReader => {
-                for (kind, bins) in &peers {
-                    let loss = s.slow_reader_loss;
-                    ctx.cell(e, "baseline", *kind, bins, loss, s.plan(false, false), Action::None).await;
-                    ctx.cell(e, "stalled-reader", *kind, bins, loss, s.plan(false, true), Action::None).await;
+                // Round by round, so that a busy stretch of the host falls
+                // on one round rather than on one peer or one variant.
+                for round in 0..s.slow_reader_rounds {
+                    ctx.round = round;
+                    for (kind, bins) in &peers {
+                        let loss = s.slow_reader_loss;
+                        ctx.cell(e, "baseline", *kind, bins, loss, s.plan(false, false), Action::None).await;
+                        ctx.cell(e, "stalled-reader", *kind, bins, loss, s.plan(false, true), Action::None).await;
+                    }
                 }
+                ctx.round = 0;
             }
             Experiment::Migration => {
                 for (kind, bins) in &peers {
@@ -452,6 +469,28 @@ fn tcp_congestion_control(lab: &Lab, want: &str) -> anyhow::Result<String> {
     Ok(read.context("reading the lab's TCP congestion control")?.trim().to_owned())
 }
 
+/// Samples the link's counters and the machine's steal time every
+/// [`workload::TIMELINE_BUCKET`] until `end`.
+async fn sample_timeline(lab: &Lab, end: Instant) -> Vec<CellSample> {
+    let mut samples = Vec::new();
+    let (mut link, mut cpu) = (lab.stats(), crate::machine::cpu_times());
+    let mut tick = tokio::time::interval(workload::TIMELINE_BUCKET);
+    tick.tick().await;
+    while Instant::now() < end {
+        tick.tick().await;
+        let (link_now, cpu_now) = (lab.stats(), crate::machine::cpu_times());
+        samples.push(CellSample {
+            a_to_b_bytes: link_now.a_to_b.received_bytes.saturating_sub(link.a_to_b.received_bytes),
+            b_to_a_bytes: link_now.b_to_a.received_bytes.saturating_sub(link.b_to_a.received_bytes),
+            dropped: (link_now.a_to_b.dropped() + link_now.b_to_a.dropped())
+                .saturating_sub(link.a_to_b.dropped() + link.b_to_a.dropped()),
+            steal_pct: crate::machine::steal_pct(cpu, cpu_now),
+        });
+        (link, cpu) = (link_now, cpu_now);
+    }
+    samples
+}
+
 /// Measures the link (RTT, loss, goodput) at `loss` percent, then restores it.
 fn check_link(lab: &Lab, s: &LabSettings, loss: f64) -> anyhow::Result<LinkCheck> {
     lab.set_link(s.link(loss))?;
@@ -480,7 +519,11 @@ impl Ctx<'_> {
         plan: Plan,
         action: Action,
     ) {
-        let label = format!("{} {variant} {} at {loss}% loss", e.name(), kind.name());
+        let round = match self.round {
+            0 => String::new(),
+            r => format!(" #{}", r + 1),
+        };
+        let label = format!("{} {variant}{round} {} at {loss}% loss", e.name(), kind.name());
         let fail = |report: &mut LabReport, error: String| {
             report.errors.push(ScenarioError {
                 scenario: format!("{} {variant}", e.name()),
@@ -493,7 +536,8 @@ impl Ctx<'_> {
             return;
         }
         self.progress.stage(format!("starting {label}"), Duration::from_secs(30));
-        let tag = format!("{}-{}{}-{}", e.name(), variant, loss, kind.name()).replace('.', "_");
+        let tag =
+            format!("{}-{}{}-{}{}", e.name(), variant, loss, kind.name(), round.replace(" #", "-r")).replace('.', "_");
         let mut peer = match Peer::start(kind, Some(bins), self.env, &tag).await {
             Ok(p) => p,
             Err(err) => {
@@ -507,15 +551,19 @@ impl Ctx<'_> {
         let planned = plan.warmup + plan.measure;
         self.progress.stage(label.clone(), planned);
         let running = workload::start(&peer.dialer, self.env.targets, &plan);
-        let event = match action {
-            Action::None => None,
-            _ => {
-                let at = running.window_start + plan.measure / 3;
-                tokio::time::sleep_until(at).await;
-                Some(self.act(action, &mut peer, running.window_start).await)
-            }
+        let sampler = sample_timeline(self.lab, running.end);
+        let work = async {
+            let event = match action {
+                Action::None => None,
+                _ => {
+                    let at = running.window_start + plan.measure / 3;
+                    tokio::time::sleep_until(at).await;
+                    Some(self.act(action, &mut peer, running.window_start).await)
+                }
+            };
+            (event, running.finish().await)
         };
-        let outcome = running.finish().await;
+        let ((event, outcome), timeline) = tokio::join!(work, sampler);
         let after = self.lab.stats();
         let steal_pct = crate::machine::steal_pct(cpu_before, crate::machine::cpu_times());
         let offered = (after.a_to_b.received + after.b_to_a.received)
@@ -543,6 +591,8 @@ impl Ctx<'_> {
             steal_pct,
             outcome,
             event,
+            timeline,
+            round: self.round,
         });
     }
 

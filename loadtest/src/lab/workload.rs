@@ -76,6 +76,11 @@ pub struct Outcome {
     pub bulk_mbit_per_s: Option<f64>,
     /// Bulk bytes per [`TIMELINE_BUCKET`] from the start of warm-up.
     pub bulk_timeline: Vec<u64>,
+    /// The slowest ping round trip (ms) of every connection per
+    /// [`TIMELINE_BUCKET`] from the start of warm-up, by scheduled send
+    /// time: shows whether a tail is spread out or one episode.
+    #[serde(default)]
+    pub ping_timeline_max_ms: Vec<f64>,
     /// Length of the warm-up before the window, seconds.
     pub warmup_secs: f64,
     /// Whether the never-read connection was opened (`None`: not planned).
@@ -88,6 +93,8 @@ struct PingerResult {
     ok: u64,
     failed: u64,
     gap_max: Duration,
+    /// Slowest round trip per [`TIMELINE_BUCKET`] since the start.
+    timeline_max: Vec<Duration>,
     ending: Option<Ending>,
 }
 
@@ -116,7 +123,8 @@ pub fn start(dialer: &Dialer, targets: Targets, plan: &Plan) -> Running {
     let pingers = (0..plan.pings)
         .map(|i| {
             let offset = plan.interval.mul_f64(i as f64 / plan.pings.max(1) as f64);
-            tokio::spawn(pinger(dialer.clone(), targets, plan.clone(), started + offset, window_start, end))
+            let times = PingTimes { started, first: started + offset, window_start, end };
+            tokio::spawn(pinger(dialer.clone(), targets, plan.clone(), times))
         })
         .collect();
     let bulk = plan.bulk.then(|| tokio::spawn(bulk(dialer.clone(), targets, started, window_start, end)));
@@ -130,6 +138,7 @@ impl Running {
         let (mut hist, mut lag) = (stats::histogram(), stats::histogram());
         let (mut ok, mut failed, mut gap) = (0, 0, Duration::ZERO);
         let mut endings = Vec::new();
+        let mut timeline_max: Vec<Duration> = Vec::new();
         for p in self.pingers {
             match p.await {
                 Ok(r) => {
@@ -138,6 +147,7 @@ impl Running {
                     ok += r.ok;
                     failed += r.failed;
                     gap = gap.max(r.gap_max);
+                    max_into(&mut timeline_max, &r.timeline_max);
                     endings.extend(r.ending);
                 }
                 Err(e) => endings.push(Ending { at_secs: 0.0, timed_out: false, error: format!("pinger: {e}") }),
@@ -164,6 +174,7 @@ impl Running {
             endings,
             bulk_mbit_per_s,
             bulk_timeline,
+            ping_timeline_max_ms: timeline_max.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
             warmup_secs: self.plan.warmup.as_secs_f64(),
             stalled_dialed,
         }
@@ -192,22 +203,42 @@ async fn dial(dialer: &Dialer, target: std::net::SocketAddr) -> Result<Conn, Str
 }
 
 /// One ping-pong connection: a ping every `plan.interval` from `first`.
-async fn pinger(
-    dialer: Dialer,
-    targets: Targets,
-    plan: Plan,
+/// When a pinger starts, sends its first ping, and when the window opens
+/// and closes.
+struct PingTimes {
+    started: Instant,
     first: Instant,
     window_start: Instant,
     end: Instant,
-) -> PingerResult {
+}
+
+/// Raises `timeline[bucket]` to `value`, growing the timeline as needed.
+fn note_max(timeline: &mut Vec<Duration>, bucket: usize, value: Duration) {
+    if timeline.len() <= bucket {
+        timeline.resize(bucket + 1, Duration::ZERO);
+    }
+    timeline[bucket] = timeline[bucket].max(value);
+}
+
+/// Element-wise maximum of `other` into `into`.
+fn max_into(into: &mut Vec<Duration>, other: &[Duration]) {
+    for (bucket, &value) in other.iter().enumerate() {
+        note_max(into, bucket, value);
+    }
+}
+
+async fn pinger(dialer: Dialer, targets: Targets, plan: Plan, times: PingTimes) -> PingerResult {
+    let PingTimes { started, first, window_start, end } = times;
     let mut r = PingerResult {
         hist: stats::histogram(),
         lag: stats::histogram(),
         ok: 0,
         failed: 0,
         gap_max: Duration::ZERO,
+        timeline_max: Vec::new(),
         ending: None,
     };
+    let bucket_of = |intended: Instant| ((intended - started).as_secs_f64() / TIMELINE_BUCKET.as_secs_f64()) as usize;
     let payload = Bytes::from(vec![0x42u8; plan.ping_bytes]);
     let mut conn = match dial(&dialer, targets.echo).await {
         Ok(c) => Some(c),
@@ -248,6 +279,8 @@ async fn pinger(
         };
         let result = tokio::time::timeout(PING_TIMEOUT, exchange).await;
         let now = Instant::now();
+        let rtt = if matches!(result, Ok(Ok(()))) { now - intended } else { PING_TIMEOUT };
+        note_max(&mut r.timeline_max, bucket_of(intended), rtt);
         match result {
             Ok(Ok(())) => {
                 if in_window {
