@@ -261,6 +261,7 @@ async fn pinger(dialer: Dialer, targets: Targets, plan: Plan, times: PingTimes) 
         let in_window = intended >= window_start;
         let Some(c) = conn.as_mut() else {
             // The connection is gone: every ping it could not send failed.
+            note_max(&mut r.timeline_max, bucket_of(intended), PING_TIMEOUT);
             if in_window {
                 r.failed += 1;
                 stats::record(&mut r.hist, PING_TIMEOUT.as_nanos() as u64);
