@@ -105,6 +105,10 @@ pub struct LatencyResult {
     pub latency: LatencySummary,
     /// How late the generator sent requests (its own health).
     pub schedule_lag: LatencySummary,
+    /// p99 of each round on its own (peers alternate round by round):
+    /// shows whether a tail came from one disturbed round.
+    #[serde(default)]
+    pub round_p99_us: Vec<f64>,
     pub cpu: CpuSplit,
 }
 

@@ -154,6 +154,10 @@ fn latency(r: &Report) -> String {
                 f(l.achieved_rate, 0),
                 l.errors.to_string(),
                 f(l.schedule_lag.p99_us, 0),
+                match l.round_p99_us.len() {
+                    0 | 1 => "-".to_owned(),
+                    _ => l.round_p99_us.iter().map(|p| f(*p, 0)).collect::<Vec<_>>().join("/"),
+                },
                 cores(&l.cpu),
             ]
         })
@@ -161,7 +165,10 @@ fn latency(r: &Report) -> String {
     format!(
         "LATENCY  {} B request/response at {} req/s on {} conns, open loop, µs (coordinated omission corrected)\n",
         first.request_bytes, first.rate, first.conns
-    ) + &table(&["peer", "p50", "p90", "p99", "p99.9", "max", "req/s", "errors", "send lag p99", CPU], &rows)
+    ) + &table(
+        &["peer", "p50", "p90", "p99", "p99.9", "max", "req/s", "errors", "send lag p99", "p99 by round", CPU],
+        &rows,
+    )
 }
 
 fn dial(r: &Report) -> String {

@@ -96,6 +96,16 @@ fn latency_p99(r: &Report) -> TargetCheck {
     );
     let rate = get(KONNQ).map(|l| l.rate).filter(|&x| x != LATENCY_RATE);
     let c = with_condition(c, rate.map(|x| format!("measured at {x} req/s")));
+    // Round by round (the peers alternate): whether one round decided it.
+    let rounds = match (get(KONNQ), get(UPSTREAM)) {
+        (Some(k), Some(u)) if k.round_p99_us.len() > 1 && k.round_p99_us.len() == u.round_p99_us.len() => {
+            let ratios: Vec<String> =
+                k.round_p99_us.iter().zip(&u.round_p99_us).map(|(k, u)| format!("{:.2}", k / u)).collect();
+            Some(format!("by round {}", ratios.join(", ")))
+        }
+        _ => None,
+    };
+    let c = with_condition(c, rounds);
     // The generator sends late only when it is starved of CPU: other load on the machine.
     let lagged: Vec<String> = [KONNQ, UPSTREAM]
         .iter()
@@ -204,6 +214,19 @@ mod tests {
         let t = find(&checks, "throughput-oneway-64");
         assert_eq!(t.verdict, Verdict::NotMeasured);
         assert_eq!(t.note, "no upstream figure");
+    }
+
+    #[test]
+    fn latency_rounds_are_listed() {
+        let mut r = sample_report();
+        r.latency[0].round_p99_us = vec![900.0, 3000.0, 800.0];
+        r.latency[1].round_p99_us = vec![1000.0, 1000.0, 1000.0];
+        let c = find(&evaluate(&r), "latency-p99").clone();
+        assert!(c.note.ends_with("by round 0.90, 3.00, 0.80"), "{c:?}");
+        assert!(crate::report::table::render(&r).contains("900/3000/800"));
+        // Rounds that do not pair up are not listed.
+        r.latency[1].round_p99_us.pop();
+        assert!(!find(&evaluate(&r), "latency-p99").note.contains("by round"));
     }
 
     #[test]

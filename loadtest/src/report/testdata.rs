@@ -60,6 +60,7 @@ pub fn sample_report() -> Report {
             achieved_rate: 1999.0,
             latency: latency(base),
             schedule_lag: latency(5),
+            round_p99_us: Vec::new(),
             cpu: cpu(peer),
         });
         r.dial.push(DialResult {

@@ -39,6 +39,8 @@ pub struct Measured {
     errors: u64,
     secs: f64,
     cpu: CpuSplit,
+    /// p99 of each round, in order.
+    round_p99_us: Vec<f64>,
 }
 
 impl Measured {
@@ -47,6 +49,7 @@ impl Measured {
         self.latency.add(&other.latency)?;
         self.lag.add(&other.lag)?;
         self.errors += other.errors;
+        self.round_p99_us.extend(other.round_p99_us);
         self.cpu = super::cpu_weighted(self.cpu, self.secs, other.cpu, other.secs);
         self.secs += other.secs;
         Ok(())
@@ -64,6 +67,7 @@ impl Measured {
             achieved_rate: self.latency.len() as f64 / self.secs,
             latency: LatencySummary::from_histogram(&self.latency),
             schedule_lag: LatencySummary::from_histogram(&self.lag),
+            round_p99_us: self.round_p99_us.clone(),
             cpu: self.cpu,
         }
     }
@@ -97,7 +101,8 @@ pub async fn measure(peer: &Peer, targets: Targets, s: &Latency, progress: &Prog
         open.extend(w.conn);
     }
     errors += super::close_many(open, s.conns).await;
-    Ok(Measured { latency, lag, errors, secs: s.secs, cpu })
+    let round_p99_us = vec![LatencySummary::from_histogram(&latency).p99_us];
+    Ok(Measured { latency, lag, errors, secs: s.secs, cpu, round_p99_us })
 }
 
 /// One connection's share of the schedule.
