@@ -71,6 +71,13 @@ pub struct LinkStats {
     pub relay_failure: Option<String>,
 }
 
+impl LinkStats {
+    /// Packets dropped in both directions, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.a_to_b.dropped() + self.b_to_a.dropped()
+    }
+}
+
 struct Namespace {
     name: String,
     handle: OwnedFd,

@@ -482,8 +482,7 @@ async fn sample_timeline(lab: &Lab, end: Instant) -> Vec<CellSample> {
         samples.push(CellSample {
             a_to_b_bytes: link_now.a_to_b.received_bytes.saturating_sub(link.a_to_b.received_bytes),
             b_to_a_bytes: link_now.b_to_a.received_bytes.saturating_sub(link.b_to_a.received_bytes),
-            dropped: (link_now.a_to_b.dropped() + link_now.b_to_a.dropped())
-                .saturating_sub(link.a_to_b.dropped() + link.b_to_a.dropped()),
+            dropped: link_now.dropped().saturating_sub(link.dropped()),
             steal_pct: crate::machine::steal_pct(cpu, cpu_now),
         });
         (link, cpu) = (link_now, cpu_now);
@@ -519,9 +518,9 @@ impl Ctx<'_> {
         plan: Plan,
         action: Action,
     ) {
-        let round = match self.round {
-            0 => String::new(),
-            r => format!(" #{}", r + 1),
+        let (round, tag_round) = match self.round {
+            0 => (String::new(), String::new()),
+            r => (format!(" #{}", r + 1), format!("-r{}", r + 1)),
         };
         let label = format!("{} {variant}{round} {} at {loss}% loss", e.name(), kind.name());
         let fail = |report: &mut LabReport, error: String| {
@@ -536,8 +535,7 @@ impl Ctx<'_> {
             return;
         }
         self.progress.stage(format!("starting {label}"), Duration::from_secs(30));
-        let tag =
-            format!("{}-{}{}-{}{}", e.name(), variant, loss, kind.name(), round.replace(" #", "-r")).replace('.', "_");
+        let tag = format!("{}-{}{}-{}{}", e.name(), variant, loss, kind.name(), tag_round).replace('.', "_");
         let mut peer = match Peer::start(kind, Some(bins), self.env, &tag).await {
             Ok(p) => p,
             Err(err) => {
@@ -568,8 +566,7 @@ impl Ctx<'_> {
         let steal_pct = crate::machine::steal_pct(cpu_before, crate::machine::cpu_times());
         let offered = (after.a_to_b.received + after.b_to_a.received)
             .saturating_sub(before.a_to_b.received + before.b_to_a.received);
-        let dropped = (after.a_to_b.dropped() + after.b_to_a.dropped())
-            .saturating_sub(before.a_to_b.dropped() + before.b_to_a.dropped());
+        let dropped = after.dropped().saturating_sub(before.dropped());
         let event = event.map(|ev| summarize_event(ev, &outcome));
         if let Err(err) = peer.check_alive() {
             fail(self.report, format!("{err:#}"));

@@ -204,18 +204,18 @@ pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
     ));
     // Slow reader: the stalled run's p99 over the baseline's, per peer, the
     // median round.
-    let ratios = |peer| r.slow_reader_ratios(peer);
+    let (konnq, upstream) = (r.slow_reader_ratios(K), r.slow_reader_ratios(U));
     let mut t = absolute(
         "slow_reader_p99_ratio",
         "other connections' ping p99 with one stalled reader ≤ 1.05 × baseline".into(),
         "× baseline",
-        median_round(&ratios(K)).map(|(_, v)| v),
+        median_round(&konnq).map(|(_, v)| v),
         1.05,
     );
-    t.upstream = median_round(&ratios(U)).map(|(_, v)| v);
+    t.upstream = median_round(&upstream).map(|(_, v)| v);
     let listed = |v: &[(u32, f64)]| v.iter().map(|(_, x)| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-    if ratios(K).len() > 1 {
-        t.note = format!("median of rounds: konnq {}; upstream {}", listed(&ratios(K)), listed(&ratios(U)));
+    if konnq.len() > 1 {
+        t.note = format!("median of rounds: konnq {}; upstream {}", listed(&konnq), listed(&upstream));
     }
     out.push(t);
     out
