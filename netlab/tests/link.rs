@@ -72,10 +72,12 @@ fn rate_limits_tcp_goodput() -> Result<()> {
     let mbit = g.bits_per_sec() / 1e6;
     eprintln!("rate=50mbit: {mbit:.2} Mbit/s goodput ({g:?}), relay {:?}", lab.stats().a_to_b);
     ensure!(mbit <= 50.0, "goodput {mbit:.2} Mbit/s beats the 50 Mbit/s rate");
-    // How close TCP gets to the rate is a measurement (the lab's link check
-    // reports it; 36 Mbit/s here while the host took a third of the CPU);
-    // the assertion only catches a limiter that is far off, e.g. applied twice.
-    ensure!(mbit >= 30.0, "goodput {mbit:.2} Mbit/s is below 60% of the rate");
+    // How close TCP gets to the rate is a measurement, not an assertion: the
+    // lab's link check reports it. It is 48 Mbit/s on a quiet host, but a busy
+    // host starves the relay (36 and 28.6 Mbit/s seen, with no packet dropped).
+    // The pacing itself is checked exactly in `impair_tests`; this bound only
+    // catches a unit mistake such as a rate read as bytes (6.25 Mbit/s).
+    ensure!(mbit >= 10.0, "goodput {mbit:.2} Mbit/s is below a fifth of the rate");
     Ok(())
 }
 
@@ -139,7 +141,8 @@ fn verify_reports_against_the_settings() -> Result<()> {
     ensure!(report.rtt.min.as_secs_f64() - report.expected_rtt.as_secs_f64() < 0.003, "{report}");
     ensure!((report.loss_a_to_b.loss_rate() - report.expected_loss_a_to_b).abs() < 0.015, "{report}");
     let g = report.goodput_a_to_b.context("goodput measured")?.bits_per_sec();
-    ensure!(g <= 20e6 && g > 0.3 * 20e6, "goodput {g} under bursty loss: {report}");
+    // As in `rate_limits_tcp_goodput`: only a unit mistake fails the lower bound.
+    ensure!(g <= 20e6 && g > 0.2 * 20e6, "goodput {g} under bursty loss: {report}");
     Ok(())
 }
 
