@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use konnq_shared::quic::{codes, read_coalesced, read_frame};
+use konnq_shared::quic::{codes, read_chunks, read_frame, write_all_chunks};
 use konnq_shared::wire::{self, DialHeader, DialResult};
 use quinn::{RecvStream, SendStream, VarInt};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -149,10 +148,10 @@ async fn pump(
     };
     let downstream = async {
         loop {
-            match read_coalesced(&mut recv).await {
-                Ok(Some(bytes)) => {
-                    let n = bytes.len();
-                    if let Err(e) = tcp_write.write_all(&bytes).await {
+            match read_chunks(&mut recv).await {
+                Ok(Some(chunks)) => {
+                    let n = chunks.iter().map(bytes::Bytes::len).sum();
+                    if let Err(e) = write_all_chunks(&mut tcp_write, chunks).await {
                         return End::TargetError(e);
                     }
                     metrics.bytes_to_target(n);

@@ -104,6 +104,34 @@ pub fn data(connect_id: i64, data: Bytes) -> Packet {
     }
 }
 
+/// Protobuf field numbers of `Packet.data` and `Data.data`.
+const PACKET_DATA_FIELD: u32 = 4;
+const DATA_DATA_FIELD: u32 = 3;
+
+/// The encoding of [`data`]`(connect_id, payload)` up to the payload bytes,
+/// for a payload of `len` bytes: a DATA packet is this head followed by the
+/// payload itself, so a frontend can write a payload held in several
+/// buffers without joining them first. Fields are written in the order
+/// prost writes them, so the result equals prost's encoding byte for byte.
+pub fn data_head(connect_id: i64, len: usize) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    use prost::Message;
+    let fields = Data { connect_id, error: String::new(), data: Bytes::new() };
+    let payload_field = if len == 0 { 0 } else { 1 + encoded_len_varint(len as u64) + len };
+    let inner_len = fields.encoded_len() + payload_field;
+    let packet = Packet { r#type: PacketType::Data as i32, payload: None };
+    let mut head = Vec::with_capacity(packet.encoded_len() + 24);
+    packet.encode_raw(&mut head);
+    encode_key(PACKET_DATA_FIELD, WireType::LengthDelimited, &mut head);
+    encode_varint(inner_len as u64, &mut head);
+    fields.encode_raw(&mut head);
+    if len > 0 {
+        encode_key(DATA_DATA_FIELD, WireType::LengthDelimited, &mut head);
+        encode_varint(len as u64, &mut head);
+    }
+    head
+}
+
 pub fn close_rsp(connect_id: i64, error: &str) -> Packet {
     Packet {
         r#type: PacketType::CloseRsp as i32,
@@ -169,6 +197,19 @@ mod tests {
         let mut p = client::dial_req("a:1", 1);
         p.r#type = PacketType::CloseReq as i32;
         assert!(FrontendPacket::try_from(p).is_err());
+    }
+
+    #[test]
+    fn data_head_and_payload_encode_as_prost_does() {
+        use prost::Message;
+        for connect_id in [0, 1, 127, 128, 1 << 40, -1] {
+            for len in [0, 1, 127, 128, 16_383, 16_384, 100_000, 2_097_152] {
+                let payload = Bytes::from(vec![0xa5u8; len]);
+                let mut ours = data_head(connect_id, len);
+                ours.extend_from_slice(&payload);
+                assert_eq!(ours, data(connect_id, payload).encode_to_vec(), "connect_id {connect_id}, {len} bytes");
+            }
+        }
     }
 
     #[test]

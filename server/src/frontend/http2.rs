@@ -33,6 +33,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
 use konnq_shared::hpack::Decoder;
+use konnq_shared::konnectivity::data_head;
 use konnq_shared::proto::Packet;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -43,7 +44,7 @@ use tokio_stream::StreamMap;
 use tonic::Status;
 use tracing::{debug, warn};
 
-use super::session::{self, SessionCtx};
+use super::session::{self, Out, SessionCtx};
 
 /// The one method served.
 pub const PROXY_PATH: &[u8] = b"/ProxyService/Proxy";
@@ -266,7 +267,7 @@ impl ConnShared {
 }
 
 /// One packet from a session, or the error status that ends its stream.
-type Item = Result<Packet, Status>;
+type Item = Result<Out, Status>;
 
 /// The outbound side of a stream as the connection polls it: the session's
 /// packets, then `None` once every sender is gone.
@@ -291,8 +292,11 @@ struct StreamState {
     partial: BytesMut,
     /// Our send window on this stream.
     send_window: i64,
-    /// Encoded response bytes the windows did not let out yet.
-    pending: Option<Bytes>,
+    /// Encoded response bytes the windows did not let out yet, in order
+    /// (a message's head, then its payload as the session's buffers).
+    pending: VecDeque<Bytes>,
+    /// Bytes in `pending`.
+    pending_len: usize,
     /// The outbound receiver while it is out of the poll set because the
     /// stream has pending bytes.
     parked: Option<Outbound>,
@@ -304,7 +308,7 @@ enum Event {
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
     Flushed(std::io::Result<()>),
-    Out(u32, Option<Result<Packet, Status>>),
+    Out(u32, Option<Item>),
     Credit,
     Timer,
     Stop,
@@ -541,12 +545,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     }
 
     fn frame_head(&mut self, kind: u8, flags: u8, stream_id: u32, len: usize) {
-        let len = len as u32;
-        self.write_buf.reserve(9 + len as usize);
-        self.write_buf.put_slice(&len.to_be_bytes()[1..]);
-        self.write_buf.put_u8(kind);
-        self.write_buf.put_u8(flags);
-        self.write_buf.put_u32(stream_id & 0x7fff_ffff);
+        put_frame_head(&mut self.write_buf, kind, flags, stream_id, len);
     }
 
     fn window_update(&mut self, stream_id: u32, n: u32) {
@@ -842,7 +841,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 owed: 0,
                 partial: BytesMut::new(),
                 send_window: self.peer_initial_window,
-                pending: None,
+                pending: VecDeque::new(),
+                pending_len: 0,
                 parked: None,
                 done: false,
             },
@@ -959,7 +959,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
     }
 
-    fn on_outbound(&mut self, id: u32, item: Option<Result<Packet, Status>>) {
+    fn on_outbound(&mut self, id: u32, item: Option<Item>) {
         let Some(st) = self.streams.get_mut(&id) else {
             return;
         };
@@ -967,13 +967,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             return;
         }
         match item {
-            Some(Ok(packet)) => {
+            Some(Ok(Out::Packet(packet))) => {
                 let len = packet.encoded_len();
                 let mut buf = BytesMut::with_capacity(5 + len);
                 buf.put_u8(0);
                 buf.put_u32(len as u32);
                 packet.encode(&mut buf).expect("buffer sized by encoded_len");
-                st.pending = Some(buf.freeze());
+                st.pending_len += buf.len();
+                st.pending.push_back(buf.freeze());
+                self.send_pending(id);
+            }
+            Some(Ok(Out::Data { connect_id, chunks })) => {
+                let payload: usize = chunks.iter().map(Bytes::len).sum();
+                let head = data_head(connect_id, payload);
+                let mut prefix = BytesMut::with_capacity(5 + head.len());
+                prefix.put_u8(0);
+                prefix.put_u32((head.len() + payload) as u32);
+                prefix.put_slice(&head);
+                st.pending_len += prefix.len() + payload;
+                st.pending.push_back(prefix.freeze());
+                st.pending.extend(chunks.into_iter().filter(|c| !c.is_empty()));
                 self.send_pending(id);
             }
             Some(Err(status)) => self.finish(id, &status),
@@ -989,10 +1002,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             let Some(st) = self.streams.get_mut(&id) else {
                 return;
             };
-            let Some(pending) = st.pending.as_mut() else {
+            if st.pending_len == 0 {
                 break;
-            };
-            let n = (pending.len() as i64).min(max_frame as i64).min(self.conn_send_window).min(st.send_window).max(0)
+            }
+            let n = (st.pending_len as i64).min(max_frame as i64).min(self.conn_send_window).min(st.send_window).max(0)
                 as usize;
             if n == 0 {
                 if let Some(rx) = self.outbound.remove(&id) {
@@ -1000,13 +1013,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 }
                 return;
             }
-            let chunk = pending.split_to(n);
-            if pending.is_empty() {
-                st.pending = None;
-            }
             st.send_window -= n as i64;
+            st.pending_len -= n;
             self.conn_send_window -= n as i64;
-            self.frame(DATA, 0, id, &chunk);
+            put_frame_head(&mut self.write_buf, DATA, 0, id, n);
+            move_front(&mut st.pending, n, &mut self.write_buf);
         }
         if let Some(st) = self.streams.get_mut(&id) {
             if let Some(rx) = st.parked.take() {
@@ -1020,7 +1031,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         if self.conn_send_window <= 0 {
             return;
         }
-        let waiting: Vec<u32> = self.streams.iter().filter(|(_, st)| st.pending.is_some()).map(|(&id, _)| id).collect();
+        let waiting: Vec<u32> = self.streams.iter().filter(|(_, st)| st.pending_len > 0).map(|(&id, _)| id).collect();
         for id in waiting {
             self.send_pending(id);
             if self.conn_send_window <= 0 {
@@ -1074,6 +1085,33 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             }
         }
         self.outbound.remove(&id);
+    }
+}
+
+/// Appends a frame header and reserves room for its `len`-byte payload.
+fn put_frame_head(buf: &mut BytesMut, kind: u8, flags: u8, stream_id: u32, len: usize) {
+    buf.reserve(9 + len);
+    buf.put_slice(&(len as u32).to_be_bytes()[1..]);
+    buf.put_u8(kind);
+    buf.put_u8(flags);
+    buf.put_u32(stream_id & 0x7fff_ffff);
+}
+
+/// Moves the first `n` bytes of `queue` (which holds at least `n`) to `out`.
+fn move_front(queue: &mut VecDeque<Bytes>, mut n: usize, out: &mut BytesMut) {
+    while n > 0 {
+        let Some(front) = queue.front_mut() else {
+            debug_assert!(false, "pending bytes miscounted");
+            return;
+        };
+        let take = front.len().min(n);
+        out.put_slice(&front[..take]);
+        n -= take;
+        if take == front.len() {
+            queue.pop_front();
+        } else {
+            front.advance(take);
+        }
     }
 }
 
@@ -1268,6 +1306,26 @@ mod tests {
                 let at_pop: u32 = got.iter().map(|(_, n)| n).sum();
                 assert_eq!(credited_now + at_pop, wire.len() as u32, "split {first}/{second}: credit");
             }
+        }
+    }
+
+    #[test]
+    fn pending_chunks_leave_in_order_whatever_the_frame_sizes() {
+        let chunks: Vec<Bytes> =
+            [3usize, 1, 5, 2].iter().enumerate().map(|(i, &n)| Bytes::from(vec![i as u8; n])).collect();
+        let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        for step in 1..=whole.len() {
+            let mut queue: VecDeque<Bytes> = chunks.iter().cloned().collect();
+            let (mut out, mut left) = (BytesMut::new(), whole.len());
+            while left > 0 {
+                let n = step.min(left);
+                let before = out.len();
+                move_front(&mut queue, n, &mut out);
+                assert_eq!(out.len() - before, n, "frames of {step}");
+                left -= n;
+            }
+            assert_eq!(&out[..], &whole[..], "frames of {step}");
+            assert!(queue.is_empty(), "frames of {step}: {queue:?}");
         }
     }
 

@@ -16,11 +16,13 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use futures::{Stream, StreamExt};
 use konnq_shared::gauge::GaugeGuard;
 use konnq_shared::konnectivity::{self as k, FrontendPacket};
 use konnq_shared::proto::Packet;
-use konnq_shared::quic::{codes, read_coalesced};
+use konnq_shared::quic::{codes, read_chunks};
 use quinn::VarInt;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -32,7 +34,21 @@ use crate::metrics::{DialFailure, Metrics};
 /// How long after CLOSE_REQ we wait for the agent to confirm the close.
 const CLOSE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type Outbound = mpsc::Sender<Result<Packet, Status>>;
+pub type Outbound = mpsc::Sender<Result<Out, Status>>;
+
+/// What a session sends its client.
+#[derive(Debug)]
+pub enum Out {
+    Packet(Packet),
+    /// A DATA packet whose payload is `chunks`, in order. The frontend
+    /// encodes the packet's head ([`k::data_head`]) and copies the chunks
+    /// straight into its frames: bytes from the agent are copied once on
+    /// their way to the client, not joined and encoded first.
+    Data {
+        connect_id: i64,
+        chunks: Vec<Bytes>,
+    },
+}
 
 /// Everything a session needs from the server.
 #[derive(Clone)]
@@ -57,7 +73,7 @@ where
 }
 
 async fn send(out: &Outbound, packet: Packet) -> bool {
-    out.send(Ok(packet)).await.is_ok()
+    out.send(Ok(Out::Packet(packet))).await.is_ok()
 }
 
 /// Phase 1: wait for the DIAL_REQ.
@@ -281,10 +297,10 @@ async fn send_close(out: &Outbound, connect_id: i64, error: &str) {
 /// Agent → client: every byte as DATA, then exactly one CLOSE_RSP.
 async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, metrics: Metrics) {
     let error = loop {
-        match read_coalesced(&mut recv).await {
-            Ok(Some(bytes)) => {
-                let n = bytes.len();
-                if !send(&out, k::data(connect_id, bytes)).await {
+        match read_chunks(&mut recv).await {
+            Ok(Some(chunks)) => {
+                let n = chunks.iter().map(Bytes::len).sum();
+                if out.send(Ok(Out::Data { connect_id, chunks })).await.is_err() {
                     // Client gone: stop the agent side too.
                     let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
                     return;
