@@ -76,6 +76,10 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dial_timeout: Option<Duration>,
 
+    /// Runtime worker threads; 0 = one per CPU [default: 1].
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<u16>,
+
     /// Accepted for compatibility; konnq always logs to stderr.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
     pub logtostderr: Option<bool>,
@@ -138,6 +142,7 @@ impl Cli {
             sync_interval,
             sync_interval_cap,
             dial_timeout,
+            worker_threads,
             logtostderr,
             v,
         } = self;
@@ -159,6 +164,7 @@ impl Cli {
             dial_timeout,
             service_account_token_path,
             quic: None,
+            worker_threads,
             v,
             logtostderr,
         }
@@ -186,14 +192,21 @@ mod tests {
         let toml_text = "ca-cert = \"/file/ca.crt\"\nproxy-server-host = \"file.example\"\nproxy-server-port = 9000\n\
                          [quic]\nkeep-alive-interval = \"2s\"\n";
         std::fs::write(&file, toml_text).unwrap();
-        let cli =
-            parse(&["--config", file.to_str().unwrap(), "--proxy-server-port=9001", "--sync-interval=500ms"]).unwrap();
+        let cli = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--proxy-server-port=9001",
+            "--sync-interval=500ms",
+            "--worker-threads=0",
+        ])
+        .unwrap();
         let c = cli.into_config().expect("valid");
         assert_eq!(c.proxy_server_port, 9001, "flag wins");
         assert_eq!(c.proxy_server_host, "file.example", "file value kept");
         assert_eq!(c.ca_cert, PathBuf::from("/file/ca.crt"));
         assert_eq!(c.sync_interval, Duration::from_millis(500));
         assert_eq!(c.quic.keep_alive_interval, Duration::from_secs(2));
+        assert_eq!(c.worker_threads, 0);
     }
 
     #[test]

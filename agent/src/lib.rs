@@ -134,7 +134,7 @@ pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle
             error!("admin server failed: {e}");
         }
     });
-    info!(%health_addr, %admin_addr, "konnq-agent started");
+    info!(%health_addr, %admin_addr, workers = tokio::runtime::Handle::current().metrics().num_workers(), "konnq-agent started");
     Ok(AgentHandle { metrics, health_addr, admin_addr, connected, tasks, endpoint, udp_buffer_bytes })
 }
 

@@ -95,6 +95,10 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
 
+    /// Runtime worker threads; 0 = one per CPU [default: 1].
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<u16>,
+
     /// Accepted for compatibility; konnq always logs to stderr.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
     pub logtostderr: Option<bool>,
@@ -217,6 +221,7 @@ impl Cli {
             backend_dial_timeout,
             graceful_shutdown_timeout,
             max_message_bytes,
+            worker_threads,
             logtostderr,
             v,
             proxy_strategies: _,
@@ -249,6 +254,7 @@ impl Cli {
             graceful_shutdown_timeout,
             max_message_bytes,
             quic: None,
+            worker_threads,
             v,
             logtostderr,
         }
@@ -275,15 +281,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("server.toml");
         let toml_text = "uds-name = \"/file.sock\"\nadmin-port = 1000\nhealth-port = 1001\n\
-                         cluster-cert = \"/f.crt\"\ncluster-key = \"/f.key\"\n[quic]\nidle-timeout = \"9s\"\n";
+                         cluster-cert = \"/f.crt\"\ncluster-key = \"/f.key\"\nworker-threads = 3\n\
+                         [quic]\nidle-timeout = \"9s\"\n";
         std::fs::write(&file, toml_text).unwrap();
-        let cli = parse(&["--config", file.to_str().unwrap(), "--admin-port=2000", "--mode", "http-connect"]).unwrap();
+        let cli = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--admin-port=2000",
+            "--mode",
+            "http-connect",
+            "-worker-threads=2",
+        ])
+        .unwrap();
         let c = cli.into_config().expect("valid");
         assert_eq!(c.admin_port, 2000, "flag wins");
         assert_eq!(c.health_port, 1001, "file value kept");
         assert_eq!(c.uds_name, Some(PathBuf::from("/file.sock")));
         assert_eq!(c.mode, FrontendMode::HttpConnect);
         assert_eq!(c.quic.idle_timeout, Duration::from_secs(9));
+        assert_eq!(c.worker_threads, 2, "flag wins");
     }
 
     #[test]

@@ -157,7 +157,14 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
             error!("admin server failed: {e}");
         }
     });
-    info!(%agent_addr, %health_addr, %admin_addr, server_id = %cfg.server_id, "konnq-server started");
+    info!(
+        %agent_addr,
+        %health_addr,
+        %admin_addr,
+        server_id = %cfg.server_id,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "konnq-server started"
+    );
     Ok(ServerHandle {
         metrics,
         backend,

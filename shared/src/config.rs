@@ -142,6 +142,12 @@ impl Problems {
         value
     }
 
+    /// `worker-threads`: [`DEFAULT_WORKER_THREADS`] when not given; 0 means
+    /// one per CPU.
+    pub(crate) fn worker_threads(&mut self, value: Option<u16>) -> u16 {
+        self.in_range("worker-threads", value.unwrap_or(DEFAULT_WORKER_THREADS), 0, MAX_WORKER_THREADS)
+    }
+
     /// A duration that must be greater than zero.
     pub(crate) fn positive(&mut self, key: &str, value: Duration) -> Duration {
         if value.is_zero() {
@@ -210,6 +216,15 @@ pub struct LogConfig {
     /// klog-style verbosity, from `v` / `-v` (0 = info; higher is chattier).
     pub verbosity: u8,
 }
+
+/// Default of `worker-threads`, for server and agent: one runtime thread.
+/// A konnq process's hot work is its QUIC connections, and each of those is
+/// driven by one task, so a second worker adds cross-thread wake-ups more
+/// often than parallel work; docs/benchmarks.md (finding 7) has the
+/// measurements.
+pub const DEFAULT_WORKER_THREADS: u16 = 1;
+/// Most `worker-threads` a process may ask for.
+pub const MAX_WORKER_THREADS: u16 = 1024;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

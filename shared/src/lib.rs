@@ -28,6 +28,7 @@ pub mod konnectivity;
 pub mod logging;
 pub mod memory;
 pub mod quic;
+pub mod runtime;
 pub mod signal;
 pub mod tls;
 pub mod wire;

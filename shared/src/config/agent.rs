@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub service_account_token_path: Option<PathBuf>,
     pub quic: QuicConfig,
     pub log: LogConfig,
+    /// Tokio worker threads; 0 = one per CPU.
+    pub worker_threads: u16,
 }
 
 impl AgentConfig {
@@ -84,6 +86,7 @@ pub struct RawAgentConfig {
     pub dial_timeout: Option<Duration>,
     pub service_account_token_path: Option<PathBuf>,
     pub quic: Option<RawQuicConfig>,
+    pub worker_threads: Option<u16>,
     /// Log verbosity (`-v`).
     pub v: Option<u8>,
     /// Accepted for upstream parity and ignored: konnq always logs to stderr.
@@ -121,6 +124,7 @@ impl RawAgentConfig {
             dial_timeout: other.dial_timeout.or(self.dial_timeout),
             service_account_token_path: other.service_account_token_path.or(self.service_account_token_path),
             quic: overlay_quic(self.quic, other.quic),
+            worker_threads: other.worker_threads.or(self.worker_threads),
             v: other.v.or(self.v),
             logtostderr: other.logtostderr.or(self.logtostderr),
         }
@@ -179,6 +183,7 @@ impl RawAgentConfig {
             service_account_token_path: non_empty_path(self.service_account_token_path),
             quic: self.quic.unwrap_or_default().check(&mut p),
             log: LogConfig { verbosity: self.v.unwrap_or(0) },
+            worker_threads: p.worker_threads(self.worker_threads),
         };
         p.finish(config)
     }
@@ -231,6 +236,7 @@ mod tests {
         assert_eq!(c.service_account_token_path, None);
         assert_eq!(c.quic, QuicConfig::default());
         assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.worker_threads, 1);
     }
 
     #[test]
@@ -265,6 +271,7 @@ mod tests {
             dial-timeout = "0s"
             health-server-port = 7000
             admin-server-port = 7000
+            worker-threads = 5000
             [quic]
             keep-alive-interval = "10s"
         "#;
@@ -280,9 +287,11 @@ mod tests {
                 "ca-cert",
                 "dial-timeout",
                 "quic.idle-timeout",
+                "worker-threads",
             ]
         );
         let text = err.to_string();
+        assert!(text.contains("worker-threads: must be between 0 and 1024, got 5000"), "{text}");
         assert!(text.contains("agent-identifiers: unknown identifier key \"colour\""), "{text}");
         assert!(text.contains("sync-interval-cap: must be at least sync-interval"), "{text}");
     }

@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     pub quic: QuicConfig,
     pub log: LogConfig,
+    /// Tokio worker threads; 0 = one per CPU.
+    pub worker_threads: u16,
 }
 
 impl ServerConfig {
@@ -108,6 +110,7 @@ pub struct RawServerConfig {
     pub graceful_shutdown_timeout: Option<Duration>,
     pub max_message_bytes: Option<usize>,
     pub quic: Option<RawQuicConfig>,
+    pub worker_threads: Option<u16>,
     /// Log verbosity (`-v`).
     pub v: Option<u8>,
     /// Accepted for upstream parity and ignored: konnq always logs to stderr.
@@ -154,6 +157,7 @@ impl RawServerConfig {
             graceful_shutdown_timeout: other.graceful_shutdown_timeout.or(self.graceful_shutdown_timeout),
             max_message_bytes: other.max_message_bytes.or(self.max_message_bytes),
             quic: overlay_quic(self.quic, other.quic),
+            worker_threads: other.worker_threads.or(self.worker_threads),
             v: other.v.or(self.v),
             logtostderr: other.logtostderr.or(self.logtostderr),
         }
@@ -206,6 +210,7 @@ impl RawServerConfig {
             max_message_bytes: p.in_range("max-message-bytes", max_message_bytes, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES),
             quic: self.quic.unwrap_or_default().check(&mut p),
             log: LogConfig { verbosity: self.v.unwrap_or(0) },
+            worker_threads: p.worker_threads(self.worker_threads),
         };
         p.finish(config)
     }
@@ -238,6 +243,18 @@ mod tests {
         err.problems().iter().map(|p| p.key.as_str()).collect()
     }
 
+    #[test]
+    fn worker_threads_default_zero_and_out_of_range() {
+        let with = |line: &str| ServerConfig::from_toml_str(&format!("{line}\n{MINIMAL}"));
+        assert_eq!(with("").unwrap().worker_threads, 1);
+        assert_eq!(with("worker-threads = 0").unwrap().worker_threads, 0, "0 = one per CPU");
+        assert_eq!(with("worker-threads = 8").unwrap().worker_threads, 8);
+        let err = with("worker-threads = 1025").unwrap_err();
+        assert_eq!(keys(&err), ["worker-threads"]);
+        assert!(err.to_string().contains("must be between 0 and 1024, got 1025"), "{err}");
+        assert!(with("worker-threads = -1").is_err(), "negative");
+    }
+
     fn minimal() -> RawServerConfig {
         RawServerConfig::from_toml_str(MINIMAL).expect("parses")
     }
@@ -264,6 +281,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 16 * 1024 * 1024);
         assert_eq!(c.quic, QuicConfig::default());
         assert_eq!(c.log.verbosity, 0);
+        assert_eq!(c.worker_threads, 1);
     }
 
     #[test]
