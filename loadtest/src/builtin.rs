@@ -21,8 +21,7 @@ pub fn server(args: Vec<OsString>) -> anyhow::Result<()> {
     let cli = konnq_server::cli::Cli::try_parse_go_style(argv).unwrap_or_else(|e| e.exit());
     let cfg = cli.into_config()?;
     tracing(cfg.log.verbosity);
-    konnq_shared::memory::start_trimmer(konnq_shared::memory::TRIM_INTERVAL).context("starting the memory trimmer")?;
-    konnq_shared::runtime::build(cfg.worker_threads).context("starting the runtime")?.block_on(async move {
+    konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_server::Listeners::bind(&cfg).await?;
         konnq_server::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-server")
     })
@@ -32,8 +31,7 @@ pub fn agent(args: Vec<OsString>) -> anyhow::Result<()> {
     let argv = std::iter::once(OsString::from("konnq-agent")).chain(args);
     let cfg = konnq_agent::cli::Cli::try_parse_go_style(argv).unwrap_or_else(|e| e.exit()).into_config()?;
     tracing(cfg.log.verbosity);
-    konnq_shared::memory::start_trimmer(konnq_shared::memory::TRIM_INTERVAL).context("starting the memory trimmer")?;
-    konnq_shared::runtime::build(cfg.worker_threads).context("starting the runtime")?.block_on(async move {
+    konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_agent::Listeners::bind(&cfg).await?;
         konnq_agent::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-agent")
     })

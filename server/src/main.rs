@@ -23,8 +23,7 @@ fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(konnq_shared::logging::filter_for_verbosity(cfg.log.verbosity)));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    konnq_shared::memory::start_trimmer(konnq_shared::memory::TRIM_INTERVAL).context("starting the memory trimmer")?;
-    konnq_shared::runtime::build(cfg.worker_threads).context("starting the runtime")?.block_on(async move {
+    konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_server::Listeners::bind(&cfg).await?;
         konnq_server::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-server")
     })

@@ -11,6 +11,15 @@ pub fn build(worker_threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
     builder.build()
 }
 
+/// What a konnq-server or konnq-agent process runs on, whichever
+/// executable starts it: the memory trimmer
+/// ([`crate::memory::start_trimmer`]) and a runtime from [`build`].
+pub fn start_process(worker_threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let failed = |what: &str, e: std::io::Error| std::io::Error::new(e.kind(), format!("starting the {what}: {e}"));
+    crate::memory::start_trimmer(crate::memory::TRIM_INTERVAL).map_err(|e| failed("memory trimmer", e))?;
+    build(worker_threads).map_err(|e| failed("runtime", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
