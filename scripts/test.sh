@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, the Rust workspace (unit, codec and
 # in-process end-to-end tests), then the interop suite against the real
-# Go konnectivity-client when present. Fails on the first failing step.
+# Go konnectivity-client, then the end-to-end suite against a real
+# kube-apiserver and etcd (e2e/). Fails on the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +28,6 @@ if [ -x interop/run.sh ]; then
     cargo build -p konnq-server -p konnq-agent --bins
     KONNQ_BIN_DIR="$PWD/target/debug" interop/run.sh
 fi
+
+echo "== e2e (real kube-apiserver and etcd; root, network namespaces)"
+KONNQ_BIN_DIR="$PWD/target/debug" e2e/run.sh
