@@ -188,9 +188,13 @@ impl Connector {
         }
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&Control::Hello(hello).encode()).await.map_err(|e| e.to_string())?;
-        let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message")
-            .await
-            .map_err(|e| format!("waiting for the server's welcome: {e}"))?;
+        let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await.map_err(|e| {
+            // A server that refuses us closes the connection with the reason.
+            match conn.close_reason() {
+                Some(why) => format!("waiting for the server's welcome: {e} ({why})"),
+                None => format!("waiting for the server's welcome: {e}"),
+            }
+        })?;
         match Control::from_frame(kind, &body).map_err(|e| e.to_string())? {
             Control::Welcome { server_id, server_count } => {
                 info!(%addr, server_id, server_count, agent_id = %self.cfg.agent_id, "connected to server");

@@ -27,10 +27,15 @@ use tracing::{debug, info, warn};
 
 use konnq_shared::gauge::GaugeGuard;
 
+use crate::auth::{AuthError, Authenticator};
 use crate::metrics::{DialFailure, Metrics};
 
-/// How long an agent may take for the QUIC handshake plus its Hello.
+/// How long an agent may take for the QUIC handshake plus its Hello, and
+/// the server for checking its token.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refusal waits for the agent to receive the Reject message
+/// before the connection is closed.
+const REJECT_LINGER: Duration = Duration::from_secs(1);
 
 /// Why a dial did not produce a connection. The text of each variant is what
 /// the client sees in DIAL_RSP.error.
@@ -129,17 +134,20 @@ pub struct Backend {
     pub dial_timeout: Duration,
     /// Dial streams one agent connection may carry at once.
     max_streams: usize,
+    /// `Some`: agents must present an accepted ServiceAccount token.
+    auth: Option<Authenticator>,
 }
 
 impl Backend {
     /// `max_streams` is `quic.max-concurrent-streams`: the dial streams one
-    /// agent connection may carry at once.
+    /// agent connection may carry at once. `auth`: token authentication.
     pub fn new(
         server_id: String,
         server_count: u32,
         dial_timeout: Duration,
         max_streams: u64,
         metrics: Metrics,
+        auth: Option<Authenticator>,
     ) -> Arc<Self> {
         let max_streams = usize::try_from(max_streams).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         Arc::new(Backend {
@@ -152,6 +160,7 @@ impl Backend {
             server_count,
             dial_timeout,
             max_streams,
+            auth,
         })
     }
 
@@ -285,7 +294,8 @@ impl Backend {
             let backend = Arc::clone(&self);
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, backend.admit(incoming)).await {
+                let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+                match tokio::time::timeout_at(deadline + REJECT_LINGER, backend.admit(incoming, deadline)).await {
                     Ok(Ok((agent, control))) => backend.hold(agent, control).await,
                     Ok(Err(e)) => warn!(%remote, "agent refused: {e}"),
                     Err(_) => warn!(%remote, "agent refused: no handshake and hello within {HANDSHAKE_TIMEOUT:?}"),
@@ -295,8 +305,13 @@ impl Backend {
     }
 
     /// QUIC handshake (TLS, and the client certificate check when mTLS is
-    /// configured), then the agent's Hello on the control stream.
-    async fn admit(&self, incoming: quinn::Incoming) -> Result<(Arc<AgentConn>, (SendStream, RecvStream)), AdmitError> {
+    /// configured), then the agent's Hello on the control stream and, with
+    /// token authentication, its token, checked by `deadline`.
+    async fn admit(
+        &self,
+        incoming: quinn::Incoming,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Arc<AgentConn>, (SendStream, RecvStream)), AdmitError> {
         let conn = incoming.await.map_err(AdmitError::Handshake)?;
         let (mut send, mut recv) = conn.accept_bi().await.map_err(AdmitError::Handshake)?;
         let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await?;
@@ -304,11 +319,20 @@ impl Backend {
             Control::Hello(h) => h,
             other => {
                 let reason = format!("expected hello, got {other:?}");
-                reject(&conn, &mut send, &reason).await;
+                reject(&conn, &mut send, codes::REJECTED, &reason).await;
                 return Err(AdmitError::Protocol(reason));
             }
         };
-        let Hello { agent_id, identifiers, .. } = hello;
+        let Hello { agent_id, identifiers, token } = hello;
+        if let Some(auth) = &self.auth {
+            match auth.check(&token, deadline).await {
+                Ok(account) => debug!(%agent_id, account, "agent token accepted"),
+                Err(e) => {
+                    reject(&conn, &mut send, e.close_code(), &e.to_string()).await;
+                    return Err(AdmitError::Auth { agent_id, source: e });
+                }
+            }
+        }
         let welcome = Control::Welcome { server_id: self.server_id.clone(), server_count: self.server_count };
         send.write_all(&welcome.encode()).await.map_err(|e| AdmitError::Protocol(e.to_string()))?;
         let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
@@ -368,10 +392,13 @@ impl Backend {
     }
 }
 
-async fn reject(conn: &quinn::Connection, send: &mut SendStream, reason: &str) {
+/// Tells the agent why (a Reject message, given up to [`REJECT_LINGER`] to
+/// arrive), then closes the connection with `code` and the same reason.
+async fn reject(conn: &quinn::Connection, send: &mut SendStream, code: u32, reason: &str) {
     let _ = send.write_all(&Control::Reject { reason: reason.to_owned() }.encode()).await;
     let _ = send.finish();
-    conn.close(VarInt::from_u32(codes::REJECTED), reason.as_bytes());
+    let _ = tokio::time::timeout(REJECT_LINGER, send.stopped()).await;
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -384,6 +411,8 @@ enum AdmitError {
     Wire(#[from] wire::WireError),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("agent {agent_id}: {source}")]
+    Auth { agent_id: String, source: AuthError },
 }
 
 /// Builds the agent-facing QUIC endpoint on an already bound UDP socket.

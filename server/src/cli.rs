@@ -109,18 +109,30 @@ pub struct Cli {
     /// Upstream routing strategies; only "default" is supported yet.
     #[arg(long, value_name = "LIST")]
     pub proxy_strategies: Option<String>,
-    /// Upstream token authentication: not supported yet.
+    /// Agents' ServiceAccount namespace; set = agents must send a token (TokenReview).
     #[arg(long, value_name = "NAMESPACE")]
     pub agent_namespace: Option<String>,
-    /// Upstream token authentication: not supported yet.
+    /// Agents' ServiceAccount name (required with token authentication).
     #[arg(long, value_name = "NAME")]
     pub agent_service_account: Option<String>,
-    /// Upstream token authentication: not supported yet.
+    /// Audience agents' tokens must carry (required with token authentication).
     #[arg(long, value_name = "AUDIENCE")]
     pub authentication_audience: Option<String>,
-    /// Upstream token authentication: not supported yet.
+    /// kubeconfig for TokenReviews; empty = in-cluster config.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<String>,
+    /// TokenReviews per second; 0 = 5, negative = no limit [default: 0].
+    #[arg(long, value_name = "QPS", allow_negative_numbers = true)]
+    pub kubeconfig_qps: Option<f64>,
+    /// TokenReview burst; 0 = 10 [default: 0].
+    #[arg(long, value_name = "N")]
+    pub kubeconfig_burst: Option<u32>,
+    /// Accepted for compatibility; TokenReviews are always sent as JSON.
+    #[arg(long, value_name = "TYPE")]
+    pub kube_api_content_type: Option<String>,
+    /// How long an accepted token is reused without a new review; 0 = never [default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub token_review_cache_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -180,17 +192,6 @@ impl Cli {
         if let Some(s) = self.proxy_strategies.as_deref().filter(|s| !s.is_empty() && *s != "default") {
             errors.push(format!("--proxy-strategies: only \"default\" is supported yet, got {s:?}"));
         }
-        let auth = [
-            ("--agent-namespace", &self.agent_namespace),
-            ("--agent-service-account", &self.agent_service_account),
-            ("--authentication-audience", &self.authentication_audience),
-            ("--kubeconfig", &self.kubeconfig),
-        ];
-        for (flag, value) in auth {
-            if value.as_deref().is_some_and(|v| !v.is_empty()) {
-                errors.push(format!("{flag}: not supported yet (service-account token authentication)"));
-            }
-        }
         errors
     }
 
@@ -225,10 +226,14 @@ impl Cli {
             logtostderr,
             v,
             proxy_strategies: _,
-            agent_namespace: _,
-            agent_service_account: _,
-            authentication_audience: _,
-            kubeconfig: _,
+            agent_namespace,
+            agent_service_account,
+            authentication_audience,
+            kubeconfig,
+            kubeconfig_qps,
+            kubeconfig_burst,
+            kube_api_content_type,
+            token_review_cache_ttl,
         } = self;
         RawServerConfig {
             server_id,
@@ -246,6 +251,15 @@ impl Cli {
             cluster_cert,
             cluster_key,
             cluster_ca_cert,
+            agent_namespace,
+            agent_service_account,
+            authentication_audience,
+            // A string, not a path, so that Go's `--kubeconfig=` (empty) parses.
+            kubeconfig: kubeconfig.map(PathBuf::from),
+            kubeconfig_qps,
+            kubeconfig_burst,
+            kube_api_content_type,
+            token_review_cache_ttl,
             health_bind_address,
             health_port,
             admin_bind_address,
@@ -344,12 +358,64 @@ mod tests {
     #[test]
     fn unsupported_upstream_flags() {
         assert!(config(&["--proxy-strategies=default", "--kubeconfig="]).is_ok());
-        let text = config(&["--proxy-strategies=destHost,default", "--kubeconfig=/k", "--agent-namespace=kube-system"])
+        let text = config(&["--proxy-strategies=destHost,default", "--kubeconfig=/k"]).unwrap_err().to_string();
+        assert!(text.contains("--proxy-strategies: only \"default\""), "{text}");
+        assert!(!text.contains("--kubeconfig"), "token authentication flags are supported: {text}");
+    }
+
+    /// The args of the official konnectivity-server static pod, verbatim.
+    const MANIFEST_ARGS: [&str; 14] = [
+        "--logtostderr=true",
+        "--uds-name=/etc/kubernetes/konnectivity-server/konnectivity-server.socket",
+        "--delete-existing-uds-file",
+        "--cluster-cert=/etc/kubernetes/pki/apiserver.crt",
+        "--cluster-key=/etc/kubernetes/pki/apiserver.key",
+        "--mode=grpc",
+        "--server-port=0",
+        "--agent-port=8132",
+        "--admin-port=8133",
+        "--health-port=8134",
+        "--agent-namespace=kube-system",
+        "--agent-service-account=konnectivity-agent",
+        "--kubeconfig=/etc/kubernetes/konnectivity-server.conf",
+        "--authentication-audience=system:konnectivity-server",
+    ];
+
+    #[test]
+    fn upstream_manifest_args_parse_and_validate() {
+        let c = parse(&MANIFEST_ARGS).expect("flags parse").into_config().expect("valid");
+        assert_eq!((c.agent_port, c.admin_port, c.health_port, c.server_port), (8132, 8133, 8134, 0));
+        assert_eq!(c.cluster_tls.ca, None, "no client certificates: tokens instead");
+        let auth = c.token_auth.expect("token authentication on");
+        assert_eq!(auth.agent_namespace, "kube-system");
+        assert_eq!(auth.agent_service_account, "konnectivity-agent");
+        assert_eq!(auth.audience, "system:konnectivity-server");
+        assert_eq!(auth.kubeconfig, Some(PathBuf::from("/etc/kubernetes/konnectivity-server.conf")));
+        assert_eq!(auth.review_rate, Some(konnq_shared::config::ReviewRate { qps: 5.0, burst: 10 }));
+    }
+
+    #[test]
+    fn token_auth_flags() {
+        let text = config(&["--agent-namespace=kube-system", "--agent-service-account=konnectivity-agent"])
             .unwrap_err()
             .to_string();
-        assert!(text.contains("--proxy-strategies: only \"default\""), "{text}");
-        assert!(text.contains("--kubeconfig: not supported yet"), "{text}");
-        assert!(text.contains("--agent-namespace: not supported yet"), "{text}");
+        assert!(text.contains("--authentication-audience: required"), "{text}");
+        assert!(!text.contains("--agent-service-account"), "{text}");
+        let c = config(&[
+            "--agent-namespace=ns",
+            "--agent-service-account=sa",
+            "--authentication-audience=aud",
+            "--kubeconfig-qps",
+            "-1",
+            "-kubeconfig-burst=4",
+            "--kube-api-content-type=application/vnd.kubernetes.protobuf",
+            "--token-review-cache-ttl=30s",
+        ])
+        .expect("valid");
+        let auth = c.token_auth.expect("on");
+        assert_eq!(auth.review_rate, None, "negative qps: no limit, as in client-go");
+        assert_eq!(auth.kubeconfig, None, "in-cluster config");
+        assert_eq!(auth.cache_ttl, Duration::from_secs(30));
     }
 
     #[test]

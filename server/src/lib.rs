@@ -8,12 +8,14 @@
 //!   (`frontend::http2`, one session per Proxy stream), and HTTP-CONNECT.
 //! - [`backend`]: the QUIC endpoint agents connect to, the agent registry and
 //!   the per-dial stream handshake.
+//! - [`auth`]: agent authentication by ServiceAccount token (TokenReview).
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics`.
 //!
 //! [`start`] takes a validated config and already bound [`Listeners`] (tests
 //! pass port 0 and temp-dir sockets) and returns a [`ServerHandle`].
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod frontend;
@@ -44,6 +46,8 @@ pub enum ServerError {
     ServerTls(konnq_shared::tls::TlsError),
     #[error("QUIC endpoint: {0}")]
     Quic(#[from] konnq_shared::quic::QuicSetupError),
+    #[error("agent token authentication: {0}")]
+    Kube(auth::KubeSetupError),
 }
 
 /// A running server.
@@ -107,12 +111,14 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     .map_err(ServerError::ClusterTls)?;
     let endpoint = backend::endpoint(listeners.agent_udp, tls, &cfg.quic)?;
     let agent_addr = endpoint.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
+    let auth = auth::from_config(&cfg, &metrics).await.map_err(ServerError::Kube)?;
     let backend = Backend::new(
         cfg.server_id.clone(),
         cfg.server_count,
         cfg.backend_dial_timeout,
         cfg.quic.max_concurrent_streams,
         metrics.clone(),
+        auth,
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ctx = SessionCtx { backend: Arc::clone(&backend), metrics: metrics.clone() };

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the server, under upstream's names
-//! (`konnectivity_network_proxy_server_*`) so existing dashboards carry over.
+//! (`konnectivity_network_proxy_server_*`) so existing dashboards carry over,
+//! plus konnq's own under `konnq_server_*` (agent authentication).
 
 use std::sync::Arc;
 
@@ -29,6 +30,10 @@ pub struct Metrics {
     dial_failures: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
     frontend_errors: Family<Labels, Counter>,
+    /// TokenReviews waiting for the rate limit.
+    pub token_review_queue: Gauge,
+    token_reviews: Family<Labels, Counter>,
+    agent_auth_failures: Family<Labels, Counter>,
 }
 
 /// Why a dial failed (the `reason` label of the dial failure counter).
@@ -65,7 +70,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("konnectivity_network_proxy_server");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("konnectivity_network_proxy_server");
         let ready_backends = Gauge::default();
         let pending_dials = Gauge::default();
         let established = Gauge::default();
@@ -90,8 +96,27 @@ impl Metrics {
             "Protocol violations by frontend clients, by kind",
             frontend_errors.clone(),
         );
+        let token_review_queue = Gauge::default();
+        let token_reviews = Family::<Labels, Counter>::default();
+        let agent_auth_failures = Family::<Labels, Counter>::default();
+        let konnq = root.sub_registry_with_prefix("konnq_server");
+        konnq.register(
+            "token_review_queue",
+            "TokenReviews waiting for the kubeconfig-qps / kubeconfig-burst rate limit",
+            token_review_queue.clone(),
+        );
+        konnq.register(
+            "token_reviews",
+            "TokenReviews sent to kube-apiserver, by result (authenticated, rejected, error)",
+            token_reviews.clone(),
+        );
+        konnq.register(
+            "agent_auth_failures",
+            "Agents refused by token authentication, by reason (no_token, invalid_token, wrong_account, unreachable)",
+            agent_auth_failures.clone(),
+        );
         Metrics {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             ready_backends,
             pending_dials,
             established,
@@ -100,6 +125,9 @@ impl Metrics {
             dial_failures,
             bytes,
             frontend_errors,
+            token_review_queue,
+            token_reviews,
+            agent_auth_failures,
         }
     }
 
@@ -125,6 +153,24 @@ impl Metrics {
 
     pub fn frontend_errors(&self, kind: &'static str) -> u64 {
         self.frontend_errors.get_or_create(&vec![("kind", kind)]).get()
+    }
+
+    /// `result`: authenticated, rejected or error.
+    pub fn token_reviewed(&self, result: &'static str) {
+        self.token_reviews.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    pub fn token_reviews(&self, result: &'static str) -> u64 {
+        self.token_reviews.get_or_create(&vec![("result", result)]).get()
+    }
+
+    /// `reason`: the [`AuthError`](crate::auth::AuthError) label.
+    pub fn agent_auth_failed(&self, reason: &'static str) {
+        self.agent_auth_failures.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    pub fn agent_auth_failures(&self, reason: &'static str) -> u64 {
+        self.agent_auth_failures.get_or_create(&vec![("reason", reason)]).get()
     }
 
     /// Prometheus text exposition.

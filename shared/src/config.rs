@@ -24,6 +24,7 @@ mod duration;
 mod goflags;
 mod identifiers;
 mod server;
+mod token_auth;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub use duration::{format_duration, parse_duration};
 pub use goflags::{normalize_go_flags, try_parse_go_style};
 pub use identifiers::AgentIdentifiers;
 pub use server::{FrontendMode, RawServerConfig, ServerConfig};
+pub use token_auth::{ReviewRate, TokenAuthConfig, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_CACHE_TTL, DEFAULT_REVIEW_QPS};
 
 /// One configuration problem: the TOML key path it concerns and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

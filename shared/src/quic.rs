@@ -29,6 +29,11 @@ pub mod codes {
     pub const REJECTED: u32 = 4;
     /// The frontend connection ended abruptly.
     pub const FRONTEND_GONE: u32 = 5;
+    /// The agent's ServiceAccount token was missing, invalid or of another account.
+    pub const UNAUTHENTICATED: u32 = 6;
+    /// The server could not check the agent's token (kube-apiserver unreachable,
+    /// or the TokenReview rate limit held it past the handshake deadline).
+    pub const AUTH_UNAVAILABLE: u32 = 7;
 }
 
 /// Transport settings: keep-alive and idle timeout so a dead path is noticed

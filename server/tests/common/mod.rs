@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod h2frames;
+pub mod kube_api;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::token_auth::{RawTokenAuth, TokenAuthConfig};
 use super::{
     non_empty_path, non_empty_string, overlay_quic, parse_toml, random_id, read_toml, ConfigError, LogConfig, Problems,
     QuicConfig, RawQuicConfig, TlsFiles, MIB,
@@ -37,7 +38,7 @@ impl FromStr for FrontendMode {
 }
 
 /// Validated server configuration; see `conf/server.toml` for every key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub server_id: String,
     pub server_count: u32,
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub agent_port: u16,
     /// QUIC TLS towards agents; `ca: Some` means agents must present a client cert.
     pub cluster_tls: TlsFiles,
+    /// `Some`: agents must present a ServiceAccount token (TokenReview).
+    pub token_auth: Option<TokenAuthConfig>,
     pub health_bind_address: IpAddr,
     pub health_port: u16,
     pub admin_bind_address: IpAddr,
@@ -82,7 +85,7 @@ impl ServerConfig {
 
 /// Server settings as given in TOML or on the command line; `None` = not given.
 /// Keys are the flag names: `uds-name` ↔ `--uds-name`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawServerConfig {
     pub server_id: Option<String>,
@@ -100,6 +103,17 @@ pub struct RawServerConfig {
     pub cluster_cert: Option<PathBuf>,
     pub cluster_key: Option<PathBuf>,
     pub cluster_ca_cert: Option<PathBuf>,
+    pub agent_namespace: Option<String>,
+    pub agent_service_account: Option<String>,
+    pub authentication_audience: Option<String>,
+    /// Empty or unset: in-cluster config.
+    pub kubeconfig: Option<PathBuf>,
+    pub kubeconfig_qps: Option<f64>,
+    pub kubeconfig_burst: Option<u32>,
+    /// Accepted for upstream parity and ignored: TokenReviews are sent as JSON.
+    pub kube_api_content_type: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub token_review_cache_ttl: Option<Duration>,
     pub health_bind_address: Option<IpAddr>,
     pub health_port: Option<u16>,
     pub admin_bind_address: Option<IpAddr>,
@@ -149,6 +163,14 @@ impl RawServerConfig {
             cluster_cert: other.cluster_cert.or(self.cluster_cert),
             cluster_key: other.cluster_key.or(self.cluster_key),
             cluster_ca_cert: other.cluster_ca_cert.or(self.cluster_ca_cert),
+            agent_namespace: other.agent_namespace.or(self.agent_namespace),
+            agent_service_account: other.agent_service_account.or(self.agent_service_account),
+            authentication_audience: other.authentication_audience.or(self.authentication_audience),
+            kubeconfig: other.kubeconfig.or(self.kubeconfig),
+            kubeconfig_qps: other.kubeconfig_qps.or(self.kubeconfig_qps),
+            kubeconfig_burst: other.kubeconfig_burst.or(self.kubeconfig_burst),
+            kube_api_content_type: other.kube_api_content_type.or(self.kube_api_content_type),
+            token_review_cache_ttl: other.token_review_cache_ttl.or(self.token_review_cache_ttl),
             health_bind_address: other.health_bind_address.or(self.health_bind_address),
             health_port: other.health_port.or(self.health_port),
             admin_bind_address: other.admin_bind_address.or(self.admin_bind_address),
@@ -181,6 +203,16 @@ impl RawServerConfig {
             key: p.required_path("cluster-key", self.cluster_key),
             ca: non_empty_path(self.cluster_ca_cert),
         };
+        let token_auth = RawTokenAuth {
+            agent_namespace: self.agent_namespace,
+            agent_service_account: self.agent_service_account,
+            authentication_audience: self.authentication_audience,
+            kubeconfig: self.kubeconfig,
+            kubeconfig_qps: self.kubeconfig_qps,
+            kubeconfig_burst: self.kubeconfig_burst,
+            token_review_cache_ttl: self.token_review_cache_ttl,
+        }
+        .check(&mut p);
         let health_port = self.health_port.unwrap_or(8092);
         let admin_port = self.admin_port.unwrap_or(8095);
         check_distinct_tcp_ports(
@@ -200,6 +232,7 @@ impl RawServerConfig {
             agent_bind_address: self.agent_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
             agent_port: self.agent_port.unwrap_or(8091),
             cluster_tls,
+            token_auth,
             health_bind_address: self.health_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
             health_port,
             admin_bind_address: self.admin_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
@@ -274,6 +307,7 @@ mod tests {
         assert_eq!(c.agent_port, 8091);
         assert_eq!(c.cluster_tls.cert, PathBuf::from("/pki/cluster.crt"));
         assert_eq!(c.cluster_tls.ca, None);
+        assert_eq!(c.token_auth, None);
         assert_eq!((c.health_bind_address, c.health_port), (IpAddr::from([0, 0, 0, 0]), 8092));
         assert_eq!((c.admin_bind_address, c.admin_port), (IpAddr::from([127, 0, 0, 1]), 8095));
         assert_eq!(c.backend_dial_timeout, Duration::from_secs(10));
