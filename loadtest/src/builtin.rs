@@ -8,19 +8,12 @@
 use std::ffi::OsString;
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
-
-fn tracing(verbosity: u8) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(konnq_shared::logging::filter_for_verbosity(verbosity)));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
 
 pub fn server(args: Vec<OsString>) -> anyhow::Result<()> {
     let argv = std::iter::once(OsString::from("konnq-server")).chain(args);
     let cli = konnq_server::cli::Cli::try_parse_go_style(argv).unwrap_or_else(|e| e.exit());
     let cfg = cli.into_config()?;
-    tracing(cfg.log.verbosity);
+    konnq_shared::logging::init(cfg.log.verbosity);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_server::Listeners::bind(&cfg).await?;
         konnq_server::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-server")
@@ -30,7 +23,7 @@ pub fn server(args: Vec<OsString>) -> anyhow::Result<()> {
 pub fn agent(args: Vec<OsString>) -> anyhow::Result<()> {
     let argv = std::iter::once(OsString::from("konnq-agent")).chain(args);
     let cfg = konnq_agent::cli::Cli::try_parse_go_style(argv).unwrap_or_else(|e| e.exit()).into_config()?;
-    tracing(cfg.log.verbosity);
+    konnq_shared::logging::init(cfg.log.verbosity);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_agent::Listeners::bind(&cfg).await?;
         konnq_agent::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-agent")

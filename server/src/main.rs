@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use konnq_server::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_go_style();
@@ -20,9 +19,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = cli.into_config()?;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(konnq_shared::logging::filter_for_verbosity(cfg.log.verbosity)));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    konnq_shared::logging::init(cfg.log.verbosity);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_server::Listeners::bind(&cfg).await?;
         konnq_server::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-server")

@@ -1,6 +1,22 @@
 //! Log setup shared by the binaries: upstream's `-v` levels mapped onto
 //! tracing filters; `RUST_LOG`, when set, wins.
 
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the process's log subscriber on stderr at klog verbosity `v`.
+/// Colour codes only when stderr is a terminal: a log file or a container
+/// runtime's log pipe gets plain text.
+pub fn init(v: u8) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter_for_verbosity(v)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 /// The filter for a klog-style verbosity: 0 → info, 1–4 → debug for konnq
 /// crates, 5 and above → trace for konnq crates.
 pub fn filter_for_verbosity(v: u8) -> String {
