@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/base64"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -148,9 +147,10 @@ func (e *env) mintAgentToken(t testing.TB, ctx context.Context, a *apiserver) {
 	}
 }
 
-// writeServerKubeconfig writes the server's kubeconfig (what
-// /etc/kubernetes/konnectivity-server.conf holds on a control-plane node):
-// the cluster CA and the system:konnectivity-server client certificate.
+// writeServerKubeconfig fills deploy/konnectivity-server.conf.template (what
+// /etc/kubernetes/konnectivity-server.conf holds on a control-plane node)
+// with the apiserver's URL, the cluster CA and the system:konnectivity-server
+// client certificate, as its comment tells operators to.
 func (e *env) writeServerKubeconfig(t testing.TB, apiserverURL string) string {
 	t.Helper()
 	read := func(name string) string {
@@ -160,25 +160,19 @@ func (e *env) writeServerKubeconfig(t testing.TB, apiserverURL string) string {
 		}
 		return b64(data)
 	}
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: kubernetes
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: system:konnectivity-server
-  user:
-    client-certificate-data: %s
-    client-key-data: %s
-contexts:
-- name: system:konnectivity-server@kubernetes
-  context:
-    cluster: kubernetes
-    user: system:konnectivity-server
-current-context: system:konnectivity-server@kubernetes
-`, apiserverURL, read("ca.crt"), read("konnectivity-server.crt"), read("konnectivity-server.key"))
+	tmpl, err := os.ReadFile(repoPath(kubeconfigTemplate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.NewReplacer(
+		"${APISERVER_URL}", apiserverURL,
+		"${CLUSTER_CA_DATA}", read("ca.crt"),
+		"${CLIENT_CERT_DATA}", read("konnectivity-server.crt"),
+		"${CLIENT_KEY_DATA}", read("konnectivity-server.key"),
+	).Replace(stripComments(string(tmpl)))
+	if strings.Contains(cfg, "${") {
+		t.Fatalf("%s has a placeholder the suite does not fill:\n%s", kubeconfigTemplate, cfg)
+	}
 	path := filepath.Join(e.dir, "konnectivity-server.conf")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -20,12 +20,13 @@ import (
 
 // The files of deploy/ that the suite reads.
 const (
-	serverManifest    = "deploy/konnq-server.yaml"
-	agentManifest     = "deploy/konnq-agent.yaml"
-	rbacManifest      = "deploy/rbac.yaml"
-	egressGRPC        = "deploy/egress-selector-configuration.yaml"
-	egressHTTPConnect = "deploy/egress-selector-configuration-httpconnect.yaml"
-	kustomization     = "deploy/kustomization.yaml"
+	serverManifest     = "deploy/konnq-server.yaml"
+	agentManifest      = "deploy/konnq-agent.yaml"
+	rbacManifest       = "deploy/rbac.yaml"
+	egressGRPC         = "deploy/egress-selector-configuration.yaml"
+	egressHTTPConnect  = "deploy/egress-selector-configuration-httpconnect.yaml"
+	kustomization      = "deploy/kustomization.yaml"
+	kubeconfigTemplate = "deploy/konnectivity-server.conf.template"
 	// The placeholder for the control-plane address in the agent's args.
 	serverHostPlaceholder = "konnq-server.example.internal"
 	// The socket path every manifest and egress configuration uses.
