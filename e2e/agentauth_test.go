@@ -139,7 +139,7 @@ func (s *scenarios) refusedAgent(t *testing.T, name, token, reason string) {
 		args = append(args, a)
 	}
 	args = append(args, "--agent-id=refused-"+name)
-	p, err := startProc(e.logDir, "konnq-agent-refused-"+name, netnsExec(e.net.ns, args))
+	p, err := startProc(e.logDir, "konnq-agent-refused-"+s.k.name+"-"+name, netnsExec(e.net.ns, args))
 	if err != nil {
 		t.Fatal(err)
 	}
