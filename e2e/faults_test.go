@@ -61,7 +61,7 @@ func (s *scenarios) badTargets(t *testing.T) {
 func (s *scenarios) agentStopped(t *testing.T) {
 	s.k.agent.stop(syscall.SIGTERM, 20*time.Second)
 	if err := waitFor("server /readyz to report no agent", failBound, nil,
-		httpStatus(http.DefaultClient, s.k.healthURL+"/readyz", 503)); err != nil {
+		httpStatus(http.DefaultClient, s.k.healthURL+"/readyz", 500)); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("RESULT %s: agent stopped: %s", s.m.name, s.expectFailure(t, nodeHTTP+"/hello"))

@@ -1,8 +1,14 @@
-//! Health (`/healthz`, `/readyz`: connected to a server) and admin
-//! (`/metrics`) HTTP endpoints.
+//! The HTTP endpoints, on upstream's paths with upstream's answers.
+//!
+//! Health port: `/healthz` (200 `ok`), `/readyz` and its older name `/ready`
+//! (upstream's checks `ping` and `server-connected`: 200 `ok` while connected
+//! to a server, the list of checks with `?verbose`; 503 with the list, the
+//! failed one marked, when not connected) and `/metrics`. Admin port:
+//! `/metrics` (served, where upstream redirects to the health port; a scrape
+//! of either gets the same text) and `/healthz`.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -11,28 +17,72 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
+#[derive(Clone)]
+struct Health {
+    connected: watch::Receiver<bool>,
+    metrics: Metrics,
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(connected): State<watch::Receiver<bool>>) -> impl IntoResponse {
-    if *connected.borrow() {
-        (StatusCode::OK, "ok: connected to a server\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to a server\n")
+/// What `/readyz` answers: upstream's two checks, listed when one fails or
+/// when `verbose` is asked for.
+fn readiness(connected: bool, verbose: bool) -> (StatusCode, String) {
+    let server =
+        if connected { "[+]server-connected ok\n" } else { "[-]server-connected failed: no servers connected\n" };
+    let checks = format!("[+]ping ok\n{server}");
+    match (connected, verbose) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, checks),
+        (true, true) => (StatusCode::OK, format!("{checks}check passed\n")),
+        (true, false) => (StatusCode::OK, "ok".to_owned()),
     }
 }
 
-async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+async fn readyz(State(h): State<Health>, uri: Uri) -> impl IntoResponse {
+    let verbose = uri.query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("verbose")));
+    let connected = *h.connected.borrow();
+    readiness(connected, verbose)
 }
 
-pub async fn serve_health(listener: TcpListener, connected: watch::Receiver<bool>) -> std::io::Result<()> {
-    let app = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(connected);
+fn exposition(m: &Metrics) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, konnq_shared::prom::CONTENT_TYPE)], m.render())
+}
+
+pub async fn serve_health(
+    listener: TcpListener,
+    connected: watch::Receiver<bool>,
+    metrics: Metrics,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/ready", get(readyz))
+        .route("/metrics", get(|State(h): State<Health>| async move { exposition(&h.metrics) }))
+        .with_state(Health { connected, metrics });
     axum::serve(listener, app).await
 }
 
 pub async fn serve_admin(listener: TcpListener, m: Metrics) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(m);
+    let app = Router::new()
+        .route("/metrics", get(|State(m): State<Metrics>| async move { exposition(&m) }))
+        .route("/healthz", get(healthz))
+        .with_state(m);
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_answers_as_upstream() {
+        let not_ready = "[+]ping ok\n[-]server-connected failed: no servers connected\n";
+        assert_eq!(readiness(false, false), (StatusCode::SERVICE_UNAVAILABLE, not_ready.to_owned()));
+        assert_eq!(readiness(false, true), (StatusCode::SERVICE_UNAVAILABLE, not_ready.to_owned()));
+        assert_eq!(readiness(true, false), (StatusCode::OK, "ok".to_owned()));
+        let verbose = "[+]ping ok\n[+]server-connected ok\ncheck passed\n";
+        assert_eq!(readiness(true, true), (StatusCode::OK, verbose.to_owned()));
+    }
 }

@@ -1,34 +1,65 @@
-//! Prometheus metrics of the agent, under upstream's names
-//! (`konnectivity_network_proxy_agent_*`), plus konnq's own under
-//! `konnq_agent_*` (QUIC-only events upstream has no name for).
+//! Prometheus metrics of the agent. Upstream's families keep upstream's
+//! exact names, types, labels and label values
+//! (`konnectivity_network_proxy_agent_*`, as client_golang writes them), so
+//! dashboards and alerts written for upstream work unchanged; the test at
+//! the end lists them, and the upstream families konnq leaves out with the
+//! reason. konnq's own are `konnq_agent_*`.
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use konnq_shared::prom::{self, CounterSet, Histogram, PlainCounter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, &'static str)>;
+type Label = [(&'static str, &'static str); 1];
+
+/// Upstream's agent latency buckets, from 5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 7] = [0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 30.0];
+
+/// Why a target dial failed: upstream's `reason` label of
+/// `endpoint_dial_failure_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialFailure {
+    /// The dial timeout expired.
+    Timeout,
+    /// Anything else: refused, unreachable, unresolvable, bad protocol.
+    Unknown,
+}
+
+/// Upstream's `direction` label of `server_connection_failure_count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Writing toward the server failed.
+    ToServer,
+    /// The connection to the server failed while the agent was receiving.
+    FromServer,
+}
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    /// 1 while connected to a server, else 0.
-    pub server_connections: Gauge,
+    /// Server connections open: 0 or 1 (konnq's agent holds one).
+    pub open_server_connections: Gauge,
+    /// Servers the agent tries to stay connected to: konnq's agent connects
+    /// to one, whatever the server count.
+    pub known_server_count: Gauge,
     /// TCP connections to targets currently open.
     pub open_endpoint_connections: Gauge,
+    /// Successful target dials.
+    pub dial_duration: Histogram,
+    dial_failures: CounterSet<Label>,
+    server_failures: CounterSet<Label>,
     /// Dials in progress.
     pub pending_dials: Gauge,
-    pub dial_duration: Histogram,
-    dial_failures: Family<Labels, Counter>,
-    stream_errors: Family<Labels, Counter>,
-    bytes: Family<Labels, Counter>,
-    pub server_connection_failures: Counter,
+    /// Dials the server gave up before the agent answered.
+    pub dials_abandoned: PlainCounter,
+    stream_errors: Family<Label, PlainCounter>,
+    bytes: CounterSet<Label>,
+    /// Failed attempts to connect to the server.
+    pub connect_failures: PlainCounter,
     /// Moves of the QUIC endpoint to a new local UDP socket.
-    pub socket_rebinds: Counter,
+    pub socket_rebinds: PlainCounter,
 }
 
 impl Default for Metrics {
@@ -39,88 +70,190 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut root = Registry::default();
         let m = Metrics {
-            registry: Arc::new(Registry::default()),
-            server_connections: Gauge::default(),
+            registry: Arc::default(),
+            open_server_connections: Gauge::default(),
+            known_server_count: Gauge::default(),
             open_endpoint_connections: Gauge::default(),
+            dial_duration: Histogram::new(&LATENCY_BUCKETS),
+            dial_failures: CounterSet::new([[("reason", "timeout")], [("reason", "unknown")]]),
+            server_failures: CounterSet::new([[("direction", "to_server")], [("direction", "from_server")]]),
             pending_dials: Gauge::default(),
-            dial_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            dial_failures: Family::default(),
+            dials_abandoned: PlainCounter::default(),
             stream_errors: Family::default(),
-            bytes: Family::default(),
-            server_connection_failures: Counter::default(),
-            socket_rebinds: Counter::default(),
+            bytes: CounterSet::new([[("direction", "to_target")], [("direction", "to_server")]]),
+            connect_failures: PlainCounter::default(),
+            socket_rebinds: PlainCounter::default(),
         };
-        let registry = root.sub_registry_with_prefix("konnectivity_network_proxy_agent");
-        registry.register("server_connections", "Connections to konnq servers", m.server_connections.clone());
-        registry.register(
-            "open_endpoint_connections",
-            "TCP connections to targets currently open",
-            m.open_endpoint_connections.clone(),
-        );
-        registry.register("pending_dials", "Dials to targets in progress", m.pending_dials.clone());
-        registry.register("dial_duration_seconds", "Time to dial a target", m.dial_duration.clone());
-        registry.register("endpoint_dial_failure", "Failed target dials by reason", m.dial_failures.clone());
-        registry.register("stream_errors", "Dial streams refused or broken, by kind", m.stream_errors.clone());
-        registry.register("bytes", "Bytes proxied, by direction (to_target, to_server)", m.bytes.clone());
-        registry.register(
-            "server_connection_failure",
-            "Failed attempts to connect to a server",
-            m.server_connection_failures.clone(),
-        );
-        root.sub_registry_with_prefix("konnq_agent").register(
-            "socket_rebinds",
-            "Moves of the QUIC endpoint to a new local UDP socket (SIGUSR1)",
-            m.socket_rebinds.clone(),
-        );
+        m.known_server_count.set(1);
+        let mut root = Registry::default();
+        m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_agent"));
+        m.register_own(root.sub_registry_with_prefix("konnq_agent"));
         Metrics { registry: Arc::new(root), ..m }
     }
 
-    pub fn dial_failed(&self, reason: &'static str) {
-        self.dial_failures.get_or_create(&vec![("reason", reason)]).inc();
+    fn register_upstream(&self, r: &mut Registry) {
+        r.register("open_server_connections", "Server connections open", self.open_server_connections.clone());
+        r.register("known_server_count", "Servers the agent connects to", self.known_server_count.clone());
+        r.register(
+            "open_endpoint_connections",
+            "TCP connections to targets currently open",
+            self.open_endpoint_connections.clone(),
+        );
+        r.register("dial_duration_seconds", "Time to dial a target, successful dials", self.dial_duration.clone());
+        r.register(
+            "endpoint_dial_failure_total",
+            "Failed target dials by reason (timeout, unknown)",
+            self.dial_failures.family(),
+        );
+        r.register(
+            "server_connection_failure_count",
+            "Failures to send to or receive from the server, by direction",
+            self.server_failures.family(),
+        );
     }
 
-    pub fn dial_failures(&self, reason: &'static str) -> u64 {
-        self.dial_failures.get_or_create(&vec![("reason", reason)]).get()
+    fn register_own(&self, r: &mut Registry) {
+        r.register("pending_dials", "Dials to targets in progress", self.pending_dials.clone());
+        r.register(
+            "dials_abandoned_total",
+            "Dials the server gave up before the agent answered",
+            self.dials_abandoned.clone(),
+        );
+        r.register("stream_errors_total", "Dial streams refused, by kind", self.stream_errors.clone());
+        r.register("bytes_total", "Bytes proxied, by direction (to_target, to_server)", self.bytes.family());
+        r.register(
+            "server_connect_failures_total",
+            "Failed attempts to connect to the server",
+            self.connect_failures.clone(),
+        );
+        r.register(
+            "socket_rebinds_total",
+            "Moves of the QUIC endpoint to a new local UDP socket (SIGUSR1)",
+            self.socket_rebinds.clone(),
+        );
+    }
+
+    pub fn dial_failed(&self, why: DialFailure) {
+        self.dial_failures.inc(why as usize);
+    }
+
+    pub fn dial_failures(&self, why: DialFailure) -> u64 {
+        self.dial_failures.get(why as usize)
+    }
+
+    pub fn server_failure(&self, direction: Direction) {
+        self.server_failures.inc(direction as usize);
+    }
+
+    pub fn server_failures(&self, direction: Direction) -> u64 {
+        self.server_failures.get(direction as usize)
     }
 
     pub fn stream_error(&self, kind: &'static str) {
-        self.stream_errors.get_or_create(&vec![("kind", kind)]).inc();
+        self.stream_errors.get_or_create(&[("kind", kind)]).inc();
     }
 
     pub fn stream_errors(&self, kind: &'static str) -> u64 {
-        self.stream_errors.get_or_create(&vec![("kind", kind)]).get()
+        self.stream_errors.get(&[("kind", kind)]).map_or(0, |c| c.get())
     }
 
     pub fn bytes_to_target(&self, n: usize) {
-        self.bytes.get_or_create(&vec![("direction", "to_target")]).inc_by(n as u64);
+        self.bytes.inc_by(0, n as u64);
     }
 
     pub fn bytes_to_server(&self, n: usize) {
-        self.bytes.get_or_create(&vec![("direction", "to_server")]).inc_by(n as u64);
+        self.bytes.inc_by(1, n as u64);
     }
 
+    /// Prometheus text exposition (format 0.0.4, as upstream serves it).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        prom::render(&self.registry)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use konnq_shared::prom::{compare, Expected};
+
+    /// Upstream v0.36.0's agent metrics as client_golang exposes them
+    /// (pkg/agent/metrics/metrics.go): name, type, and each label with the
+    /// values upstream uses.
+    const UPSTREAM_EXPOSED: &[Expected] = &[
+        Expected { name: "konnectivity_network_proxy_agent_dial_duration_seconds", kind: "histogram", labels: &[] },
+        Expected {
+            name: "konnectivity_network_proxy_agent_server_connection_failure_count",
+            kind: "counter",
+            labels: &[("direction", &["to_server", "from_server"])],
+        },
+        Expected {
+            name: "konnectivity_network_proxy_agent_endpoint_dial_failure_total",
+            kind: "counter",
+            labels: &[("reason", &["timeout", "unknown"])],
+        },
+        Expected { name: "konnectivity_network_proxy_agent_open_server_connections", kind: "gauge", labels: &[] },
+        Expected { name: "konnectivity_network_proxy_agent_known_server_count", kind: "gauge", labels: &[] },
+        Expected { name: "konnectivity_network_proxy_agent_open_endpoint_connections", kind: "gauge", labels: &[] },
+    ];
+
+    /// Upstream v0.36.0's agent metrics konnq does not expose, and why.
+    const UPSTREAM_NOT_EXPOSED: &[(&str, &str)] = &[
+        (
+            "konnectivity_network_proxy_agent_stream_packets_total",
+            "no packets between agent and server: each proxied connection is a QUIC stream of raw bytes",
+        ),
+        ("konnectivity_network_proxy_agent_stream_errors_total", "no gRPC stream to the server (see above)"),
+        (
+            "konnectivity_network_proxy_agent_lease_lists_total",
+            "no server counting from leases (--count-server-leases)",
+        ),
+        ("konnectivity_network_proxy_agent_lease_watches_total", "no server counting from leases"),
+        ("konnectivity_network_proxy_agent_lease_list_latency_seconds", "no server counting from leases"),
+    ];
+
+    /// Every family gets a sample, through the calls the agent makes.
+    fn exercised() -> Metrics {
+        let m = Metrics::new();
+        m.open_server_connections.set(1);
+        m.open_endpoint_connections.inc();
+        m.dial_duration.observe(0.002);
+        m.dial_failed(DialFailure::Timeout);
+        m.dial_failed(DialFailure::Unknown);
+        m.server_failure(Direction::FromServer);
+        m.server_failure(Direction::ToServer);
+        m.pending_dials.inc();
+        m.dials_abandoned.inc();
+        m.stream_error("malformed_dial_header");
+        m.bytes_to_target(1);
+        m.bytes_to_server(2);
+        m.connect_failures.inc();
+        m.socket_rebinds.inc();
+        m
+    }
 
     #[test]
-    fn upstream_names_and_konnq_names() {
-        let m = Metrics::new();
-        m.server_connection_failures.inc();
-        m.socket_rebinds.inc();
-        m.socket_rebinds.inc();
-        let text = m.render();
-        assert!(text.contains("\nkonnectivity_network_proxy_agent_server_connection_failure_total 1\n"), "{text}");
-        assert!(text.contains("\nkonnq_agent_socket_rebinds_total 2\n"), "{text}");
-        assert!(!text.contains("konnectivity_network_proxy_agent_konnq"), "{text}");
+    fn upstream_families_have_upstream_names_types_and_labels() {
+        let text = exercised().render();
+        let absent: Vec<&str> = UPSTREAM_NOT_EXPOSED.iter().map(|(name, _)| *name).collect();
+        if let Err(problems) = compare(&text, UPSTREAM_EXPOSED, &absent, "konnq_agent_") {
+            panic!("{}\n\n{text}", problems.join("\n"));
+        }
+    }
+
+    #[test]
+    fn samples_read_as_upstream_writes_them() {
+        let text = exercised().render();
+        for line in [
+            "konnectivity_network_proxy_agent_server_connection_failure_count{direction=\"from_server\"} 1\n",
+            "konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason=\"timeout\"} 1\n",
+            "konnectivity_network_proxy_agent_known_server_count 1\n",
+            "konnectivity_network_proxy_agent_dial_duration_seconds_bucket{le=\"10\"} 1\n",
+            "konnq_agent_socket_rebinds_total 1\n",
+            "konnq_agent_server_connect_failures_total 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("failure_count_total") && !text.contains("_total_total"), "{text}");
     }
 }

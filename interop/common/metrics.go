@@ -55,10 +55,11 @@ var (
 	ServerGauges = []string{
 		"konnectivity_network_proxy_server_pending_backend_dials",
 		"konnectivity_network_proxy_server_established_connections",
-		"konnectivity_network_proxy_server_grpc_connections",
+		`konnectivity_network_proxy_server_grpc_connections{service_method="Proxy"}`,
+		"konnectivity_network_proxy_server_http_connections",
 	}
 	AgentGauges = []string{
-		"konnectivity_network_proxy_agent_pending_dials",
+		"konnq_agent_pending_dials",
 		"konnectivity_network_proxy_agent_open_endpoint_connections",
 	}
 )

@@ -69,7 +69,7 @@ func TestHTTPConnect(t *testing.T) {
 				interop.HTTPOverDialer(t, h, dial)
 			})
 			t.Run("DialClosedPort", func(t *testing.T) { dialError(t, tr, false, "code 502") })
-			t.Run("NoAgent", func(t *testing.T) { dialError(t, tr, true, "code 503") })
+			t.Run("NoAgent", func(t *testing.T) { dialError(t, tr, true, "code 500") })
 			t.Run("ServerGreeting", func(t *testing.T) { serverGreeting(t, tr) })
 			t.Run("ServerGreetingLateRead", func(t *testing.T) { serverGreetingLateRead(t, tr) })
 			t.Run("ClientCloses", func(t *testing.T) { clientCloses(t, tr) })
@@ -117,7 +117,8 @@ func echo(t *testing.T, h *interop.Harness, d utilnet.DialFunc, size, chunk int)
 }
 
 // dialError dials a closed port (502 expected: the agent's connect was
-// refused) or, with noAgent, any address on a server without agents (503).
+// refused) or, with noAgent, any address on a server without agents (500,
+// upstream's "currently no tunnels available").
 // kube-apiserver's dialer reports "proxy error from PROXY while dialing
 // ADDR, code N: STATUS".
 func dialError(t *testing.T, tr transport, noAgent bool, want string) {

@@ -77,7 +77,7 @@ func TestReusableTunnel(t *testing.T) {
 			}
 			done <- err
 		}()
-		h.WaitGauges(t, map[string]float64{"konnectivity_network_proxy_agent_pending_dials": 1}, 2*time.Second)
+		h.WaitGauges(t, map[string]float64{"konnq_agent_pending_dials": 1}, 2*time.Second)
 		dcancel()
 		select {
 		case err := <-done:

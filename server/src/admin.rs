@@ -1,4 +1,9 @@
-//! Health (`/healthz`, `/readyz`) and admin (`/metrics`) HTTP endpoints.
+//! The HTTP endpoints, on upstream's paths with upstream's answers.
+//!
+//! Health port: `/healthz` (200 `ok`), `/readyz` and its older name `/ready`
+//! (200 `ok` while an agent takes dials; 500 `no connection to any proxy
+//! agent` without one, 500 `shutting down` during graceful shutdown) and
+//! `/metrics`. Admin port: `/metrics` (and `/healthz`).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,40 +19,64 @@ use crate::metrics::Metrics;
 struct Health {
     ready_agents: watch::Receiver<usize>,
     shutting_down: watch::Receiver<bool>,
+    metrics: Metrics,
 }
 
 async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    let agents = *h.ready_agents.borrow();
-    if *h.shutting_down.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned())
+/// What `/readyz` answers with `agents` taking dials.
+fn readiness(agents: usize, shutting_down: bool) -> (StatusCode, &'static str) {
+    if shutting_down {
+        (StatusCode::INTERNAL_SERVER_ERROR, "shutting down")
     } else if agents == 0 {
-        (StatusCode::SERVICE_UNAVAILABLE, "no agent connected\n".to_owned())
+        (StatusCode::INTERNAL_SERVER_ERROR, "no connection to any proxy agent")
     } else {
-        (StatusCode::OK, format!("ok: {agents} agent(s) connected\n"))
+        (StatusCode::OK, "ok")
     }
 }
 
-async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    let agents = *h.ready_agents.borrow();
+    readiness(agents, *h.shutting_down.borrow())
+}
+
+fn exposition(m: &Metrics) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, konnq_shared::prom::CONTENT_TYPE)], m.render())
 }
 
 pub async fn serve_health(
     listener: TcpListener,
     ready_agents: watch::Receiver<usize>,
     shutting_down: watch::Receiver<bool>,
+    metrics: Metrics,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Health { ready_agents, shutting_down });
+        .route("/ready", get(readyz))
+        .route("/metrics", get(|State(h): State<Health>| async move { exposition(&h.metrics) }))
+        .with_state(Health { ready_agents, shutting_down, metrics });
     axum::serve(listener, app).await
 }
 
 pub async fn serve_admin(listener: TcpListener, m: Metrics) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(m);
+    let app = Router::new()
+        .route("/metrics", get(|State(m): State<Metrics>| async move { exposition(&m) }))
+        .route("/healthz", get(healthz))
+        .with_state(m);
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_answers_as_upstream() {
+        assert_eq!(readiness(0, false), (StatusCode::INTERNAL_SERVER_ERROR, "no connection to any proxy agent"));
+        assert_eq!(readiness(2, false), (StatusCode::OK, "ok"));
+        assert_eq!(readiness(2, true), (StatusCode::INTERNAL_SERVER_ERROR, "shutting down"));
+    }
 }

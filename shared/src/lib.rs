@@ -27,6 +27,7 @@ pub mod hpack;
 pub mod konnectivity;
 pub mod logging;
 pub mod memory;
+pub mod prom;
 pub mod quic;
 pub mod runtime;
 pub mod signal;

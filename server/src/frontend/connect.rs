@@ -3,8 +3,16 @@
 //! socket, sends `CONNECT host:port HTTP/1.1`, requires `200` and then uses
 //! the raw socket. The 200 is sent only once the agent has connected to the
 //! target, and nothing follows the response headers until the target sends
-//! a byte. Errors map to upstream's statuses: 502 (the dial failed), 503 (no
-//! agent), 504 (timeout), 405 (not CONNECT), 400 (malformed request).
+//! a byte.
+//!
+//! Errors get upstream's statuses and texts: 500 `currently no tunnels
+//! available` (no agent); for a dial the agent could not make, 504 when its
+//! error names a timeout, 503 for exhausted file descriptors, else 502, with
+//! the agent's error as the body; 502 `Backend context error` (the agent
+//! connection failed during the dial); 504 `Backend dial timeout`
+//! (`--backend-dial-timeout`); 405 (not CONNECT). konnq adds 400 (malformed
+//! request) and 431 (request head too large), where upstream's Go HTTP
+//! server answers the same.
 
 use std::time::Duration;
 
@@ -76,12 +84,29 @@ fn response(status: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn dial_error_status(e: &DialError) -> &'static str {
+/// Status line and body for a failed dial, as upstream answers.
+fn dial_error_response(e: &DialError) -> (&'static str, String) {
     match e {
-        DialError::NoAgent => "503 Service Unavailable",
-        DialError::Endpoint(_) => "502 Bad Gateway",
-        DialError::Backend { .. } => "503 Service Unavailable",
-        DialError::Timeout(_) | DialError::NoFreeStream { .. } => "504 Gateway Timeout",
+        DialError::NoAgent => ("500 Internal Server Error", format!("currently no tunnels available: {e}")),
+        DialError::Endpoint(reason) => (endpoint_status(reason), reason.clone()),
+        DialError::Backend { .. } => ("502 Bad Gateway", format!("Backend context error: {e}\r\n")),
+        DialError::Timeout(_) | DialError::NoFreeStream { .. } => {
+            ("504 Gateway Timeout", format!("Backend dial timeout: {e}\r\n"))
+        }
+    }
+}
+
+/// Status for a dial the agent could not make, judged by its error text as
+/// upstream does: a timeout 504, exhausted file descriptors 503, anything
+/// else (refused, unreachable, unresolvable, TLS) 502.
+fn endpoint_status(reason: &str) -> &'static str {
+    let reason = reason.to_ascii_lowercase();
+    if reason.contains("timeout") || reason.contains("deadline exceeded") {
+        "504 Gateway Timeout"
+    } else if reason.contains("too many open files") {
+        "503 Service Unavailable"
+    } else {
+        "502 Bad Gateway"
     }
 }
 
@@ -162,7 +187,7 @@ pub async fn serve<S>(mut io: S, ctx: SessionCtx)
 where
     S: AsyncRead + AsyncWrite + ReadProbe + Unpin + Send,
 {
-    let _stream_gauge = GaugeGuard::inc(&ctx.metrics.frontend_streams);
+    let _connection_gauge = GaugeGuard::inc(&ctx.metrics.http_connections);
     let mut buf = BytesMut::with_capacity(1024);
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io, &mut buf)).await {
         Ok(Ok(Some(head))) => head,
@@ -185,7 +210,8 @@ where
         Head::NotConnect { method } => {
             ctx.metrics.frontend_error("not_connect");
             warn!(%method, "refusing a non-CONNECT request");
-            answer_and_close(&mut io, &response("405 Method Not Allowed", "only CONNECT is served\n")).await;
+            let body = "this proxy only supports CONNECT passthrough\n";
+            answer_and_close(&mut io, &response("405 Method Not Allowed", body)).await;
             return;
         }
     };
@@ -200,14 +226,14 @@ where
     let dialed = tokio::select! {
         r = dial => r,
         _ = watch_client(&mut io, &mut early) => {
-            ctx.metrics.dial_failed(DialFailure::Cancelled);
+            ctx.metrics.dial_failed(DialFailure::FrontendClose);
             debug!(address = %req.address, "client went away during the dial");
             return;
         }
     };
     match dialed {
         Ok(dialed) => {
-            if write_flushed(&mut io, b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+            if write_flushed(&mut io, b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_err() {
                 return;
             }
             debug!(connect_id = dialed.connect_id, address = %req.address, "CONNECT established");
@@ -215,7 +241,8 @@ where
         }
         Err(e) => {
             info!(address = %req.address, "CONNECT dial failed: {e}");
-            answer_and_close(&mut io, &response(dial_error_status(&e), &format!("{e}\n"))).await;
+            let (status, body) = dial_error_response(&e);
+            answer_and_close(&mut io, &response(status, &body)).await;
         }
     }
 }
@@ -312,7 +339,10 @@ where
                         wait_head_read(probe).await;
                     }
                     let n = bytes.len();
-                    if write_flushed(&mut wr, &bytes).await.is_err() {
+                    let started = std::time::Instant::now();
+                    let written = write_flushed(&mut wr, &bytes).await;
+                    metrics.frontend_write_duration.observe_duration(started.elapsed());
+                    if written.is_err() {
                         let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
                         return;
                     }
@@ -376,9 +406,39 @@ mod tests {
     }
 
     #[test]
-    fn dial_errors_map_to_upstream_statuses() {
-        assert!(dial_error_status(&DialError::NoAgent).starts_with("503"));
-        assert!(dial_error_status(&DialError::Endpoint("refused".into())).starts_with("502"));
-        assert!(dial_error_status(&DialError::Timeout(Duration::from_secs(1))).starts_with("504"));
+    fn dial_errors_map_to_upstream_statuses_and_texts() {
+        let answer = |e: DialError| dial_error_response(&e);
+        assert_eq!(
+            answer(DialError::NoAgent),
+            ("500 Internal Server Error", "currently no tunnels available: No agent available".to_owned())
+        );
+        let refused = "dial tcp 10.0.0.1:80: Connection refused (os error 111)";
+        assert_eq!(answer(DialError::Endpoint(refused.into())), ("502 Bad Gateway", refused.to_owned()));
+        let agent_gone = DialError::Backend { agent: "a".into(), reason: "connection lost".into() };
+        assert_eq!(
+            answer(agent_gone),
+            ("502 Bad Gateway", "Backend context error: agent a: connection lost\r\n".into())
+        );
+        let (status, body) = answer(DialError::Timeout(Duration::from_secs(1)));
+        assert_eq!(status, "504 Gateway Timeout");
+        assert!(body.starts_with("Backend dial timeout: "), "{body}");
+        let busy = DialError::NoFreeStream { agent: "a".into(), limit: 1, timeout: Duration::from_secs(1) };
+        assert_eq!(answer(busy).0, "504 Gateway Timeout");
+    }
+
+    #[test]
+    fn agent_dial_errors_are_judged_by_their_text() {
+        let cases = [
+            ("dial tcp 10.0.0.1:80: i/o timeout after 5s", "504"),
+            ("context deadline exceeded", "504"),
+            ("dial tcp: Too many open files (os error 24)", "503"),
+            ("dial tcp 10.0.0.1:80: Connection refused (os error 111)", "502"),
+            ("dial tcp no-such-host.invalid:80: failed to lookup address information", "502"),
+            ("Network is unreachable (os error 101)", "502"),
+            ("anything else", "502"),
+        ];
+        for (reason, status) in cases {
+            assert!(endpoint_status(reason).starts_with(status), "{reason}: {}", endpoint_status(reason));
+        }
     }
 }

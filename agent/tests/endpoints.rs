@@ -1,0 +1,129 @@
+//! The agent's HTTP endpoints as probes, dashboards and alerts written for
+//! upstream use them: paths, statuses and bodies of the health and admin
+//! ports, and the metric families `/metrics` serves after real dials, under
+//! upstream's names and label values. The agent runs in-process against a
+//! stand-in server: a QUIC endpoint that answers the Hello and opens dial
+//! streams as konnq-server does.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use konnq_shared::certs::GeneratedCerts;
+use konnq_shared::config::RawAgentConfig;
+use konnq_shared::quic::read_frame;
+use konnq_shared::wire::{self, Control, DialHeader, DialResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const P: &str = "konnectivity_network_proxy_agent_";
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn server_endpoint(certs: &GeneratedCerts) -> quinn::Endpoint {
+    let alpn = [konnq_shared::tls::ALPN_KONNQ];
+    let tls = konnq_shared::tls::server_config(&certs.server_cert, &certs.server_key, None, &alpn).expect("tls");
+    let config = quinn::ServerConfig::with_crypto(konnq_shared::quic::server_crypto(tls).expect("quic crypto"));
+    quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("server endpoint")
+}
+
+/// Accepts the agent and welcomes it; keep the control stream halves.
+async fn accept_agent(endpoint: &quinn::Endpoint) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let conn = endpoint.accept().await.expect("an agent connects").await.expect("QUIC handshake");
+    let (mut send, mut recv) = conn.accept_bi().await.expect("control stream");
+    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "hello").await.expect("hello");
+    assert!(matches!(Control::from_frame(kind, &body), Ok(Control::Hello(_))));
+    let welcome = Control::Welcome { server_id: "test-server".into(), server_count: 3 };
+    send.write_all(&welcome.encode()).await.expect("welcome");
+    (conn, send, recv)
+}
+
+/// Dials `target` through the agent; returns its answer and the stream.
+async fn dial(conn: &quinn::Connection, target: &str) -> (DialResult, quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = conn.open_bi().await.expect("dial stream");
+    let header = DialHeader { protocol: "tcp".into(), address: target.into(), timeout_ms: 5000, connect_id: 1 };
+    send.write_all(&header.encode()).await.expect("dial header");
+    let (kind, body) = read_frame(&mut recv, wire::MAX_DIAL_BODY, "dial result").await.expect("dial result");
+    (DialResult::from_frame(kind, &body).expect("a dial result"), send, recv)
+}
+
+/// Status, `Content-Type` and body of a GET.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.expect("send request");
+    let mut out = String::new();
+    tokio::time::timeout(LIMIT, s.read_to_string(&mut out)).await.expect("in time").expect("read response");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    let content_type = head.lines().find_map(|l| l.strip_prefix("content-type: ")).unwrap_or_default();
+    (status, content_type.to_owned(), body.to_owned())
+}
+
+async fn status_and_body(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = get(addr, path).await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ports_and_metrics_answer_as_upstream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
+    let server = server_endpoint(&certs);
+    let raw = RawAgentConfig {
+        agent_id: Some("endpoints-test".into()),
+        proxy_server_host: Some("127.0.0.1".into()),
+        proxy_server_port: Some(server.local_addr().expect("server addr").port()),
+        ca_cert: Some(certs.ca_cert.clone()),
+        health_bind_address: Some("127.0.0.1".parse().unwrap()),
+        health_server_port: Some(0),
+        admin_bind_address: Some("127.0.0.1".parse().unwrap()),
+        admin_server_port: Some(0),
+        sync_interval: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    let cfg = raw.validate().expect("valid agent config");
+    let listeners = konnq_agent::Listeners::bind(&cfg).await.expect("bind");
+    // Not connected until the stand-in server accepts below.
+    let agent = konnq_agent::start(cfg, listeners).await.expect("agent starts");
+    let (health, admin) = (agent.health_addr, agent.admin_addr);
+
+    assert_eq!(status_and_body(health, "/healthz").await, (200, "ok".to_owned()));
+    let not_ready = "[+]ping ok\n[-]server-connected failed: no servers connected\n".to_owned();
+    for path in ["/readyz", "/ready", "/readyz?verbose"] {
+        assert_eq!(status_and_body(health, path).await, (503, not_ready.clone()), "{path}");
+    }
+    for addr in [health, admin] {
+        let (status, content_type, body) = get(addr, "/metrics").await;
+        assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4; charset=utf-8"));
+        assert!(body.contains(&format!("\n{P}open_server_connections 0\n")), "{body}");
+    }
+
+    let (conn, _control_send, _control_recv) = tokio::time::timeout(LIMIT, accept_agent(&server)).await.expect("agent");
+    tokio::time::timeout(LIMIT, agent.wait_connected(true)).await.expect("connected");
+    for path in ["/readyz", "/ready"] {
+        assert_eq!(status_and_body(health, path).await, (200, "ok".to_owned()), "{path}");
+    }
+    let verbose = "[+]ping ok\n[+]server-connected ok\ncheck passed\n".to_owned();
+    assert_eq!(status_and_body(health, "/readyz?verbose").await, (200, verbose));
+
+    // One dial that connects, one to a closed port.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+    let (result, _send, _recv) = dial(&conn, &echo.local_addr().unwrap().to_string()).await;
+    assert!(matches!(result, DialResult::Connected));
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (result, _, _) = dial(&conn, &closed.to_string()).await;
+    assert!(matches!(result, DialResult::Failed(_)));
+
+    let (_, _, text) = get(admin, "/metrics").await;
+    for line in [
+        format!("\n{P}open_server_connections 1\n"),
+        format!("\n{P}known_server_count 1\n"),
+        format!("\n{P}open_endpoint_connections 1\n"),
+        format!("\n{P}dial_duration_seconds_count 1\n"),
+        format!("\n{P}dial_duration_seconds_bucket{{le=\"30\"}} 1\n"),
+        format!("\n{P}endpoint_dial_failure_total{{reason=\"unknown\"}} 1\n"),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    let families = konnq_shared::prom::parse(&text).expect("a readable exposition");
+    assert_eq!(families[&format!("{P}endpoint_dial_failure_total")].kind, "counter");
+    assert!(!text.contains(&format!("{P}server_connection_failure_count_total")), "{text}");
+    agent.shutdown().await;
+}
