@@ -3,6 +3,10 @@
 //!
 //! Flags and TOML keys are the same words (`--ca-cert` ↔ `ca-cert`); both
 //! become a [`RawAgentConfig`], flags overlaid on the file, then validated.
+//! Every flag of upstream's proxy-agent (v0.36.0) and klog is accepted:
+//! those konnq has no use for are declared once, in
+//! [`konnq_shared::config::upstream`], and each one set to a value that would
+//! matter upstream gives one start-up warning.
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -10,7 +14,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use konnq_shared::config::{describe_for_cli, parse_duration, parse_go_bool, AgentConfig, ConfigError, RawAgentConfig};
+use konnq_shared::config::{
+    describe_for_cli, parse_bind_address, parse_duration, parse_klog_level, parse_path, upstream, AgentConfig,
+    ConfigError, RawAgentConfig, RawQuicConfig,
+};
+
+/// Environment variable upstream reads the agent id from when `--agent-id`
+/// is not given.
+pub const AGENT_ID_ENV: &str = "PROXY_AGENT_ID";
 
 /// konnq-agent: connects to konnq servers over QUIC and dials cluster targets.
 ///
@@ -18,7 +29,7 @@ use konnq_shared::config::{describe_for_cli, parse_duration, parse_go_bool, Agen
 /// connections to a new local UDP port (e.g. after the node's address or NAT
 /// mapping changed); proxied connections survive.
 #[derive(Debug, Parser)]
-#[command(name = "konnq-agent", version)]
+#[command(name = "konnq-agent", version, args_override_self = true)]
 pub struct Cli {
     /// TOML config file (see conf/agent.toml); flags override its values.
     #[arg(long, value_name = "FILE")]
@@ -31,19 +42,22 @@ pub struct Cli {
     #[arg(long, value_name = "PORT")]
     pub proxy_server_port: Option<u16>,
     /// CA that signed the server's certificate (required).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub ca_cert: Option<PathBuf>,
     /// Client certificate for mTLS (with --agent-key).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub agent_cert: Option<PathBuf>,
     /// Client key for mTLS (with --agent-cert).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub agent_key: Option<PathBuf>,
     /// Name to verify in the server certificate [default: --proxy-server-host].
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
+    /// More ALPN protocols to offer the server, before konnq's own; comma-separated, repeatable.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub alpn_proto: Option<Vec<String>>,
 
-    /// Id of this agent [default: random].
+    /// Id of this agent; when not given, $PROXY_AGENT_ID if set [default: random].
     #[arg(long, value_name = "ID")]
     pub agent_id: Option<String>,
     /// Reachability for routing: host=a&ipv4=1.2.3.4&ipv6=::1&cidr=10.0.0.0/8&default-route=true
@@ -53,18 +67,18 @@ pub struct Cli {
     /// Admin / metrics port [default: 8094].
     #[arg(long, value_name = "PORT")]
     pub admin_server_port: Option<u16>,
-    /// Admin / metrics address [default: 127.0.0.1].
-    #[arg(long, value_name = "IP")]
+    /// Admin / metrics address; empty = all [default: 127.0.0.1].
+    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
     pub admin_bind_address: Option<IpAddr>,
     /// /healthz and /readyz port [default: 8093].
     #[arg(long, value_name = "PORT")]
     pub health_server_port: Option<u16>,
-    /// /healthz and /readyz address [default: 0.0.0.0].
-    #[arg(long, value_name = "IP")]
+    /// /healthz and /readyz address; empty = all [default: 0.0.0.0].
+    #[arg(long, visible_alias = "health-server-host", value_name = "IP", value_parser = parse_bind_address)]
     pub health_bind_address: Option<IpAddr>,
 
     /// Service-account token file sent to the server.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub service_account_token_path: Option<PathBuf>,
     /// First reconnect delay, e.g. 1s [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -75,17 +89,21 @@ pub struct Cli {
     /// TCP dial timeout to targets, e.g. 5s [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub dial_timeout: Option<Duration>,
+    /// QUIC keep-alive PING interval to the server (quic.keep-alive-interval); 0 = default [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keepalive_time: Option<Duration>,
 
     /// Runtime worker threads; 0 = one per CPU [default: 1].
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<u16>,
 
-    /// Accepted for compatibility; konnq always logs to stderr.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
-    pub logtostderr: Option<bool>,
     /// Log verbosity (-v=4 and --v=4 work too) [default: 0].
-    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    #[arg(short = 'v', long = "v", value_name = "LEVEL", value_parser = parse_klog_level)]
     pub v: Option<u8>,
+
+    /// Warnings for upstream flags given that have no effect (see `upstream`).
+    #[arg(skip)]
+    pub no_effect: Vec<String>,
 }
 
 impl Cli {
@@ -101,19 +119,32 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
-        konnq_shared::config::try_parse_go_style(args)
+        let tables = [upstream::KLOG, upstream::AGENT];
+        let (mut cli, no_effect) = konnq_shared::config::try_parse_go_style_with::<Cli, _, _>(args, &tables)?;
+        cli.no_effect = no_effect;
+        Ok(cli)
     }
 
-    /// Loads `--config` if given, overlays the flags and validates. The error
-    /// lists every problem, each naming its flag (or config key).
-    pub fn into_config(self) -> anyhow::Result<AgentConfig> {
+    /// Loads `--config` if given, overlays the flags and validates. Returns
+    /// the configuration and the warnings to log once logging is set up;
+    /// the error lists every problem, each naming its flag (or config key).
+    pub fn into_config(self) -> anyhow::Result<(AgentConfig, Vec<String>)> {
+        self.into_config_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// [`Cli::into_config`] reading environment variables through `env`.
+    pub fn into_config_with_env(
+        mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<(AgentConfig, Vec<String>)> {
+        let warnings = std::mem::take(&mut self.no_effect);
         let config_file = self.config.clone();
         let file = match &config_file {
             Some(path) => RawAgentConfig::from_file(path)?,
             None => RawAgentConfig::default(),
         };
-        match file.overlay(self.into_raw()).validate() {
-            Ok(config) => Ok(config),
+        match file.overlay(self.into_raw(env)).validate() {
+            Ok(config) => Ok((config, warnings)),
             Err(ConfigError::Invalid(problems)) => {
                 let lines = describe_for_cli(&problems, config_file.as_deref());
                 anyhow::bail!("invalid configuration:\n  {}", lines.join("\n  "))
@@ -122,8 +153,10 @@ impl Cli {
         }
     }
 
-    /// The flags as a raw config layer (`None` = flag not given).
-    fn into_raw(self) -> RawAgentConfig {
+    /// The flags as a raw config layer (`None` = flag not given). As
+    /// upstream does, a non-empty `PROXY_AGENT_ID` stands in for an absent
+    /// `--agent-id`.
+    fn into_raw(self, env: impl Fn(&str) -> Option<String>) -> RawAgentConfig {
         let Cli {
             config: _,
             proxy_server_host,
@@ -132,6 +165,7 @@ impl Cli {
             agent_cert,
             agent_key,
             server_name,
+            alpn_proto,
             agent_id,
             agent_identifiers,
             admin_server_port,
@@ -142,12 +176,13 @@ impl Cli {
             sync_interval,
             sync_interval_cap,
             dial_timeout,
+            keepalive_time,
             worker_threads,
-            logtostderr,
             v,
+            no_effect: _,
         } = self;
         RawAgentConfig {
-            agent_id,
+            agent_id: agent_id.or_else(|| env(AGENT_ID_ENV).filter(|id| !id.is_empty())),
             agent_identifiers,
             proxy_server_host,
             proxy_server_port,
@@ -155,6 +190,7 @@ impl Cli {
             ca_cert,
             agent_cert,
             agent_key,
+            alpn_proto,
             health_bind_address,
             health_server_port,
             admin_bind_address,
@@ -163,26 +199,39 @@ impl Cli {
             sync_interval_cap,
             dial_timeout,
             service_account_token_path,
-            quic: None,
+            quic: RawQuicConfig::from_keepalive_time(keepalive_time),
             worker_threads,
             v,
-            logtostderr,
+            logtostderr: None,
         }
     }
 }
+
+#[cfg(test)]
+mod upstream_tests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use konnq_shared::config::AgentIdentifiers;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    /// No environment: tests never read the process's (it is shared).
+    pub(super) fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    pub(super) fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_go_style(std::iter::once("konnq-agent").chain(args.iter().copied()))
     }
 
-    fn config(args: &[&str]) -> anyhow::Result<AgentConfig> {
+    /// `--ca-cert` plus `args`: the configuration and its warnings.
+    pub(super) fn config_warnings(args: &[&str]) -> anyhow::Result<(AgentConfig, Vec<String>)> {
         let all: Vec<&str> = std::iter::once("--ca-cert=/p/ca.crt").chain(args.iter().copied()).collect();
-        parse(&all).expect("flags parse").into_config()
+        parse(&all).expect("flags parse").into_config_with_env(no_env)
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<AgentConfig> {
+        config_warnings(args).map(|(c, _)| c)
     }
 
     #[test]
@@ -200,7 +249,7 @@ mod tests {
             "--worker-threads=0",
         ])
         .unwrap();
-        let c = cli.into_config().expect("valid");
+        let (c, _) = cli.into_config_with_env(no_env).expect("valid");
         assert_eq!(c.proxy_server_port, 9001, "flag wins");
         assert_eq!(c.proxy_server_host, "file.example", "file value kept");
         assert_eq!(c.ca_cert, PathBuf::from("/file/ca.crt"));
@@ -225,7 +274,7 @@ mod tests {
         assert!(text.contains("--agent-key: required when agent-cert is set"), "{text}");
         assert!(text.contains("--agent-identifiers: unknown identifier key \"colour\""), "{text}");
         assert!(text.contains("--sync-interval-cap: must be at least sync-interval"), "{text}");
-        let err = parse(&[]).unwrap().into_config().unwrap_err().to_string();
+        let err = parse(&[]).unwrap().into_config_with_env(no_env).unwrap_err().to_string();
         assert!(err.contains("--ca-cert: required"), "{err}");
     }
 

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use konnq_shared::gauge::GaugeGuard;
 
-use crate::metrics::Metrics;
+use crate::metrics::{DialFailure, Direction, Metrics};
 
 /// How long the server has to send the dial header after opening a stream.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ pub async fn handle(
     };
     let connect_id = header.connect_id;
     if header.protocol != "tcp" {
-        metrics.dial_failed("protocol");
+        metrics.dial_failed(DialFailure::Unknown);
         answer(&mut send, DialResult::Failed(format!("unsupported protocol {:?}", header.protocol))).await;
         return;
     }
@@ -50,7 +50,7 @@ pub async fn handle(
     let outcome = tokio::select! {
         r = tokio::time::timeout(timeout, TcpStream::connect(&header.address)) => r,
         _ = send.stopped() => {
-            metrics.dial_failed("cancelled");
+            metrics.dials_abandoned.inc();
             debug!(connect_id, address = %header.address, "server abandoned the dial");
             let _ = recv.stop(VarInt::from_u32(codes::DIAL_ABANDONED));
             return;
@@ -60,13 +60,15 @@ pub async fn handle(
     let tcp = match outcome {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
-            metrics.dial_failed("error");
+            // The kernel's connect timeout is a timeout too, as for upstream.
+            let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+            metrics.dial_failed(if timed_out { DialFailure::Timeout } else { DialFailure::Unknown });
             debug!(connect_id, address = %header.address, "dial failed: {e}");
             answer(&mut send, DialResult::Failed(format!("dial tcp {}: {e}", header.address))).await;
             return;
         }
         Err(_) => {
-            metrics.dial_failed("timeout");
+            metrics.dial_failed(DialFailure::Timeout);
             let reason = format!("dial tcp {}: i/o timeout after {timeout:?}", header.address);
             debug!(connect_id, "{reason}");
             answer(&mut send, DialResult::Failed(reason)).await;
@@ -77,7 +79,7 @@ pub async fn handle(
     let _ = tcp.set_nodelay(true);
     if send.write_all(&DialResult::Connected.encode()).await.is_err() {
         // The server gave up between our dial and the answer: drop the TCP connection.
-        metrics.dial_failed("cancelled");
+        metrics.dials_abandoned.inc();
         return;
     }
     let _open = GaugeGuard::inc(&metrics.open_endpoint_connections);
@@ -136,7 +138,10 @@ async fn pump(
                     if let Err(e) = konnq_shared::quic::write_shared(&mut send, &mut share, buf.freeze()).await {
                         return match e {
                             quinn::WriteError::Stopped(_) => End::ServerGone,
-                            _ => End::ConnectionLost,
+                            _ => {
+                                metrics.server_failure(Direction::ToServer);
+                                End::ConnectionLost
+                            }
                         };
                     }
                     metrics.bytes_to_server(n);

@@ -5,7 +5,8 @@
 //!   on the control stream, then accept dial streams until the connection
 //!   ends; reconnect forever with jittered exponential backoff.
 //! - [`dial`]: one dial stream (header, TCP dial, answer, byte copy).
-//! - [`admin`]: `/healthz`, `/readyz` (connected to a server), `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz` and `/ready` (connected to a server),
+//!   `/metrics`.
 //!
 //! One QUIC endpoint (one UDP socket) carries the agent's server connection.
 //! [`AgentHandle::rebind`] (SIGUSR1 in the binary) moves it to a new local
@@ -122,9 +123,9 @@ pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle
     let mut tasks = JoinSet::new();
     let connector = session::Connector::new(cfg, endpoint.clone(), metrics.clone(), connected_tx)?;
     tasks.spawn(connector.run());
-    let rx = connected.clone();
+    let (rx, m) = (connected.clone(), metrics.clone());
     tasks.spawn(async move {
-        if let Err(e) = admin::serve_health(listeners.health, rx).await {
+        if let Err(e) = admin::serve_health(listeners.health, rx, m).await {
             error!("health server failed: {e}");
         }
     });

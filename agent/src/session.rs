@@ -13,7 +13,7 @@ use quinn::VarInt;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::AgentError;
 
 /// How long connecting plus the Hello/Welcome exchange may take.
@@ -26,7 +26,11 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// IPv4 one on hosts without IPv6. Every server connection shares it.
 pub fn endpoint(cfg: &AgentConfig) -> Result<quinn::Endpoint, AgentError> {
     let client_cert = cfg.agent_tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-    let tls = konnq_shared::tls::client_config(&cfg.ca_cert, client_cert, &[konnq_shared::tls::ALPN_KONNQ])?;
+    // Upstream's --alpn-proto first (for what sits in front of the server),
+    // then konnq's own, the only one a konnq server accepts.
+    let mut alpn: Vec<&[u8]> = cfg.alpn_proto.iter().map(|p| p.as_bytes()).collect();
+    alpn.push(konnq_shared::tls::ALPN_KONNQ);
+    let tls = konnq_shared::tls::client_config(&cfg.ca_cert, client_cert, &alpn)?;
     let mut client = quinn::ClientConfig::new(quic::client_crypto(tls)?);
     client.transport_config(Arc::new(quic::transport_config(&cfg.quic, true)?));
     let buffer = cfg.quic.udp_buffer_bytes;
@@ -110,6 +114,13 @@ impl Backoff {
     }
 }
 
+/// Whether a server connection that ended for `reason` failed (counted as
+/// upstream counts a failed receive from the server), as opposed to being
+/// closed on purpose by the server (its shutdown, a refusal) or by us.
+fn lost(reason: Option<&quinn::ConnectionError>) -> bool {
+    !matches!(reason, Some(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed))
+}
+
 pub struct Connector {
     cfg: AgentConfig,
     endpoint: quinn::Endpoint,
@@ -148,11 +159,11 @@ impl Connector {
                     }
                 }
                 Ok(Err(e)) => {
-                    self.metrics.server_connection_failures.inc();
+                    self.metrics.connect_failures.inc();
                     warn!(server = %self.target(), "cannot connect: {e}");
                 }
                 Err(_) => {
-                    self.metrics.server_connection_failures.inc();
+                    self.metrics.connect_failures.inc();
                     warn!(server = %self.target(), "cannot connect: no answer within {CONNECT_TIMEOUT:?}");
                 }
             }
@@ -210,7 +221,7 @@ impl Connector {
         &self,
         (conn, mut control, _control_send): (quinn::Connection, quinn::RecvStream, quinn::SendStream),
     ) -> String {
-        self.metrics.server_connections.set(1);
+        self.metrics.open_server_connections.set(1);
         self.connected.send_replace(true);
         let watch_control = async {
             loop {
@@ -244,8 +255,11 @@ impl Connector {
             r = watch_control => r,
             r = accept => r,
         };
+        self.metrics.open_server_connections.set(0);
+        if lost(conn.close_reason().as_ref()) {
+            self.metrics.server_failure(Direction::FromServer);
+        }
         self.connected.send_replace(false);
-        self.metrics.server_connections.set(0);
         match conn.close_reason() {
             Some(why) => format!("{reason} ({why})"),
             None => reason,

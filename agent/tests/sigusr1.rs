@@ -223,7 +223,7 @@ async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
     assert!(agent.still_running(), "SIGUSR1 does not stop the agent");
     let metrics = http_get(&admin, "/metrics").await;
     assert!(metrics.contains("\nkonnq_agent_socket_rebinds_total 1\n"), "{metrics}");
-    assert!(metrics.contains("\nkonnectivity_network_proxy_agent_server_connection_failure_total 0\n"), "{metrics}");
+    assert!(metrics.contains("\nkonnq_agent_server_connect_failures_total 0\n"), "{metrics}");
 
     agent.signal("TERM");
     let exit = agent.exited().await;

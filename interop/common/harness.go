@@ -24,7 +24,8 @@ import (
 // Harness is one konnq-server plus one konnq-agent connected to it, all on
 // loopback, killed when the test ends.
 type Harness struct {
-	// Socket is the server's Unix socket, kube-apiserver's egress udsName.
+	// Socket is the server's Unix socket, kube-apiserver's egress udsName
+	// (not served with Options.TCPFrontend).
 	Socket string
 	// TCPAddr is the server's TCP frontend ("127.0.0.1:port", mutual TLS),
 	// set when Options.TCPFrontend is.
@@ -50,7 +51,8 @@ type Options struct {
 	// Mode is the server's --mode ("grpc" when empty, or "http-connect");
 	// it applies to the Unix socket and to the TCP frontend.
 	Mode string
-	// TCPFrontend adds the TCP frontend: --server-port on 127.0.0.1 with
+	// TCPFrontend serves the frontend on TCP instead of the Unix socket
+	// (upstream refuses both at once): --server-port on 127.0.0.1 with
 	// --server-cert/--server-key (the PKI's server pair) and
 	// --server-ca-cert (the PKI's CA), so clients need a certificate of it.
 	TCPFrontend bool
@@ -102,7 +104,6 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 	agentPort := freeUDPPort(t)
 	healthPort, adminPort := freeTCPPort(t), freeTCPPort(t)
 	serverArgs := []string{
-		"--uds-name", h.Socket,
 		"--agent-port", strconv.Itoa(agentPort),
 		"--agent-bind-address", "127.0.0.1",
 		"--health-port", strconv.Itoa(healthPort),
@@ -130,6 +131,8 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 			"--server-key", pki("server.key"),
 			"--server-ca-cert", pki("ca.crt"),
 		)
+	} else {
+		serverArgs = append(serverArgs, "--uds-name", h.Socket)
 	}
 	h.server = startProcess(t, dir, filepath.Join(bin, "konnq-server"), serverArgs, attempt)
 	h.ServerAdmin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)

@@ -146,7 +146,7 @@ func dialHangCancelled(t *testing.T, tieTunnelToCtx bool) {
 	// The dial must really be pending at the agent, or the test proves nothing.
 	pending := map[string]float64{
 		"konnectivity_network_proxy_server_pending_backend_dials": 1,
-		"konnectivity_network_proxy_agent_pending_dials":          1,
+		"konnq_agent_pending_dials":                               1,
 	}
 	seen := h.WaitGauges(t, pending, 2*time.Second)
 	t.Logf("dial pending at server and agent %v after DialContext was called", seen.Round(time.Millisecond))

@@ -60,9 +60,9 @@ impl DialError {
     pub fn failure(&self) -> DialFailure {
         match self {
             DialError::NoAgent => DialFailure::NoAgent,
-            DialError::Endpoint(_) => DialFailure::Endpoint,
-            DialError::Backend { .. } => DialFailure::Backend,
-            DialError::Timeout(_) | DialError::NoFreeStream { .. } => DialFailure::Timeout,
+            DialError::Endpoint(_) => DialFailure::ErrorResponse,
+            DialError::Backend { .. } => DialFailure::BackendClose,
+            DialError::Timeout(_) | DialError::NoFreeStream { .. } => DialFailure::BackendDialTimeout,
         }
     }
 }
@@ -131,7 +131,8 @@ pub struct Backend {
     metrics: Metrics,
     server_id: String,
     server_count: u32,
-    pub dial_timeout: Duration,
+    /// `--backend-dial-timeout`; `None` = no limit.
+    pub dial_timeout: Option<Duration>,
     /// Dial streams one agent connection may carry at once.
     max_streams: usize,
     /// `Some`: agents must present an accepted ServiceAccount token.
@@ -144,7 +145,7 @@ impl Backend {
     pub fn new(
         server_id: String,
         server_count: u32,
-        dial_timeout: Duration,
+        dial_timeout: Option<Duration>,
         max_streams: u64,
         metrics: Metrics,
         auth: Option<Authenticator>,
@@ -176,7 +177,7 @@ impl Backend {
 
     fn publish(&self, agents: &[Arc<AgentConn>]) {
         let n = agents.iter().filter(|a| !a.draining.load(Ordering::Relaxed)).count();
-        self.metrics.ready_backends.set(n as i64);
+        self.metrics.set_ready_backends(n);
         self.ready.send_replace(n);
     }
 
@@ -220,10 +221,15 @@ impl Backend {
     pub async fn dial_timed(&self, protocol: &str, address: &str) -> Result<Dialed, DialError> {
         let _pending = GaugeGuard::inc(&self.metrics.pending_dials);
         let started = std::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + self.dial_timeout;
-        let result = match tokio::time::timeout_at(deadline, self.dial(protocol, address, deadline)).await {
-            Ok(r) => r,
-            Err(_) => Err(DialError::Timeout(self.dial_timeout)),
+        let result = match self.dial_timeout {
+            Some(limit) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                match tokio::time::timeout_at(deadline, self.dial(protocol, address, Some(deadline))).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DialError::Timeout(limit)),
+                }
+            }
+            None => self.dial(protocol, address, None).await,
         };
         match &result {
             Ok(_) => self.metrics.dial_duration.observe(started.elapsed().as_secs_f64()),
@@ -233,9 +239,14 @@ impl Backend {
     }
 
     /// Opens a dial stream on an agent and waits for its answer; only the
-    /// wait for a stream slot is bounded (by `deadline`), the caller bounds
-    /// the rest. See [`Backend::dial_timed`].
-    async fn dial(&self, protocol: &str, address: &str, deadline: tokio::time::Instant) -> Result<Dialed, DialError> {
+    /// wait for a stream slot is bounded (by `deadline`, if any), the caller
+    /// bounds the rest. See [`Backend::dial_timed`].
+    async fn dial(
+        &self,
+        protocol: &str,
+        address: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Dialed, DialError> {
         let agent = self.pick().ok_or(DialError::NoAgent)?;
         let slot = self.stream_slot(&agent, deadline).await?;
         let backend_err = |reason: String| DialError::Backend { agent: agent.agent_id.clone(), reason };
@@ -245,7 +256,8 @@ impl Backend {
         let header = DialHeader {
             protocol: protocol.to_owned(),
             address: address.to_owned(),
-            timeout_ms: self.dial_timeout.as_millis().clamp(1, u32::MAX as u128) as u32,
+            // No limit here: the agent's own dial-timeout bounds its dial.
+            timeout_ms: self.dial_timeout.map_or(u32::MAX, |t| t.as_millis().clamp(1, u32::MAX as u128) as u32),
             connect_id,
         };
         let send = guard.send.as_mut().expect("guard holds the send half");
@@ -264,28 +276,28 @@ impl Backend {
         }
     }
 
-    /// Takes one of `agent`'s stream slots, waiting until `deadline` if all
-    /// are in use.
+    /// Takes one of `agent`'s stream slots, waiting until `deadline` (if
+    /// any) when all are in use.
     async fn stream_slot(
         &self,
         agent: &AgentConn,
-        deadline: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<OwnedSemaphorePermit, DialError> {
         if let Ok(slot) = Arc::clone(&agent.streams).try_acquire_owned() {
             return Ok(slot);
         }
         debug!(agent_id = %agent.agent_id, limit = self.max_streams, "all streams to the agent busy; waiting");
-        match tokio::time::timeout_at(deadline, Arc::clone(&agent.streams).acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(slot),
-            Ok(Err(_closed)) => {
-                Err(DialError::Backend { agent: agent.agent_id.clone(), reason: "agent disconnected".to_owned() })
-            }
-            Err(_) => Err(DialError::NoFreeStream {
-                agent: agent.agent_id.clone(),
-                limit: self.max_streams,
-                timeout: self.dial_timeout,
-            }),
-        }
+        let wait = Arc::clone(&agent.streams).acquire_owned();
+        let acquired = match deadline.zip(self.dial_timeout) {
+            Some((deadline, timeout)) => tokio::time::timeout_at(deadline, wait).await.map_err(|_| {
+                DialError::NoFreeStream { agent: agent.agent_id.clone(), limit: self.max_streams, timeout }
+            })?,
+            None => wait.await,
+        };
+        acquired.map_err(|_closed| DialError::Backend {
+            agent: agent.agent_id.clone(),
+            reason: "agent disconnected".to_owned(),
+        })
     }
 
     /// Accepts agents until the endpoint is closed.
@@ -353,6 +365,7 @@ impl Backend {
     async fn hold(&self, agent: Arc<AgentConn>, (_send, mut recv): (SendStream, RecvStream)) {
         let remote = agent.conn.remote_address();
         info!(agent_id = %agent.agent_id, %remote, identifiers = ?agent.identifiers, "agent connected");
+        let _connected = GaugeGuard::inc(&self.metrics.agent_connections);
         self.register(Arc::clone(&agent));
         let reason = loop {
             match read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await {

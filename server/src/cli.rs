@@ -3,6 +3,10 @@
 //!
 //! Flags and TOML keys are the same words (`--uds-name` ↔ `uds-name`); both
 //! become a [`RawServerConfig`], flags overlaid on the file, then validated.
+//! Every flag of upstream's proxy-server (v0.36.0) and klog is accepted:
+//! those konnq has no use for are declared once, in
+//! [`konnq_shared::config::upstream`], and each one set to a value that would
+//! matter upstream gives one start-up warning.
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -11,12 +15,17 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use konnq_shared::config::{
-    describe_for_cli, parse_duration, parse_go_bool, ConfigError, FrontendMode, RawServerConfig, ServerConfig,
+    describe_for_cli, parse_bind_address, parse_duration, parse_go_bool, parse_klog_level, parse_path, upstream,
+    ConfigError, FrontendMode, RawQuicConfig, RawServerConfig, ServerConfig,
 };
+
+/// Environment variable upstream reads the server id from when `--server-id`
+/// is not given.
+pub const SERVER_ID_ENV: &str = "PROXY_SERVER_ID";
 
 /// konnq-server: Konnectivity proxy server with QUIC agents.
 #[derive(Debug, Parser)]
-#[command(name = "konnq-server", version, args_conflicts_with_subcommands = true)]
+#[command(name = "konnq-server", version, args_conflicts_with_subcommands = true, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -26,7 +35,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Unix socket for kube-apiserver.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
     pub uds_name: Option<PathBuf>,
     /// Remove a stale socket file first [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
@@ -37,57 +46,63 @@ pub struct Cli {
     /// TCP mTLS frontend port, 0 = none [default: 0].
     #[arg(long, value_name = "PORT")]
     pub server_port: Option<u16>,
-    /// Address of the TCP frontend [default: 127.0.0.1].
-    #[arg(long, value_name = "IP")]
+    /// Address of the TCP frontend; empty = all [default: 127.0.0.1].
+    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
     pub server_bind_address: Option<IpAddr>,
     /// Frontend certificate (required with --server-port).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub server_cert: Option<PathBuf>,
     /// Frontend key (required with --server-port).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub server_key: Option<PathBuf>,
     /// CA of kube-apiserver's client certificate (required with --server-port).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub server_ca_cert: Option<PathBuf>,
 
     /// UDP (QUIC) port for agents [default: 8091].
     #[arg(long, value_name = "PORT")]
     pub agent_port: Option<u16>,
-    /// Address for agents [default: 0.0.0.0].
-    #[arg(long, value_name = "IP")]
+    /// Address for agents; empty = all [default: 0.0.0.0].
+    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
     pub agent_bind_address: Option<IpAddr>,
     /// Certificate presented to agents (required).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub cluster_cert: Option<PathBuf>,
     /// Key of --cluster-cert (required).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub cluster_key: Option<PathBuf>,
     /// CA of agents' client certificates; set = mTLS required.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
     pub cluster_ca_cert: Option<PathBuf>,
 
     /// Admin / metrics port [default: 8095].
     #[arg(long, value_name = "PORT")]
     pub admin_port: Option<u16>,
-    /// Admin / metrics address [default: 127.0.0.1].
-    #[arg(long, value_name = "IP")]
+    /// Admin / metrics address; empty = all [default: 127.0.0.1].
+    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
     pub admin_bind_address: Option<IpAddr>,
     /// /healthz and /readyz port [default: 8092].
     #[arg(long, value_name = "PORT")]
     pub health_port: Option<u16>,
-    /// /healthz and /readyz address [default: 0.0.0.0].
-    #[arg(long, value_name = "IP")]
+    /// /healthz and /readyz address; empty = all [default: 0.0.0.0].
+    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
     pub health_bind_address: Option<IpAddr>,
 
-    /// Id of this server [default: random].
+    /// Id of this server; when not given, $PROXY_SERVER_ID if set [default: random].
     #[arg(long, value_name = "ID")]
     pub server_id: Option<String>,
     /// Number of servers behind the load balancer [default: 1].
     #[arg(long, value_name = "N")]
     pub server_count: Option<u32>,
-    /// How long a dial waits for the agent, e.g. 10s [default: 10s].
+    /// How long a dial waits for the agent, e.g. 10s; 0 = no limit [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub backend_dial_timeout: Option<Duration>,
+    /// QUIC keep-alive PING interval towards agents (quic.keep-alive-interval); 0 = default [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keepalive_time: Option<Duration>,
+    /// gRPC frontend: PING a connection idle this long; 0 = default [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub frontend_keepalive_time: Option<Duration>,
     /// Drain time on shutdown, e.g. 15s [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub graceful_shutdown_timeout: Option<Duration>,
@@ -99,16 +114,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<u16>,
 
-    /// Accepted for compatibility; konnq always logs to stderr.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
-    pub logtostderr: Option<bool>,
     /// Log verbosity (-v=4 and --v=4 work too) [default: 0].
-    #[arg(short = 'v', long = "v", value_name = "LEVEL")]
+    #[arg(short = 'v', long = "v", value_name = "LEVEL", value_parser = parse_klog_level)]
     pub v: Option<u8>,
 
-    /// Upstream routing strategies; only "default" is supported yet.
-    #[arg(long, value_name = "LIST")]
-    pub proxy_strategies: Option<String>,
     /// Agents' ServiceAccount namespace; set = agents must send a token (TokenReview).
     #[arg(long, value_name = "NAMESPACE")]
     pub agent_namespace: Option<String>,
@@ -127,12 +136,13 @@ pub struct Cli {
     /// TokenReview burst; 0 = 10 [default: 0].
     #[arg(long, value_name = "N")]
     pub kubeconfig_burst: Option<u32>,
-    /// Accepted for compatibility; TokenReviews are always sent as JSON.
-    #[arg(long, value_name = "TYPE")]
-    pub kube_api_content_type: Option<String>,
     /// How long an accepted token is reused without a new review; 0 = never [default: 2m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub token_review_cache_ttl: Option<Duration>,
+
+    /// Warnings for upstream flags given that have no effect (see `upstream`).
+    #[arg(skip)]
+    pub no_effect: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -161,42 +171,44 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
-        konnq_shared::config::try_parse_go_style(args)
+        let tables = [upstream::KLOG, upstream::SERVER];
+        let (mut cli, no_effect) = konnq_shared::config::try_parse_go_style_with::<Cli, _, _>(args, &tables)?;
+        cli.no_effect = no_effect;
+        Ok(cli)
     }
 
-    /// Loads `--config` if given, overlays the flags and validates. The error
-    /// lists every problem, each naming its flag (or config key).
-    pub fn into_config(self) -> anyhow::Result<ServerConfig> {
-        let mut errors = self.unsupported_flags();
+    /// Loads `--config` if given, overlays the flags and validates. Returns
+    /// the configuration and the warnings to log once logging is set up;
+    /// the error lists every problem, each naming its flag (or config key).
+    pub fn into_config(self) -> anyhow::Result<(ServerConfig, Vec<String>)> {
+        self.into_config_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// [`Cli::into_config`] reading environment variables through `env`.
+    pub fn into_config_with_env(
+        mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<(ServerConfig, Vec<String>)> {
+        let warnings = std::mem::take(&mut self.no_effect);
         let config_file = self.config.clone();
         let file = match &config_file {
             Some(path) => RawServerConfig::from_file(path)?,
             None => RawServerConfig::default(),
         };
-        let result = file.overlay(self.into_raw()).validate();
-        match result {
-            Ok(config) if errors.is_empty() => return Ok(config),
-            Ok(_) => {}
+        match file.overlay(self.into_raw(env)).validate() {
+            Ok(config) => Ok((config, warnings)),
             Err(ConfigError::Invalid(problems)) => {
-                errors.extend(describe_for_cli(&problems, config_file.as_deref()));
+                let lines = describe_for_cli(&problems, config_file.as_deref());
+                anyhow::bail!("invalid configuration:\n  {}", lines.join("\n  "))
             }
-            Err(other) => return Err(other.into()),
+            Err(other) => Err(other.into()),
         }
-        anyhow::bail!("invalid configuration:\n  {}", errors.join("\n  "))
     }
 
-    /// Upstream flags konnq accepts but does not implement yet: an error
-    /// unless left at upstream's default.
-    fn unsupported_flags(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        if let Some(s) = self.proxy_strategies.as_deref().filter(|s| !s.is_empty() && *s != "default") {
-            errors.push(format!("--proxy-strategies: only \"default\" is supported yet, got {s:?}"));
-        }
-        errors
-    }
-
-    /// The flags as a raw config layer (`None` = flag not given).
-    fn into_raw(self) -> RawServerConfig {
+    /// The flags as a raw config layer (`None` = flag not given). As
+    /// upstream does, a non-empty `PROXY_SERVER_ID` stands in for an absent
+    /// `--server-id`.
+    fn into_raw(self, env: impl Fn(&str) -> Option<String>) -> RawServerConfig {
         let Cli {
             command: _,
             config: _,
@@ -220,23 +232,23 @@ impl Cli {
             server_id,
             server_count,
             backend_dial_timeout,
+            keepalive_time,
+            frontend_keepalive_time,
             graceful_shutdown_timeout,
             max_message_bytes,
             worker_threads,
-            logtostderr,
             v,
-            proxy_strategies: _,
             agent_namespace,
             agent_service_account,
             authentication_audience,
             kubeconfig,
             kubeconfig_qps,
             kubeconfig_burst,
-            kube_api_content_type,
             token_review_cache_ttl,
+            no_effect: _,
         } = self;
         RawServerConfig {
-            server_id,
+            server_id: server_id.or_else(|| env(SERVER_ID_ENV).filter(|id| !id.is_empty())),
             server_count,
             mode,
             uds_name,
@@ -258,7 +270,8 @@ impl Cli {
             kubeconfig: kubeconfig.map(PathBuf::from),
             kubeconfig_qps,
             kubeconfig_burst,
-            kube_api_content_type,
+            // A flag without effect: its warning comes from the upstream table.
+            kube_api_content_type: None,
             token_review_cache_ttl,
             health_bind_address,
             health_port,
@@ -266,28 +279,43 @@ impl Cli {
             admin_port,
             backend_dial_timeout,
             graceful_shutdown_timeout,
+            frontend_keepalive_time,
             max_message_bytes,
-            quic: None,
+            quic: RawQuicConfig::from_keepalive_time(keepalive_time),
             worker_threads,
             v,
-            logtostderr,
+            logtostderr: None,
         }
     }
 }
 
 #[cfg(test)]
+mod upstream_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    const REQUIRED: [&str; 3] = ["--uds-name=/run/k.sock", "--cluster-cert=/p/c.crt", "--cluster-key=/p/c.key"];
+    pub(super) const REQUIRED: [&str; 3] =
+        ["--uds-name=/run/k.sock", "--cluster-cert=/p/c.crt", "--cluster-key=/p/c.key"];
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    /// No environment: tests never read the process's (it is shared).
+    pub(super) fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    pub(super) fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_go_style(std::iter::once("konnq-server").chain(args.iter().copied()))
     }
 
-    fn config(args: &[&str]) -> anyhow::Result<ServerConfig> {
+    /// `REQUIRED` plus `args`: the configuration and its warnings.
+    pub(super) fn config_warnings(args: &[&str]) -> anyhow::Result<(ServerConfig, Vec<String>)> {
         let all: Vec<&str> = REQUIRED.iter().chain(args).copied().collect();
-        parse(&all).expect("flags parse").into_config()
+        parse(&all).expect("flags parse").into_config_with_env(no_env)
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<ServerConfig> {
+        config_warnings(args).map(|(c, _)| c)
     }
 
     #[test]
@@ -307,7 +335,7 @@ mod tests {
             "-worker-threads=2",
         ])
         .unwrap();
-        let c = cli.into_config().expect("valid");
+        let (c, _) = cli.into_config_with_env(no_env).expect("valid");
         assert_eq!(c.admin_port, 2000, "flag wins");
         assert_eq!(c.health_port, 1001, "file value kept");
         assert_eq!(c.uds_name, Some(PathBuf::from("/file.sock")));
@@ -328,12 +356,13 @@ mod tests {
 
     #[test]
     fn validation_errors_name_flags() {
-        let err = config(&["--server-count=0", "--server-port=8090", "--server-cert=/s.crt"]).unwrap_err();
+        let tcp = ["--uds-name=", "--server-count=0", "--server-port=8090", "--server-cert=/s.crt"];
+        let err = config(&tcp).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("--server-count: must be between 1"), "{text}");
         assert!(text.contains("--server-key: required"), "{text}");
         assert!(text.contains("--server-ca-cert: required"), "{text}");
-        let err = parse(&[]).unwrap().into_config().unwrap_err().to_string();
+        let err = parse(&[]).unwrap().into_config_with_env(no_env).unwrap_err().to_string();
         assert!(err.contains("--cluster-cert: required"), "{err}");
     }
 
@@ -351,16 +380,24 @@ mod tests {
         let c = config(&["--delete-existing-uds-file=false", "-logtostderr=true", "-server-id=abc"]).unwrap();
         assert!(!c.delete_existing_uds_file);
         assert_eq!(c.server_id, "abc");
-        assert_eq!(parse(&["--logtostderr"]).unwrap().logtostderr, Some(true));
+        assert!(parse(&["--logtostderr"]).unwrap().no_effect.is_empty(), "true is what konnq does");
         assert!(parse(&["--delete-existing-uds-file=maybe"]).is_err());
+        let c = config(&["--agent-port=1", "--agent-port=8132"]).unwrap();
+        assert_eq!(c.agent_port, 8132, "a repeated flag: the last wins, as in Go");
     }
 
     #[test]
-    fn unsupported_upstream_flags() {
-        assert!(config(&["--proxy-strategies=default", "--kubeconfig="]).is_ok());
-        let text = config(&["--proxy-strategies=destHost,default", "--kubeconfig=/k"]).unwrap_err().to_string();
-        assert!(text.contains("--proxy-strategies: only \"default\""), "{text}");
-        assert!(!text.contains("--kubeconfig"), "token authentication flags are supported: {text}");
+    fn proxy_strategies_other_than_default_warn_and_run() {
+        let (_, warnings) = config_warnings(&["--proxy-strategies=default", "--kubeconfig="]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (_, warnings) = config_warnings(&["--proxy-strategies=destHost,default", "--kubeconfig=/k"]).unwrap();
+        assert_eq!(
+            warnings,
+            ["--proxy-strategies has no effect: konnq routes every dial to a random ready agent \
+              (upstream's \"default\" strategy)"]
+        );
+        let err = parse(&["--proxy-strategies=nearest"]).unwrap_err().to_string();
+        assert!(err.contains("unknown proxy strategy: nearest"), "{err}");
     }
 
     /// The args of the official konnectivity-server static pod, verbatim.
@@ -383,7 +420,8 @@ mod tests {
 
     #[test]
     fn upstream_manifest_args_parse_and_validate() {
-        let c = parse(&MANIFEST_ARGS).expect("flags parse").into_config().expect("valid");
+        let (c, warnings) = parse(&MANIFEST_ARGS).expect("flags parse").into_config_with_env(no_env).expect("valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!((c.agent_port, c.admin_port, c.health_port, c.server_port), (8132, 8133, 8134, 0));
         assert_eq!(c.cluster_tls.ca, None, "no client certificates: tokens instead");
         let auth = c.token_auth.expect("token authentication on");
@@ -432,6 +470,6 @@ mod tests {
     fn defaults_via_cli() {
         let c = config(&[]).unwrap();
         assert_eq!(c.agent_port, 8091);
-        assert_eq!(c.backend_dial_timeout, Duration::from_secs(10));
+        assert_eq!(c.backend_dial_timeout, Some(Duration::from_secs(10)));
     }
 }

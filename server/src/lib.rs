@@ -9,7 +9,7 @@
 //! - [`backend`]: the QUIC endpoint agents connect to, the agent registry and
 //!   the per-dial stream handshake.
 //! - [`auth`]: agent authentication by ServiceAccount token (TokenReview).
-//! - [`admin`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz` (and `/ready`) and `/metrics`.
 //!
 //! [`start`] takes a validated config and already bound [`Listeners`] (tests
 //! pass port 0 and temp-dir sockets) and returns a [`ServerHandle`].
@@ -126,13 +126,16 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     tasks.spawn(Arc::clone(&backend).serve(endpoint.clone()));
 
     let mode = cfg.mode;
-    let max = cfg.max_message_bytes;
+    let limits = frontend::http2::Limits {
+        max_message_bytes: cfg.max_message_bytes,
+        keepalive_time: cfg.frontend_keepalive_time,
+    };
     let mut uds_path = None;
     if let Some((listener, path)) = listeners.uds {
         info!(path = %path.display(), ?mode, "frontend on Unix socket");
         uds_path = Some(path);
         let incoming = UnixListenerStream::new(listener);
-        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), max, stopped(shutdown_rx.clone())));
+        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), limits, stopped(shutdown_rx.clone())));
     }
     let mut tcp_addr = None;
     if let (Some(listener), Some(files)) = (listeners.tcp, &cfg.server_tls) {
@@ -147,13 +150,13 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         tcp_addr = Some(addr);
         let (incoming, accept_loop) = frontend::tls::incoming(listener, tls, stopped(shutdown_rx.clone()));
         tasks.spawn(accept_loop);
-        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), max, stopped(shutdown_rx.clone())));
+        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), limits, stopped(shutdown_rx.clone())));
     }
     let health_addr = listeners.health.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let admin_addr = listeners.admin.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
-    let (ready, down) = (backend.ready_agents(), shutdown_rx.clone());
+    let (ready, down, m) = (backend.ready_agents(), shutdown_rx.clone(), metrics.clone());
     tasks.spawn(async move {
-        if let Err(e) = admin::serve_health(listeners.health, ready, down).await {
+        if let Err(e) = admin::serve_health(listeners.health, ready, down, m).await {
             error!("health server failed: {e}");
         }
     });
@@ -197,7 +200,7 @@ async fn serve_frontend<I, IO, E>(
     mode: FrontendMode,
     incoming: I,
     ctx: SessionCtx,
-    max_message_bytes: usize,
+    limits: frontend::http2::Limits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
     I: futures::Stream<Item = Result<IO, E>> + Send + 'static,
@@ -213,7 +216,7 @@ async fn serve_frontend<I, IO, E>(
 {
     match mode {
         FrontendMode::Grpc => {
-            if let Err(e) = frontend::http2::serve(incoming, ctx, max_message_bytes, stop).await {
+            if let Err(e) = frontend::http2::serve(incoming, ctx, limits, stop).await {
                 error!("gRPC frontend failed: {e}");
             }
         }

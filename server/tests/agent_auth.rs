@@ -107,7 +107,7 @@ async fn upstream_setup_admits_only_the_agent_service_account() {
         agent(&lab, Some("forged"), false).await,
         agent(&lab, None, false).await,
     ];
-    let failures = |a: &konnq_agent::AgentHandle| a.metrics.server_connection_failures.get();
+    let failures = |a: &konnq_agent::AgentHandle| a.metrics.connect_failures.get();
     eventually("every refused agent retried", LIMIT, || refused.iter().all(|a| failures(a) >= 3)).await;
     assert!(good.is_connected());
     assert_eq!(lab.server.backend.agent_count(), 1, "only the good agent is registered");
@@ -175,7 +175,7 @@ async fn client_certificates_and_tokens_are_both_required_when_both_are_set() {
     let (lab, _api) = lab(true).await;
     let no_token = agent(&lab, None, true).await;
     let no_cert = agent(&lab, Some("good"), false).await;
-    let failures = |a: &konnq_agent::AgentHandle| a.metrics.server_connection_failures.get();
+    let failures = |a: &konnq_agent::AgentHandle| a.metrics.connect_failures.get();
     eventually("both refused, twice", LIMIT, || failures(&no_token) >= 2 && failures(&no_cert) >= 2).await;
     assert_eq!(lab.server.backend.agent_count(), 0);
     assert!(lab.server.metrics.agent_auth_failures("no_token") >= 2);

@@ -273,7 +273,7 @@ async fn unix_socket_authorities_one_connection_each() {
         })
         .await;
     }
-    let bytes = lab.metric("konnectivity_network_proxy_server_bytes_total{direction=\"to_agent\"}").await;
+    let bytes = lab.metric("konnq_server_bytes_total{direction=\"to_agent\"}").await;
     assert!(bytes > 0.0, "the bytes went through the agent");
     eventually("every connection closed", LIMIT, || lab.server.metrics.established.get() == 0).await;
 }

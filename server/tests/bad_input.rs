@@ -132,7 +132,7 @@ async fn data_for_an_unknown_connect_id_gets_close_rsp_naming_it() {
     }
 
     assert_echoes(&mut conn, "DATA for an unknown connectID").await;
-    let kind = "konnectivity_network_proxy_server_frontend_errors_total{kind=\"unknown_connection\"}";
+    let kind = "konnq_server_frontend_errors_total{kind=\"unknown_connection\"}";
     assert_eq!(lab.metric(kind).await, 1.0);
     assert_new_dial_works(&lab, target, "DATA for an unknown connectID").await;
     // The real connection still closes normally.
@@ -162,7 +162,7 @@ async fn second_dial_req_on_an_established_stream_is_refused() {
     }
 
     assert_echoes(&mut conn, "a second DIAL_REQ").await;
-    assert_eq!(lab.metric("konnectivity_network_proxy_server_frontend_errors_total{kind=\"second_dial\"}").await, 1.0);
+    assert_eq!(lab.metric("konnq_server_frontend_errors_total{kind=\"second_dial\"}").await, 1.0);
     assert_eq!(lab.server.metrics.established.get(), 1, "the second dial opened nothing");
     assert_eq!(agent.metrics.open_endpoint_connections.get(), 1, "the second dial reached no target");
     assert_new_dial_works(&lab, target, "a second DIAL_REQ").await;
@@ -314,7 +314,7 @@ async fn agents_without_a_trusted_client_certificate_are_never_admitted() {
             raw.agent_key = None;
         })
         .await;
-    let failures = |a: &konnq_agent::AgentHandle| a.metrics.server_connection_failures.get();
+    let failures = |a: &konnq_agent::AgentHandle| a.metrics.connect_failures.get();
     eventually("both agents refused several times", Duration::from_secs(15), || {
         failures(&untrusted) >= 5 && failures(&anonymous) >= 5
     })

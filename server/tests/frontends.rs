@@ -48,15 +48,20 @@ async fn http_connect_over_the_unix_socket() {
     let lab = connect_lab().await;
     let target = echo_target().await.to_string();
 
-    // No agent yet: 503.
+    // No agent yet: upstream's 500 and its text.
     let mut s = UnixStream::connect(&lab.socket).await.unwrap();
     let head = connect(&mut s, &target).await;
-    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{head}");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert_eq!(body, "currently no tunnels available: No agent available");
+    assert_eq!(lab.server.metrics.dial_failures(konnq_server::metrics::DialFailure::NoAgent), 1);
 
     let _agent = lab.ready_agent().await;
     let mut s = UnixStream::connect(&lab.socket).await.unwrap();
     let head = connect(&mut s, &target).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(head, "HTTP/1.1 200 Connection Established\r\n\r\n");
+    assert_eq!(lab.server.metrics.http_connections.get(), 1);
     // The first bytes after the head are the target's: the echo of ours.
     s.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
@@ -76,6 +81,9 @@ async fn http_connect_over_the_unix_socket() {
     within(Duration::from_secs(10), r.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty());
     eventually("connection torn down", Duration::from_secs(5), || lab.server.metrics.established.get() == 0).await;
+    eventually("HTTP connections closed", Duration::from_secs(5), || lab.server.metrics.http_connections.get() == 0)
+        .await;
+    assert_eq!(lab.server.metrics.proxy_streams.get(), 0, "no gRPC stream in HTTP-CONNECT mode");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,11 +92,18 @@ async fn http_connect_errors_use_upstream_statuses() {
     let _agent = lab.ready_agent().await;
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
     let mut s = UnixStream::connect(&lab.socket).await.unwrap();
-    assert!(connect(&mut s, &closed).await.starts_with("HTTP/1.1 502"));
+    assert!(connect(&mut s, &closed).await.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with(&format!("dial tcp {closed}: ")), "the agent's error: {body}");
+    assert!(body.to_lowercase().contains("connection refused"), "{body}");
 
     let mut s = UnixStream::connect(&lab.socket).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 405"));
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert_eq!(body, "this proxy only supports CONNECT passthrough\n");
 
     let mut s = UnixStream::connect(&lab.socket).await.unwrap();
     s.write_all(b"\x00\x01\x02 garbage\r\n\r\n").await.unwrap();
@@ -153,6 +168,8 @@ async fn tls_lab(mode: FrontendMode) -> Lab {
     Lab::with(|raw| {
         let pki = raw.cluster_cert.as_ref().unwrap().parent().unwrap().to_owned();
         raw.mode = Some(mode);
+        // TCP instead of the Unix socket: upstream's rule, never both.
+        raw.uds_name = None;
         raw.server_port = Some(0);
         raw.server_cert = Some(pki.join("server.crt"));
         raw.server_key = Some(pki.join("server.key"));

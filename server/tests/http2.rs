@@ -536,6 +536,33 @@ async fn ping_is_acknowledged() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_is_pinged_after_frontend_keepalive_time() {
+    let keepalive = Duration::from_millis(300);
+    let lab = Lab::with(|raw| raw.frontend_keepalive_time = Some(keepalive)).await;
+    within(LIMIT, async {
+        let mut io = UnixStream::connect(&lab.socket).await.expect("connect");
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        io.write_all(&hello).await.expect("preface");
+        let idle_since = tokio::time::Instant::now();
+        // The default (30 s) would not ping within this bound.
+        let ping = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match try_read_frame(&mut io).await.expect("read").expect("connection open") {
+                    (PING, flags, 0, payload) if flags & ACK == 0 => return payload,
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("a keep-alive PING within 10 s");
+        assert_eq!(ping.len(), 8);
+        assert!(idle_since.elapsed() >= keepalive, "pinged after {:?}", idle_since.elapsed());
+    })
+    .await;
+}
+
 /// How a connection ended after a bad frame.
 struct Goaway {
     last_stream_id: u32,

@@ -69,7 +69,7 @@ async fn proxied_connection_survives_the_agent_moving_to_a_new_udp_socket() {
     assert!(!agents_seen.has_changed().expect("server alive"), "the server's agent set never changed");
     assert_eq!(lab.metric(SERVER_READY_AGENTS).await, 1.0);
     assert!(agent.is_connected());
-    assert_eq!(agent.metrics.server_connection_failures.get(), 0);
+    assert_eq!(agent.metrics.connect_failures.get(), 0);
     assert_eq!(agent.metrics.socket_rebinds.get(), 1);
     assert!(agent.metrics.render().contains("\nkonnq_agent_socket_rebinds_total 1\n"));
     assert_eq!(lab.metric(SERVER_ESTABLISHED).await, 2.0, "both proxied connections open");

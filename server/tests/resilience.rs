@@ -124,9 +124,11 @@ async fn agent_lost_mid_transfer_closes_every_client_and_a_new_agent_is_used() {
     // The agent, on its side, notices the dead path too.
     within(Duration::from_secs(5), agent.wait_connected(false)).await;
     assert_eq!(http_status(agent.health_addr, "/readyz").await, 503, "agent not ready without a server");
+    let from_server = konnq_agent::metrics::Direction::FromServer;
+    assert_eq!(agent.metrics.server_failures(from_server), 1, "the lost connection is a failure from the server");
     eventually("server reports no agent", Duration::from_secs(5), || *lab.server.backend.ready_agents().borrow() == 0)
         .await;
-    assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 503);
+    assert_eq!(http_status(lab.server.health_addr, "/readyz").await, 500, "upstream's not-ready status");
     assert_eq!(http_status(lab.server.health_addr, "/healthz").await, 200);
     // Still serving: dials fail cleanly while no agent is connected.
     let mut client = lab.channel().await;

@@ -77,7 +77,10 @@ async fn max_concurrent_streams_admits_exactly_that_many_connections() {
         }
         other => panic!("expected a failed DIAL_RSP, got {other:?}"),
     }
-    assert_eq!(lab.metric("konnectivity_network_proxy_server_dial_failure_count_total{reason=\"timeout\"}").await, 1.0);
+    assert_eq!(
+        lab.metric("konnectivity_network_proxy_server_dial_failure_count{reason=\"backend_dial_timeout\"}").await,
+        1.0
+    );
 
     // Another one waits too, and is admitted as soon as a connection closes.
     let mut client = lab.channel().await;

@@ -18,6 +18,11 @@
 //!
 //! Durations are strings such as `"10s"`, `"500ms"`, `"1m30s"` (see
 //! [`parse_duration`]).
+//!
+//! The command lines take every flag of upstream's binaries:
+//! [`try_parse_go_style_with`] parses them Go's way, and [`upstream`] declares the ones konnq accepts
+//! without effect (flag, value syntax, reason), each of which yields one
+//! start-up warning when given a value that would matter upstream.
 
 mod agent;
 mod duration;
@@ -25,6 +30,7 @@ mod goflags;
 mod identifiers;
 mod server;
 mod token_auth;
+pub mod upstream;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -34,7 +40,9 @@ use serde::Deserialize;
 
 pub use agent::{AgentConfig, RawAgentConfig};
 pub use duration::{format_duration, parse_duration};
-pub use goflags::{normalize_go_flags, try_parse_go_style};
+pub use goflags::{
+    normalize_go_flags, parse_bind_address, parse_klog_level, parse_path, try_parse_go_style, try_parse_go_style_with,
+};
 pub use identifiers::AgentIdentifiers;
 pub use server::{FrontendMode, RawServerConfig, ServerConfig};
 pub use token_auth::{ReviewRate, TokenAuthConfig, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_CACHE_TTL, DEFAULT_REVIEW_QPS};
@@ -236,7 +244,8 @@ const MIB: u64 = 1024 * KIB;
 pub struct QuicConfig {
     /// How often a PING is sent on an idle connection.
     pub keep_alive_interval: Duration,
-    /// A connection with no traffic for this long is dead (dead-agent detection).
+    /// A connection with no traffic for this long is dead (dead-agent
+    /// detection). Default: 5 s, or 3 × `keep_alive_interval` when longer.
     pub idle_timeout: Duration,
     /// Per-stream receive window in bytes (bounds one connection's throughput
     /// to window / RTT; after a loss the receiver holds up to about two
@@ -312,6 +321,15 @@ pub struct RawQuicConfig {
 }
 
 impl RawQuicConfig {
+    /// Upstream's `--keepalive-time` (the server↔agent connection's
+    /// keep-alive) as a layer setting `keep-alive-interval`; 0 or absent
+    /// leaves it to lower layers and the default.
+    pub fn from_keepalive_time(keepalive_time: Option<Duration>) -> Option<RawQuicConfig> {
+        keepalive_time
+            .filter(|t| !t.is_zero())
+            .map(|t| RawQuicConfig { keep_alive_interval: Some(t), ..Default::default() })
+    }
+
     /// Field by field, values set in `other` win.
     pub fn overlay(self, other: RawQuicConfig) -> RawQuicConfig {
         RawQuicConfig {
@@ -336,7 +354,11 @@ impl RawQuicConfig {
         let mut p = Problems::with_prefix("quic.");
         let keep_alive_interval =
             p.positive("keep-alive-interval", self.keep_alive_interval.unwrap_or(d.keep_alive_interval));
-        let idle_timeout = self.idle_timeout.unwrap_or(d.idle_timeout);
+        // Not given: three keep-alive intervals when that is longer than the
+        // default, so that a longer keep-alive (upstream's --keepalive-time)
+        // never makes the connection time out between two PINGs.
+        let idle_timeout =
+            self.idle_timeout.unwrap_or_else(|| d.idle_timeout.max(keep_alive_interval.saturating_mul(3)));
         if idle_timeout <= keep_alive_interval {
             p.push(
                 "idle-timeout",
@@ -448,6 +470,14 @@ mod tests {
         assert_eq!(err.problems().len(), 1);
         assert_eq!(err.problems()[0].key, "quic.idle-timeout");
         assert!(err.to_string().contains("quic.idle-timeout: must be greater than quic.keep-alive-interval"));
+    }
+
+    #[test]
+    fn idle_timeout_follows_a_long_keep_alive_unless_given() {
+        assert_eq!(quic("keep-alive-interval = \"1s\"").unwrap().idle_timeout, Duration::from_secs(5));
+        assert_eq!(quic("keep-alive-interval = \"30s\"").unwrap().idle_timeout, Duration::from_secs(90));
+        let q = quic("keep-alive-interval = \"30s\"\nidle-timeout = \"40s\"").unwrap();
+        assert_eq!(q.idle_timeout, Duration::from_secs(40), "an explicit idle-timeout is kept");
     }
 
     #[test]

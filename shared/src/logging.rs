@@ -17,6 +17,14 @@ pub fn init(v: u8) {
         .init();
 }
 
+/// Logs each start-up warning of the configuration (e.g. upstream flags that
+/// have no effect) at WARN; call it after [`init`].
+pub fn warn_each(warnings: &[String]) {
+    for w in warnings {
+        tracing::warn!(target: "konnq_shared::config", "{w}");
+    }
+}
+
 /// The filter for a klog-style verbosity: 0 → info, 1–4 → debug for konnq
 /// crates, 5 and above → trace for konnq crates.
 pub fn filter_for_verbosity(v: u8) -> String {

@@ -19,8 +19,10 @@
 //!
 //! Every protocol violation closes the connection with GOAWAY naming the
 //! error (or resets just the stream, where RFC 9113 says a stream error),
-//! counts `frontend_errors{kind="http2"}` and is logged; other connections
-//! are untouched.
+//! counts `konnq_server_frontend_errors_total{kind="http2"}` and is logged;
+//! other connections are untouched. A stream the client resets, or loses
+//! with its connection, while still sending ends with `CANCELLED`, which
+//! the session counts as upstream's stream error.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -73,9 +75,17 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// Stop reading while this much is waiting to be written (PING and
 /// SETTINGS acks cannot pile up without bound).
 const WRITE_STOP_READ: usize = 256 * 1024;
-/// Keep-alive: ping an idle client this often, close if it does not answer.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Keep-alive: close a connection whose PING is not answered this soon.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-connection settings from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest gRPC message accepted (`max-message-bytes`).
+    pub max_message_bytes: usize,
+    /// PING a connection idle this long (`frontend-keepalive-time`).
+    pub keepalive_time: Duration,
+}
 
 // Frame types (RFC 9113 §6).
 const DATA: u8 = 0x0;
@@ -132,7 +142,7 @@ fn proto_err(code: u32, reason: impl Into<String>) -> ConnError {
 pub async fn serve<I, IO, E>(
     incoming: I,
     ctx: SessionCtx,
-    max_message_bytes: usize,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), std::io::Error>
 where
@@ -155,7 +165,7 @@ where
                             let _ = stop.wait_for(|s| *s).await;
                         });
                         let metrics = ctx.metrics.clone();
-                        if let Err(e) = Connection::new(io, ctx, max_message_bytes, stopping).run().await {
+                        if let Err(e) = Connection::new(io, ctx, limits, stopping).run().await {
                             match e {
                                 ConnError::Io(e) => debug!("frontend connection ended: {e}"),
                                 e => {
@@ -210,6 +220,14 @@ impl InboundShared {
         if let Some(w) = st.waker.take() {
             w.wake();
         }
+    }
+
+    /// Ends a stream the client abandoned while it was still sending: the
+    /// session reads `CANCELLED`, what a gRPC server reports for a stream
+    /// reset by its client or lost with its connection.
+    fn cancel(&self, why: &str) {
+        self.push(Err(Status::cancelled(why)), 0);
+        self.end();
     }
 }
 
@@ -318,6 +336,7 @@ struct Connection<IO> {
     io: IO,
     ctx: SessionCtx,
     max_message_bytes: usize,
+    keepalive_time: Duration,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     stopped: bool,
     read_buf: BytesMut,
@@ -346,16 +365,12 @@ struct Connection<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
-    fn new(
-        io: IO,
-        ctx: SessionCtx,
-        max_message_bytes: usize,
-        stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Self {
+    fn new(io: IO, ctx: SessionCtx, limits: Limits, stopping: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
         Connection {
             io,
             ctx,
-            max_message_bytes,
+            max_message_bytes: limits.max_message_bytes,
+            keepalive_time: limits.keepalive_time,
             stopping,
             stopped: false,
             read_buf: BytesMut::new(),
@@ -375,7 +390,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             conn_send_window: 65_535,
             peer_initial_window: 65_535,
             peer_max_frame: MAX_FRAME,
-            timer: Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL)),
+            timer: Box::pin(tokio::time::sleep(limits.keepalive_time)),
             ping_outstanding: false,
         }
     }
@@ -406,7 +421,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
         for st in self.streams.values() {
             if let Some(inbound) = &st.inbound {
-                inbound.end();
+                inbound.cancel("connection closed");
             }
         }
         result
@@ -432,7 +447,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     self.eof = true;
                     for st in self.streams.values_mut() {
                         if let Some(inbound) = st.inbound.take() {
-                            inbound.end();
+                            inbound.cancel("the client closed the connection");
                         }
                     }
                     self.streams.clear();
@@ -442,7 +457,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     self.adapt_read_hint(n);
                     self.process_frames()?;
                     if !self.ping_outstanding {
-                        self.timer.as_mut().reset(Instant::now() + KEEPALIVE_INTERVAL);
+                        self.timer.as_mut().reset(Instant::now() + self.keepalive_time);
                     }
                 }
                 Event::Read(Err(e)) => return Err(e.into()),
@@ -627,6 +642,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 if stream_id > self.last_stream_id {
                     return Err(proto_err(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
+                if let Some(inbound) = self.streams.get(&stream_id).and_then(|st| st.inbound.as_ref()) {
+                    inbound.cancel("stream reset by the client");
+                }
                 self.close_stream(stream_id);
                 Ok(())
             }
@@ -640,7 +658,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                     self.frame(PING, ACK, 0, &payload);
                 } else if self.ping_outstanding {
                     self.ping_outstanding = false;
-                    self.timer.as_mut().reset(Instant::now() + KEEPALIVE_INTERVAL);
+                    self.timer.as_mut().reset(Instant::now() + self.keepalive_time);
                 }
                 Ok(())
             }

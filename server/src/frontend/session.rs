@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use konnq_shared::gauge::GaugeGuard;
 use konnq_shared::konnectivity::{self as k, FrontendPacket};
-use konnq_shared::proto::Packet;
+use konnq_shared::proto::{Packet, PacketType};
 use konnq_shared::quic::{codes, read_chunks};
 use quinn::VarInt;
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, Dialed};
-use crate::metrics::{DialFailure, Metrics};
+use crate::metrics::{DialFailure, Metrics, Segment};
 
 /// How long after CLOSE_REQ we wait for the agent to confirm the close.
 const CLOSE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,7 +62,7 @@ pub async fn run<S>(mut inbound: S, out: Outbound, ctx: SessionCtx)
 where
     S: Stream<Item = Result<Packet, Status>> + Unpin,
 {
-    let _stream_gauge = GaugeGuard::inc(&ctx.metrics.frontend_streams);
+    let _stream_gauge = GaugeGuard::inc(&ctx.metrics.proxy_streams);
     let Some(req) = await_dial(&mut inbound, &out, &ctx.metrics).await else {
         return;
     };
@@ -72,8 +72,19 @@ where
     Tunnel { inbound, out, ctx, dialed, random: req.random }.run().await;
 }
 
-async fn send(out: &Outbound, packet: Packet) -> bool {
-    out.send(Ok(Out::Packet(packet))).await.is_ok()
+async fn send(out: &Outbound, metrics: &Metrics, packet: Packet) -> bool {
+    let packet_type = packet.r#type;
+    deliver(out, metrics, packet_type, Out::Packet(packet)).await
+}
+
+/// Hands a packet to the frontend connection's writer, counted as sent to
+/// the client and timed: the wait is the client's back-pressure.
+async fn deliver(out: &Outbound, metrics: &Metrics, packet_type: i32, item: Out) -> bool {
+    metrics.packet(Segment::ToClient, packet_type);
+    let started = std::time::Instant::now();
+    let sent = out.send(Ok(item)).await.is_ok();
+    metrics.frontend_write_duration.observe_duration(started.elapsed());
+    sent
 }
 
 /// Phase 1: wait for the DIAL_REQ.
@@ -87,7 +98,7 @@ where
             FrontendPacket::Data { connect_id, .. } | FrontendPacket::CloseReq { connect_id } => {
                 metrics.frontend_error("unknown_connection");
                 warn!(connect_id, "packet for an unknown connection before any dial");
-                send(out, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
+                send(out, metrics, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
             }
             FrontendPacket::DialCls { random } => debug!(random, "DIAL_CLS before any dial; ignored"),
             FrontendPacket::Other(kind) => debug!(kind, "ignoring packet"),
@@ -104,18 +115,23 @@ where
     S: Stream<Item = Result<Packet, Status>> + Unpin,
 {
     let violation = match inbound.next().await? {
-        Ok(packet) => match FrontendPacket::try_from(packet) {
-            Ok(p) => return Some(p),
-            Err(e) => {
-                metrics.frontend_error("malformed_packet");
-                Status::invalid_argument(format!("malformed packet: {e}"))
+        Ok(packet) => {
+            metrics.packet(Segment::FromClient, packet.r#type);
+            match FrontendPacket::try_from(packet) {
+                Ok(p) => return Some(p),
+                Err(e) => {
+                    metrics.frontend_error("malformed_packet");
+                    Status::invalid_argument(format!("malformed packet: {e}"))
+                }
             }
-        },
+        }
         Err(status) if is_client_violation(&status) => {
+            metrics.stream_error(Segment::FromClient, status.code());
             metrics.frontend_error("bad_message");
             status
         }
         Err(status) => {
+            metrics.stream_error(Segment::FromClient, status.code());
             debug!("frontend stream failed: {}", status.message());
             return None;
         }
@@ -142,7 +158,7 @@ where
     if let Err(reason) = k::check_dial(req) {
         metrics.frontend_error("bad_dial_request");
         warn!(random = req.random, address = %req.address, "rejected dial: {reason}");
-        send(out, k::dial_rsp_err(req.random, &reason)).await;
+        send(out, metrics, k::dial_rsp_err(req.random, &reason)).await;
         return None;
     }
     let dial = ctx.backend.dial_timed(&req.protocol, &req.address);
@@ -152,13 +168,13 @@ where
             r = &mut dial => break r,
             p = next_packet(inbound, out, metrics) => match p {
                 Some(FrontendPacket::DialCls { random }) if random == req.random => {
-                    metrics.dial_failed(DialFailure::Cancelled);
+                    metrics.dial_failed(DialFailure::FrontendClose);
                     info!(random, address = %req.address, "client cancelled the dial (DIAL_CLS)");
                     return None;
                 }
                 Some(other) => reject_during_dial(other, out, metrics, req.random).await,
                 None => {
-                    metrics.dial_failed(DialFailure::Cancelled);
+                    metrics.dial_failed(DialFailure::FrontendClose);
                     debug!(random = req.random, "frontend stream ended during the dial");
                     return None;
                 }
@@ -168,15 +184,16 @@ where
     match result {
         Ok(dialed) => {
             debug!(random = req.random, connect_id = dialed.connect_id, address = %req.address, agent = %dialed.agent.agent_id, "dial succeeded");
-            if send(out, k::dial_rsp_ok(req.random, dialed.connect_id)).await {
+            if send(out, metrics, k::dial_rsp_ok(req.random, dialed.connect_id)).await {
                 Some(dialed)
             } else {
+                metrics.dial_failed(DialFailure::SendResponse);
                 None
             }
         }
         Err(e) => {
             info!(random = req.random, address = %req.address, "dial failed: {e}");
-            send(out, k::dial_rsp_err(req.random, &e.to_string())).await;
+            send(out, metrics, k::dial_rsp_err(req.random, &e.to_string())).await;
             None
         }
     }
@@ -187,12 +204,12 @@ async fn reject_during_dial(packet: FrontendPacket, out: &Outbound, metrics: &Me
         FrontendPacket::DialReq(second) => {
             metrics.frontend_error("second_dial");
             warn!(random = second.random, "second DIAL_REQ on a stream refused");
-            send(out, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
+            send(out, metrics, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
         }
         FrontendPacket::Data { connect_id, .. } | FrontendPacket::CloseReq { connect_id } => {
             metrics.frontend_error("unknown_connection");
             warn!(connect_id, "packet for an unknown connection during a dial");
-            send(out, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
+            send(out, metrics, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
         }
         FrontendPacket::DialCls { random: other } => debug!(random, other, "DIAL_CLS for another dial; ignored"),
         FrontendPacket::Other(kind) => debug!(kind, "ignoring packet during dial"),
@@ -268,7 +285,7 @@ where
             warn!(connect_id, "agent did not confirm the close within {CLOSE_CONFIRM_TIMEOUT:?}; resetting");
             downstream.abort();
             let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
-            send_close(&out, connect_id, "").await;
+            send_close(&out, &metrics, connect_id, "").await;
         }
     }
 }
@@ -278,20 +295,20 @@ async fn reject_established(packet: FrontendPacket, out: &Outbound, metrics: &Me
         FrontendPacket::DialReq(second) => {
             metrics.frontend_error("second_dial");
             warn!(connect_id, random = second.random, "second DIAL_REQ on a stream refused");
-            send(out, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
+            send(out, metrics, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
         }
         FrontendPacket::Data { connect_id: id, .. } | FrontendPacket::CloseReq { connect_id: id } => {
             metrics.frontend_error("unknown_connection");
             warn!(connect_id, unknown = id, "packet for an unknown connection");
-            send(out, k::close_rsp(id, &format!("unknown connectID {id}"))).await;
+            send(out, metrics, k::close_rsp(id, &format!("unknown connectID {id}"))).await;
         }
         FrontendPacket::DialCls { random } => debug!(connect_id, random, "late DIAL_CLS ignored"),
         FrontendPacket::Other(kind) => debug!(connect_id, kind, "ignoring packet"),
     }
 }
 
-async fn send_close(out: &Outbound, connect_id: i64, error: &str) {
-    send(out, k::close_rsp(connect_id, error)).await;
+async fn send_close(out: &Outbound, metrics: &Metrics, connect_id: i64, error: &str) {
+    send(out, metrics, k::close_rsp(connect_id, error)).await;
 }
 
 /// Agent → client: every byte as DATA, then exactly one CLOSE_RSP.
@@ -300,7 +317,8 @@ async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, 
         match read_chunks(&mut recv).await {
             Ok(Some(chunks)) => {
                 let n = chunks.iter().map(Bytes::len).sum();
-                if out.send(Ok(Out::Data { connect_id, chunks })).await.is_err() {
+                let data = Out::Data { connect_id, chunks };
+                if !deliver(&out, &metrics, PacketType::Data as i32, data).await {
                     // Client gone: stop the agent side too.
                     let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
                     return;
@@ -315,5 +333,5 @@ async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, 
     if !error.is_empty() {
         debug!(connect_id, "{error}");
     }
-    send_close(&out, connect_id, &error).await;
+    send_close(&out, &metrics, connect_id, &error).await;
 }

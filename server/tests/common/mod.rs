@@ -36,6 +36,7 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     pub certs: GeneratedCerts,
     pub server: konnq_server::ServerHandle,
+    /// The frontend's Unix socket; empty when the test serves it on TCP.
     pub socket: PathBuf,
 }
 
@@ -103,7 +104,7 @@ impl Lab {
             _ => None,
         };
         let cfg = raw.validate().expect("valid server config");
-        let socket = cfg.uds_name.clone().expect("uds");
+        let socket = cfg.uds_name.clone().unwrap_or_default();
         let mut without_tcp = cfg.clone();
         if tcp.is_some() {
             without_tcp.server_port = 0;

@@ -25,6 +25,8 @@ pub struct AgentConfig {
     pub ca_cert: PathBuf,
     /// Client certificate and key, for servers that require mTLS.
     pub agent_tls: Option<(PathBuf, PathBuf)>,
+    /// ALPN protocols offered before konnq's own (upstream's `--alpn-proto`).
+    pub alpn_proto: Vec<String>,
     pub health_bind_address: IpAddr,
     pub health_server_port: u16,
     pub admin_bind_address: IpAddr,
@@ -74,6 +76,7 @@ pub struct RawAgentConfig {
     pub ca_cert: Option<PathBuf>,
     pub agent_cert: Option<PathBuf>,
     pub agent_key: Option<PathBuf>,
+    pub alpn_proto: Option<Vec<String>>,
     pub health_bind_address: Option<IpAddr>,
     pub health_server_port: Option<u16>,
     pub admin_bind_address: Option<IpAddr>,
@@ -115,6 +118,7 @@ impl RawAgentConfig {
             ca_cert: other.ca_cert.or(self.ca_cert),
             agent_cert: other.agent_cert.or(self.agent_cert),
             agent_key: other.agent_key.or(self.agent_key),
+            alpn_proto: other.alpn_proto.or(self.alpn_proto),
             health_bind_address: other.health_bind_address.or(self.health_bind_address),
             health_server_port: other.health_server_port.or(self.health_server_port),
             admin_bind_address: other.admin_bind_address.or(self.admin_bind_address),
@@ -148,6 +152,7 @@ impl RawAgentConfig {
         }
         let proxy_server_port = p.in_range("proxy-server-port", self.proxy_server_port.unwrap_or(8091), 1, u16::MAX);
         let agent_tls = agent_tls(&mut p, self.agent_cert, self.agent_key);
+        let alpn_proto = alpn_protocols(&mut p, self.alpn_proto.unwrap_or_default());
         let sync_interval = p.positive("sync-interval", self.sync_interval.unwrap_or(Duration::from_secs(1)));
         let sync_interval_cap = self.sync_interval_cap.unwrap_or(Duration::from_secs(10));
         if sync_interval_cap < sync_interval {
@@ -173,6 +178,7 @@ impl RawAgentConfig {
             server_name: non_empty_string(self.server_name),
             ca_cert: p.required_path("ca-cert", self.ca_cert),
             agent_tls,
+            alpn_proto,
             health_bind_address: self.health_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
             health_server_port,
             admin_bind_address: self.admin_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
@@ -187,6 +193,16 @@ impl RawAgentConfig {
         };
         p.finish(config)
     }
+}
+
+/// ALPN protocol names: empty ones dropped (Go's `--alpn-proto=`), each at
+/// most 255 bytes (TLS's limit).
+fn alpn_protocols(p: &mut Problems, names: Vec<String>) -> Vec<String> {
+    let names: Vec<String> = names.into_iter().filter(|n| !n.is_empty()).collect();
+    for long in names.iter().filter(|n| n.len() > 255) {
+        p.push("alpn-proto", format!("{long:?} is longer than 255 bytes"));
+    }
+    names
 }
 
 /// `agent-cert` and `agent-key` come as a pair; the problem names the missing one.
@@ -228,6 +244,7 @@ mod tests {
         assert_eq!(c.tls_server_name(), "127.0.0.1");
         assert_eq!(c.ca_cert, PathBuf::from("/pki/ca.crt"));
         assert_eq!(c.agent_tls, None);
+        assert!(c.alpn_proto.is_empty());
         assert_eq!((c.health_bind_address, c.health_server_port), (IpAddr::from([0, 0, 0, 0]), 8093));
         assert_eq!((c.admin_bind_address, c.admin_server_port), (IpAddr::from([127, 0, 0, 1]), 8094));
         assert_eq!(c.sync_interval, Duration::from_secs(1));
@@ -272,8 +289,10 @@ mod tests {
             health-server-port = 7000
             admin-server-port = 7000
             worker-threads = 5000
+            alpn-proto = ["h2", ""]
             [quic]
             keep-alive-interval = "10s"
+            idle-timeout = "10s"
         "#;
         let err = AgentConfig::from_toml_str(text).unwrap_err();
         assert_eq!(
@@ -294,6 +313,14 @@ mod tests {
         assert!(text.contains("worker-threads: must be between 0 and 1024, got 5000"), "{text}");
         assert!(text.contains("agent-identifiers: unknown identifier key \"colour\""), "{text}");
         assert!(text.contains("sync-interval-cap: must be at least sync-interval"), "{text}");
+    }
+
+    #[test]
+    fn alpn_protocols_drop_empty_names_and_check_length() {
+        let c = AgentConfig::from_toml_str("ca-cert = \"/ca\"\nalpn-proto = [\"\", \"konnectivity\"]").unwrap();
+        assert_eq!(c.alpn_proto, ["konnectivity"]);
+        let long = with_ca(RawAgentConfig { alpn_proto: Some(vec!["x".repeat(256)]), ..Default::default() });
+        assert_eq!(keys(&long.validate().unwrap_err()), ["alpn-proto"]);
     }
 
     #[test]

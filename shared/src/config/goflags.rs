@@ -5,9 +5,14 @@
 //! (`-v=4`, `-logtostderr=true`, `-uds-name=/x`). clap reads `-v=4` but would
 //! read `-uds-name` as a cluster of short flags, so [`normalize_go_flags`]
 //! rewrites single-dash spellings of *known* long flags to the double-dash form
-//! before clap sees them.
+//! before clap sees them. The value parsers below take upstream's spellings:
+//! empty bind addresses and paths, any klog level.
 
 use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use super::upstream::{self, NoEffect};
 
 /// Rewrites `-name` / `-name=value` to `--name` / `--name=value` when `name` is
 /// one of `long_names`; everything else, and everything after `--`, is kept.
@@ -43,9 +48,54 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    let command = P::command();
-    let longs: Vec<&str> = command.get_arguments().filter_map(|a| a.get_long()).collect();
-    P::try_parse_from(normalize_go_flags(args, &longs))
+    try_parse_go_style_with(args, &[]).map(|(parsed, _)| parsed)
+}
+
+/// [`try_parse_go_style`] with upstream's no-effect flags of `tables` accepted
+/// too; also returns one warning per such flag given a value that matters
+/// upstream (see [`upstream`](super::upstream)).
+pub fn try_parse_go_style_with<P, I, T>(args: I, tables: &[&[NoEffect]]) -> Result<(P, Vec<String>), clap::Error>
+where
+    P: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut command = upstream::register(P::command(), tables);
+    let longs: Vec<String> =
+        command.get_arguments().filter_map(|a| a.get_long_and_visible_aliases()).flatten().map(str::to_owned).collect();
+    let longs: Vec<&str> = longs.iter().map(String::as_str).collect();
+    let matches = command.try_get_matches_from_mut(normalize_go_flags(args, &longs))?;
+    let parsed = P::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+    Ok((parsed, upstream::warnings(&matches, tables)))
+}
+
+/// A listen address as upstream's `--*-bind-address` / `--health-server-host`
+/// take it: an IP address (IPv6 also in brackets), `localhost`, or empty for
+/// all addresses (`0.0.0.0`).
+pub fn parse_bind_address(s: &str) -> Result<IpAddr, String> {
+    match s {
+        "" => Ok(Ipv4Addr::UNSPECIFIED.into()),
+        "localhost" => Ok(Ipv4Addr::LOCALHOST.into()),
+        _ => s
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(s)
+            .parse()
+            .map_err(|_| format!("invalid address {s:?} (an IP address, localhost, or empty for all addresses)")),
+    }
+}
+
+/// A path flag: any string, as Go's string flags take it; empty (`--x=`)
+/// means unset once validated, as upstream treats it.
+pub fn parse_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
+/// klog's `-v`: any 32-bit integer, as upstream parses it; konnq's levels
+/// stop at 255 (everything above 5 is trace anyway) and start at 0.
+pub fn parse_klog_level(s: &str) -> Result<u8, String> {
+    let v: i32 = s.parse().map_err(|_| format!("invalid log level {s:?} (an integer)"))?;
+    Ok(v.clamp(0, u8::MAX.into()) as u8)
 }
 
 fn rewrite(arg: OsString, long_names: &[&str]) -> OsString {
@@ -81,6 +131,24 @@ mod tests {
             norm(&["prog", "-v=4", "-uds-name=/x", "-logtostderr", "-v", "2"]),
             ["prog", "--v=4", "--uds-name=/x", "--logtostderr", "--v", "2"]
         );
+    }
+
+    #[test]
+    fn bind_addresses_as_upstream_writes_them() {
+        assert_eq!(parse_bind_address(""), Ok(IpAddr::from([0, 0, 0, 0])), "empty = all addresses");
+        assert_eq!(parse_bind_address("localhost"), Ok(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(parse_bind_address("10.1.2.3"), Ok(IpAddr::from([10, 1, 2, 3])));
+        assert_eq!(parse_bind_address("[::1]"), Ok(std::net::Ipv6Addr::LOCALHOST.into()));
+        assert_eq!(parse_bind_address("::"), Ok(std::net::Ipv6Addr::UNSPECIFIED.into()));
+        assert!(parse_bind_address("node-1").unwrap_err().contains("invalid address"));
+    }
+
+    #[test]
+    fn klog_levels_clamp_to_konnq_range() {
+        assert_eq!(parse_klog_level("4"), Ok(4));
+        assert_eq!(parse_klog_level("-1"), Ok(0));
+        assert_eq!(parse_klog_level("1000"), Ok(255));
+        assert!(parse_klog_level("four").is_err());
     }
 
     #[test]

@@ -62,8 +62,12 @@ pub struct ServerConfig {
     pub health_port: u16,
     pub admin_bind_address: IpAddr,
     pub admin_port: u16,
-    pub backend_dial_timeout: Duration,
+    /// How long a dial may wait for the agent; `None` = no limit (upstream's 0).
+    pub backend_dial_timeout: Option<Duration>,
     pub graceful_shutdown_timeout: Duration,
+    /// gRPC frontend: PING a connection idle this long (upstream's
+    /// `--frontend-keepalive-time`).
+    pub frontend_keepalive_time: Duration,
     pub max_message_bytes: usize,
     pub quic: QuicConfig,
     pub log: LogConfig,
@@ -122,6 +126,8 @@ pub struct RawServerConfig {
     pub backend_dial_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub graceful_shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub frontend_keepalive_time: Option<Duration>,
     pub max_message_bytes: Option<usize>,
     pub quic: Option<RawQuicConfig>,
     pub worker_threads: Option<u16>,
@@ -132,6 +138,12 @@ pub struct RawServerConfig {
 }
 
 const MIN_MESSAGE_BYTES: usize = 4 * MIB as usize;
+/// Default of `backend-dial-timeout` (upstream's is 0, no limit: a dial to a
+/// silent agent would then wait as long as the client does).
+pub const DEFAULT_BACKEND_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `frontend-keepalive-time` (upstream's is 1 h): a vanished
+/// kube-apiserver connection is noticed within 40 s (PING unanswered for 10 s).
+pub const DEFAULT_FRONTEND_KEEPALIVE: Duration = Duration::from_secs(30);
 const MAX_MESSAGE_BYTES: usize = 256 * MIB as usize;
 
 impl RawServerConfig {
@@ -177,6 +189,7 @@ impl RawServerConfig {
             admin_port: other.admin_port.or(self.admin_port),
             backend_dial_timeout: other.backend_dial_timeout.or(self.backend_dial_timeout),
             graceful_shutdown_timeout: other.graceful_shutdown_timeout.or(self.graceful_shutdown_timeout),
+            frontend_keepalive_time: other.frontend_keepalive_time.or(self.frontend_keepalive_time),
             max_message_bytes: other.max_message_bytes.or(self.max_message_bytes),
             quic: overlay_quic(self.quic, other.quic),
             worker_threads: other.worker_threads.or(self.worker_threads),
@@ -193,7 +206,11 @@ impl RawServerConfig {
         if uds_name.is_none() && server_port == 0 {
             p.push("uds-name", "no frontend: set uds-name or server-port");
         }
-        let server_tls = (server_port > 0).then(|| TlsFiles {
+        if uds_name.is_some() {
+            let tls_files = [&self.server_key, &self.server_cert, &self.server_ca_cert];
+            refuse_tcp_frontend_for_uds(&mut p, server_port, tls_files);
+        }
+        let server_tls = (uds_name.is_none() && server_port > 0).then(|| TlsFiles {
             cert: p.required_path("server-cert", self.server_cert),
             key: p.required_path("server-key", self.server_key),
             ca: Some(p.required_path("server-ca-cert", self.server_ca_cert)),
@@ -237,15 +254,35 @@ impl RawServerConfig {
             health_port,
             admin_bind_address: self.admin_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
             admin_port,
-            backend_dial_timeout: p
-                .positive("backend-dial-timeout", self.backend_dial_timeout.unwrap_or(Duration::from_secs(10))),
+            backend_dial_timeout: Some(self.backend_dial_timeout.unwrap_or(DEFAULT_BACKEND_DIAL_TIMEOUT))
+                .filter(|t| !t.is_zero()),
             graceful_shutdown_timeout: self.graceful_shutdown_timeout.unwrap_or(Duration::from_secs(15)),
+            frontend_keepalive_time: self
+                .frontend_keepalive_time
+                .filter(|t| !t.is_zero())
+                .unwrap_or(DEFAULT_FRONTEND_KEEPALIVE),
             max_message_bytes: p.in_range("max-message-bytes", max_message_bytes, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES),
             quic: self.quic.unwrap_or_default().check(&mut p),
             log: LogConfig { verbosity: self.v.unwrap_or(0) },
             worker_threads: p.worker_threads(self.worker_threads),
         };
         p.finish(config)
+    }
+}
+
+/// Upstream's rule, with upstream's words: the frontend is the Unix socket or
+/// TCP with TLS, never both, so the TCP frontend's settings are refused next
+/// to `uds-name`.
+/// `tls_files`: server-key, server-cert, server-ca-cert.
+fn refuse_tcp_frontend_for_uds(p: &mut Problems, server_port: u16, tls_files: [&Option<PathBuf>; 3]) {
+    if server_port != 0 {
+        p.push("server-port", format!("server port should be set to 0 not {server_port} for UDS"));
+    }
+    let names = [("server-key", "server key"), ("server-cert", "server cert"), ("server-ca-cert", "server ca cert")];
+    for ((key, what), value) in names.into_iter().zip(tls_files) {
+        if value.as_ref().is_some_and(|v| !v.as_os_str().is_empty()) {
+            p.push(key, format!("{what} should not be set for UDS"));
+        }
     }
 }
 
@@ -310,8 +347,9 @@ mod tests {
         assert_eq!(c.token_auth, None);
         assert_eq!((c.health_bind_address, c.health_port), (IpAddr::from([0, 0, 0, 0]), 8092));
         assert_eq!((c.admin_bind_address, c.admin_port), (IpAddr::from([127, 0, 0, 1]), 8095));
-        assert_eq!(c.backend_dial_timeout, Duration::from_secs(10));
+        assert_eq!(c.backend_dial_timeout, Some(Duration::from_secs(10)));
         assert_eq!(c.graceful_shutdown_timeout, Duration::from_secs(15));
+        assert_eq!(c.frontend_keepalive_time, Duration::from_secs(30));
         assert_eq!(c.max_message_bytes, 16 * 1024 * 1024);
         assert_eq!(c.quic, QuicConfig::default());
         assert_eq!(c.log.verbosity, 0);
@@ -327,9 +365,13 @@ mod tests {
         assert!(text.contains("cluster-cert: required"), "{text}");
     }
 
+    fn tcp_only() -> RawServerConfig {
+        RawServerConfig { uds_name: None, ..minimal() }
+    }
+
     #[test]
     fn tcp_frontend_requires_its_tls_files() {
-        let raw = minimal().overlay(RawServerConfig {
+        let raw = tcp_only().overlay(RawServerConfig {
             server_port: Some(8090),
             server_key: Some("/pki/server.key".into()),
             ..Default::default()
@@ -350,16 +392,45 @@ mod tests {
     }
 
     #[test]
+    fn uds_refuses_the_tcp_frontend_settings_as_upstream_does() {
+        let raw = minimal().overlay(RawServerConfig {
+            server_port: Some(8090),
+            server_cert: Some("/pki/server.crt".into()),
+            server_key: Some("/pki/server.key".into()),
+            server_ca_cert: Some("/pki/ca.crt".into()),
+            ..Default::default()
+        });
+        let err = raw.validate().unwrap_err();
+        assert_eq!(keys(&err), ["server-port", "server-key", "server-cert", "server-ca-cert"]);
+        let text = err.to_string();
+        assert!(text.contains("server-port: server port should be set to 0 not 8090 for UDS"), "{text}");
+        assert!(text.contains("server-cert: server cert should not be set for UDS"), "{text}");
+        assert!(text.contains("server-key: server key should not be set for UDS"), "{text}");
+        assert!(text.contains("server-ca-cert: server ca cert should not be set for UDS"), "{text}");
+        // Empty values are unset, as with Go flags.
+        let empty = minimal().overlay(RawServerConfig { server_cert: Some(PathBuf::new()), ..Default::default() });
+        assert!(empty.validate().is_ok());
+    }
+
+    #[test]
+    fn zero_timeouts_mean_what_upstream_means() {
+        let with = |raw: RawServerConfig| minimal().overlay(raw).validate().expect("valid");
+        let c = with(RawServerConfig { backend_dial_timeout: Some(Duration::ZERO), ..Default::default() });
+        assert_eq!(c.backend_dial_timeout, None, "0 = no limit");
+        let c = with(RawServerConfig { frontend_keepalive_time: Some(Duration::ZERO), ..Default::default() });
+        assert_eq!(c.frontend_keepalive_time, DEFAULT_FRONTEND_KEEPALIVE, "0 = the default");
+        let c = with(RawServerConfig { graceful_shutdown_timeout: Some(Duration::ZERO), ..Default::default() });
+        assert_eq!(c.graceful_shutdown_timeout, Duration::ZERO, "0 = close at once");
+    }
+
+    #[test]
     fn each_range_problem_names_its_key() {
         let text = format!(
-            "{MINIMAL}\nserver-count = 0\nbackend-dial-timeout = \"0s\"\nmax-message-bytes = 1024\n\
+            "{MINIMAL}\nserver-count = 0\nmax-message-bytes = 1024\n\
              health-port = 9000\nadmin-port = 9000\n[quic]\nidle-timeout = \"1s\"\n"
         );
         let err = ServerConfig::from_toml_str(&text).unwrap_err();
-        assert_eq!(
-            keys(&err),
-            ["admin-port", "server-count", "backend-dial-timeout", "max-message-bytes", "quic.idle-timeout"]
-        );
+        assert_eq!(keys(&err), ["admin-port", "server-count", "max-message-bytes", "quic.idle-timeout"]);
         assert!(err.to_string().contains("admin-port: port 9000 is already used by health-port"));
     }
 

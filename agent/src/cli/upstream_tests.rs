@@ -1,0 +1,183 @@
+//! konnq-agent takes every flag of upstream's proxy-agent: each parses and
+//! validates, and those without effect say so once.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use konnq_shared::config::upstream;
+
+use super::tests::{config_warnings, no_env, parse};
+use super::AGENT_ID_ENV;
+
+/// Upstream v0.36.0's proxy-agent flags (cmd/agent/app/options/options.go,
+/// in its order) and the klog v2.140.0 flags cmd/agent/main.go registers
+/// (klog.InitFlags, underscores turned into dashes), each with a valid value;
+/// `None` = the bare flag (a Go bool). `true`: konnq accepts the flag without
+/// effect, so this value gives exactly one warning.
+const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
+    ("agent-cert", Some("/p/agent.crt"), false),
+    ("agent-key", Some("/p/agent.key"), false),
+    ("ca-cert", Some("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"), false),
+    ("proxy-server-host", Some("konnectivity.example.com"), false),
+    ("proxy-server-port", Some("8132"), false),
+    ("alpn-proto", Some("konnectivity,h2"), false),
+    ("health-server-host", Some(""), false),
+    ("health-server-port", Some("8134"), false),
+    ("admin-server-port", Some("8133"), false),
+    ("admin-bind-address", Some(""), false),
+    ("enable-profiling", None, true),
+    ("enable-contention-profiling", Some("true"), true),
+    ("agent-id", Some("node-1"), false),
+    ("sync-interval", Some("2s"), false),
+    ("probe-interval", Some("5s"), true),
+    ("sync-interval-cap", Some("30s"), false),
+    ("keepalive-time", Some("30s"), false),
+    ("service-account-token-path", Some("/var/run/secrets/tokens/konnectivity-agent-token"), false),
+    ("agent-identifiers", Some("host=node1&ipv4=10.0.0.5&cidr=10.0.0.0/24&default-route=true"), false),
+    ("warn-on-channel-limit", None, true),
+    ("sync-forever", None, true),
+    ("xfr-channel-size", Some("300"), true),
+    ("count-server-leases", None, true),
+    ("lease-namespace", Some("konnectivity"), true),
+    ("lease-label", Some("app=konnectivity-server"), true),
+    ("server-count-source", Some("max"), true),
+    ("kubeconfig", Some("/etc/kubernetes/agent.conf"), true),
+    ("kube-api-content-type", Some("application/json"), true),
+    // klog
+    ("log-dir", Some("/var/log/konnectivity"), true),
+    ("log-file", Some("/var/log/konnectivity-agent.log"), true),
+    ("log-file-max-size", Some("100"), true),
+    ("logtostderr", Some("false"), true),
+    ("alsologtostderr", None, true),
+    ("legacy-stderr-threshold-behavior", Some("false"), true),
+    ("v", Some("4"), false),
+    ("add-dir-header", None, true),
+    ("skip-headers", None, true),
+    ("one-output", Some("true"), true),
+    ("skip-log-headers", None, true),
+    ("stderrthreshold", Some("INFO"), true),
+    ("alsologtostderrthreshold", Some("WARNING"), true),
+    ("vmodule", Some("client*=4"), true),
+    ("log-backtrace-at", Some("client.go:100"), true),
+];
+
+/// What `flag` needs beside `--ca-cert` to be valid, upstream too.
+fn companions(flag: &str) -> &'static [&'static str] {
+    match flag {
+        "agent-cert" => &["--agent-key=/p/agent.key"],
+        "agent-key" => &["--agent-cert=/p/agent.crt"],
+        _ => &[],
+    }
+}
+
+#[test]
+fn every_upstream_flag_parses_validates_and_warns_only_without_effect() {
+    for &(flag, value, no_effect) in UPSTREAM_FLAGS {
+        // Go's flag packages take both spellings.
+        for dashes in ["--", "-"] {
+            let arg = value.map_or(format!("{dashes}{flag}"), |v| format!("{dashes}{flag}={v}"));
+            let mut args: Vec<&str> = companions(flag).to_vec();
+            args.push(&arg);
+            let (_, warnings) = config_warnings(&args).unwrap_or_else(|e| panic!("{arg}: {e:#}"));
+            if no_effect {
+                assert_eq!(warnings.len(), 1, "{arg}: {warnings:?}");
+                assert!(warnings[0].starts_with(&format!("--{flag} has no effect: ")), "{arg}: {warnings:?}");
+            } else {
+                assert!(warnings.is_empty(), "{arg}: {warnings:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_no_effect_flag_is_an_upstream_flag() {
+    for entry in upstream::KLOG.iter().chain(upstream::AGENT) {
+        let listed = UPSTREAM_FLAGS.iter().find(|(flag, _, _)| *flag == entry.flag);
+        assert!(matches!(listed, Some((_, _, true))), "--{} is not an upstream flag without effect", entry.flag);
+    }
+}
+
+#[test]
+fn upstream_defaults_give_no_warning() {
+    let defaults = [
+        "--agent-cert=",
+        "--agent-key=",
+        "--service-account-token-path=",
+        "--logtostderr",
+        "--probe-interval=1s",
+        "--sync-forever=false",
+        "--warn-on-channel-limit=false",
+        "--xfr-channel-size=150",
+        "--server-count-source=default",
+        "--kubeconfig=",
+        "--lease-namespace=kube-system",
+        "--kube-api-content-type=application/vnd.kubernetes.protobuf",
+    ];
+    let (_, warnings) = config_warnings(&defaults).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// The agent args of the official "Set up Konnectivity service" guide,
+/// verbatim (the control-plane address filled in).
+const SETUP_GUIDE_ARGS: [&str; 7] = [
+    "--logtostderr=true",
+    "--ca-cert=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+    "--proxy-server-host=192.0.2.10",
+    "--proxy-server-port=8132",
+    "--admin-server-port=8133",
+    "--health-server-port=8134",
+    "--service-account-token-path=/var/run/secrets/tokens/konnectivity-agent-token",
+];
+
+#[test]
+fn setup_guide_args_parse_and_validate() {
+    let (c, warnings) = parse(&SETUP_GUIDE_ARGS).expect("flags parse").into_config_with_env(no_env).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(c.ca_cert, PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"));
+    assert_eq!((c.proxy_server_host.as_str(), c.proxy_server_port), ("192.0.2.10", 8132));
+    assert_eq!((c.admin_server_port, c.health_server_port), (8133, 8134));
+    let token = PathBuf::from("/var/run/secrets/tokens/konnectivity-agent-token");
+    assert_eq!(c.service_account_token_path, Some(token));
+}
+
+#[test]
+fn flags_konnq_acts_on_mean_what_they_mean_upstream() {
+    let (c, _) = config_warnings(&[
+        "--keepalive-time=30s",
+        "--health-server-host=",
+        "--admin-bind-address=localhost",
+        "--alpn-proto=konnectivity",
+        "--alpn-proto=h2,",
+    ])
+    .expect("valid");
+    assert_eq!(c.quic.keep_alive_interval, Duration::from_secs(30), "server keep-alive = QUIC PINGs");
+    assert_eq!(c.quic.idle_timeout, Duration::from_secs(90), "idle timeout follows: 3 keep-alives");
+    assert_eq!(c.health_bind_address, IpAddr::from([0, 0, 0, 0]), "empty = all addresses");
+    assert_eq!(c.admin_bind_address, IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(c.alpn_proto, ["konnectivity", "h2"], "repeatable and comma-separated, as a Go string slice");
+    let (c, _) = config_warnings(&["--health-server-host=10.0.0.5", "--keepalive-time=0"]).expect("valid");
+    assert_eq!(c.health_bind_address, IpAddr::from([10, 0, 0, 5]), "upstream's name for --health-bind-address");
+    assert_eq!(c.quic.keep_alive_interval, Duration::from_secs(1), "0 = konnq's default");
+}
+
+#[test]
+fn agent_id_from_the_environment_when_no_flag() {
+    let env = |value: &'static str| move |name: &str| (name == AGENT_ID_ENV).then(|| value.to_owned());
+    let cli = |args: &[&str]| parse(&[&["--ca-cert=/ca"][..], args].concat()).expect("flags parse");
+    let (c, _) = cli(&[]).into_config_with_env(env("node-7")).unwrap();
+    assert_eq!(c.agent_id, "node-7");
+    let (c, _) = cli(&["--agent-id=from-flag"]).into_config_with_env(env("node-7")).unwrap();
+    assert_eq!(c.agent_id, "from-flag", "the flag wins");
+    let (c, _) = cli(&[]).into_config_with_env(env("")).unwrap();
+    assert_eq!(c.agent_id.len(), 16, "an empty variable is unset: a random id");
+}
+
+#[test]
+fn help_lists_the_flags_without_effect_under_their_own_heading() {
+    let long = parse(&["--help"]).unwrap_err().to_string();
+    assert!(long.contains(upstream::HELP_HEADING) && long.contains("--sync-forever"), "{long}");
+    assert!(long.contains("health-server-host"), "the alias is shown: {long}");
+    let short = parse(&["-h"]).unwrap_err().to_string();
+    assert!(!short.contains("--sync-forever"), "-h stays short: {short}");
+}

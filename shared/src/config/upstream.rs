@@ -1,0 +1,373 @@
+//! Upstream flags konnq accepts without effect.
+//!
+//! konnq-server and konnq-agent take every flag upstream's proxy-server and
+//! proxy-agent (apiserver-network-proxy v0.36.0) define, plus the klog flags
+//! both register, so that an existing manifest never stops the process. Most
+//! map onto konnq settings; the ones below have nothing to act on in konnq
+//! (QUIC agents, a Rust runtime, logging to stderr). Each table entry is a
+//! whole declaration: the flag is registered with clap from it (value syntax
+//! checked as upstream checks it, shown under its own heading in `--help`),
+//! and a value other than a quiet one gives exactly one start-up warning,
+//! "--FLAG has no effect: REASON".
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
+use super::{format_duration, parse_duration, parse_go_bool};
+
+/// Heading of these flags in `--help` (they are left out of `-h`).
+pub const HELP_HEADING: &str = "Upstream flags accepted without effect";
+
+/// An upstream flag konnq accepts and ignores.
+#[derive(Debug, Clone, Copy)]
+pub struct NoEffect {
+    /// The flag's name, without dashes.
+    pub flag: &'static str,
+    /// Its values, as upstream parses and checks them.
+    pub syntax: Syntax,
+    /// Values (normalised by [`Syntax::normalize`]) that need no warning:
+    /// upstream's default, and any value konnq's behaviour already is.
+    pub quiet: &'static [&'static str],
+    /// What konnq does instead (the warning says it, and `--help`).
+    pub reason: &'static str,
+}
+
+impl NoEffect {
+    /// The start-up warning for this flag.
+    pub fn warning(&self) -> String {
+        format!("--{} has no effect: {}", self.flag, self.reason)
+    }
+
+    fn arg(&self) -> Arg {
+        let syntax = self.syntax;
+        let arg = Arg::new(self.flag)
+            .long(self.flag)
+            .value_name(syntax.value_name())
+            .help(self.reason)
+            .help_heading(HELP_HEADING)
+            .hide_short_help(true)
+            .value_parser(move |s: &str| syntax.normalize(s));
+        match syntax {
+            Syntax::Bool => arg.num_args(0..=1).default_missing_value("true"),
+            // A Go string slice: comma-separated, and repeatable.
+            Syntax::CipherSuites => arg.action(ArgAction::Append).value_delimiter(','),
+            _ => arg,
+        }
+    }
+
+    /// The normalised values given on the command line, if the flag was.
+    fn given<'m>(&self, matches: &'m ArgMatches) -> Option<impl Iterator<Item = &'m String>> {
+        matches.try_get_many::<String>(self.flag).ok().flatten()
+    }
+}
+
+/// How a flag's value is written and checked (upstream's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// Go's `strconv.ParseBool`; `--flag` alone means true.
+    Bool,
+    /// A signed integer.
+    Int,
+    /// An integer greater than 0 (upstream refuses others).
+    PositiveInt,
+    /// A Go duration (`1s`, `500ms`, `1h0m0s`).
+    Duration,
+    /// Any string.
+    Text,
+    /// A klog severity: INFO, WARNING, ERROR, FATAL (any case) or a number.
+    Severity,
+    /// Go's `crypto/tls` cipher suite names, comma-separated.
+    CipherSuites,
+    /// VersionTLS10 ... VersionTLS13, or empty.
+    TlsVersion,
+    /// Comma-separated: default, destHost, defaultRoute; at least one.
+    ProxyStrategies,
+    /// `default`, `max` or empty.
+    ServerCountSource,
+}
+
+/// Names Go's `tls.CipherSuites()` has returned (the ones upstream accepts):
+/// TLS 1.3, ECDHE, and the RSA key exchange suites older Go releases list.
+const GO_CIPHER_SUITES: &[&str] = &[
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+];
+
+const SEVERITIES: [&str; 4] = ["INFO", "WARNING", "ERROR", "FATAL"];
+
+impl Syntax {
+    /// Checks `s` and returns it in a canonical spelling (booleans as
+    /// `true`/`false`, durations as `1s`, severities by name), so that
+    /// [`NoEffect::quiet`] can list one spelling per value.
+    pub fn normalize(self, s: &str) -> Result<String, String> {
+        let int = |s: &str| s.parse::<i64>().map_err(|_| format!("invalid integer {s:?}"));
+        match self {
+            Syntax::Bool => parse_go_bool(s).map(|b| b.to_string()),
+            Syntax::Int => int(s).map(|n| n.to_string()),
+            Syntax::PositiveInt => match int(s)? {
+                n if n > 0 => Ok(n.to_string()),
+                n => Err(format!("must be greater than 0, got {n}")),
+            },
+            Syntax::Duration => parse_duration(s).map(format_duration),
+            Syntax::Text => Ok(s.to_owned()),
+            Syntax::Severity => severity(s),
+            Syntax::CipherSuites if s.is_empty() || GO_CIPHER_SUITES.contains(&s) => Ok(s.to_owned()),
+            Syntax::CipherSuites => Err(format!("cipher suite {s} not supported, doesn't exist or considered as insecure")),
+            Syntax::TlsVersion => match s {
+                "" | "VersionTLS10" | "VersionTLS11" | "VersionTLS12" | "VersionTLS13" => Ok(s.to_owned()),
+                _ => Err(format!(
+                    "unsupported TLS version {s:?}, supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13"
+                )),
+            },
+            Syntax::ProxyStrategies => proxy_strategies(s),
+            Syntax::ServerCountSource => match s {
+                "" | "default" | "max" => Ok(s.to_owned()),
+                _ => Err(format!("must be one of '', 'default', 'max', got {s}")),
+            },
+        }
+    }
+
+    fn value_name(self) -> &'static str {
+        match self {
+            Syntax::Bool => "BOOL",
+            Syntax::Int | Syntax::PositiveInt => "N",
+            Syntax::Duration => "DURATION",
+            Syntax::Severity => "SEVERITY",
+            Syntax::CipherSuites | Syntax::ProxyStrategies => "LIST",
+            Syntax::TlsVersion => "VERSION",
+            Syntax::Text | Syntax::ServerCountSource => "VALUE",
+        }
+    }
+}
+
+fn severity(s: &str) -> Result<String, String> {
+    if let Some(name) = SEVERITIES.iter().find(|n| n.eq_ignore_ascii_case(s)) {
+        return Ok((*name).to_owned());
+    }
+    let n: i32 = s.parse().map_err(|_| format!("invalid severity {s:?} (INFO, WARNING, ERROR, FATAL or a number)"))?;
+    Ok(usize::try_from(n).ok().and_then(|i| SEVERITIES.get(i)).map_or_else(|| n.to_string(), |n| (*n).to_owned()))
+}
+
+fn proxy_strategies(s: &str) -> Result<String, String> {
+    let strategies: Vec<&str> = s.split(',').filter(|p| !p.is_empty()).collect();
+    if let Some(bad) = strategies.iter().find(|p| !["default", "destHost", "defaultRoute"].contains(p)) {
+        return Err(format!("unknown proxy strategy: {bad}"));
+    }
+    if strategies.is_empty() {
+        return Err("proxy strategies cannot be empty".to_owned());
+    }
+    Ok(strategies.join(","))
+}
+
+/// Adds every flag of `tables` to `command`.
+pub fn register(command: Command, tables: &[&[NoEffect]]) -> Command {
+    command.args(tables.iter().flat_map(|t| t.iter()).map(NoEffect::arg))
+}
+
+/// One warning per flag of `tables` given on the command line with a value
+/// that is not quiet, in table order.
+pub fn warnings(matches: &ArgMatches, tables: &[&[NoEffect]]) -> Vec<String> {
+    let loud = |e: &NoEffect| {
+        e.given(matches).is_some_and(|mut values| values.any(|v| !v.is_empty() && !e.quiet.contains(&v.as_str())))
+    };
+    tables.iter().flat_map(|t| t.iter()).filter(|e| loud(e)).map(NoEffect::warning).collect()
+}
+
+const NO_LOG_FILES: &str = "konnq writes no log files; it logs to stderr";
+const ALL_TO_STDERR: &str = "konnq writes every log line to stderr";
+const LOG_FORMAT: &str = "konnq's log line format is fixed";
+const NO_PPROF: &str = "konnq serves no pprof endpoints (it is not a Go program)";
+const NO_CHANNELS: &str = "konnq has no transfer channels: each connection has its own QUIC stream with flow control";
+const NO_LEASES: &str = "konnq does not use server leases yet";
+
+/// klog's flags, registered by both binaries (`-v` is a konnq setting).
+pub const KLOG: &[NoEffect] = &[
+    NoEffect { flag: "logtostderr", syntax: Syntax::Bool, quiet: &["true"], reason: "konnq always logs to stderr" },
+    NoEffect { flag: "alsologtostderr", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LOG_FILES },
+    NoEffect { flag: "log-dir", syntax: Syntax::Text, quiet: &[], reason: NO_LOG_FILES },
+    NoEffect { flag: "log-file", syntax: Syntax::Text, quiet: &[], reason: NO_LOG_FILES },
+    NoEffect { flag: "log-file-max-size", syntax: Syntax::Int, quiet: &["1800"], reason: NO_LOG_FILES },
+    NoEffect { flag: "one-output", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LOG_FILES },
+    NoEffect { flag: "skip-log-headers", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LOG_FILES },
+    NoEffect { flag: "stderrthreshold", syntax: Syntax::Severity, quiet: &["ERROR"], reason: ALL_TO_STDERR },
+    NoEffect { flag: "alsologtostderrthreshold", syntax: Syntax::Severity, quiet: &["INFO"], reason: ALL_TO_STDERR },
+    NoEffect {
+        flag: "legacy-stderr-threshold-behavior",
+        syntax: Syntax::Bool,
+        quiet: &["true"],
+        reason: ALL_TO_STDERR,
+    },
+    NoEffect { flag: "add-dir-header", syntax: Syntax::Bool, quiet: &["false"], reason: LOG_FORMAT },
+    NoEffect { flag: "skip-headers", syntax: Syntax::Bool, quiet: &["false"], reason: LOG_FORMAT },
+    NoEffect {
+        flag: "vmodule",
+        syntax: Syntax::Text,
+        quiet: &[],
+        reason: "konnq has one verbosity (-v); RUST_LOG sets levels per module",
+    },
+    NoEffect { flag: "log-backtrace-at", syntax: Syntax::Text, quiet: &[], reason: "konnq logs no stack traces" },
+];
+
+/// proxy-server's flags that konnq-server does not act on.
+pub const SERVER: &[NoEffect] = &[
+    NoEffect { flag: "enable-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
+    NoEffect { flag: "enable-contention-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
+    NoEffect {
+        flag: "kube-api-content-type",
+        syntax: Syntax::Text,
+        quiet: &["application/vnd.kubernetes.protobuf"],
+        reason: "konnq sends its TokenReviews as JSON",
+    },
+    NoEffect {
+        flag: "proxy-strategies",
+        syntax: Syntax::ProxyStrategies,
+        quiet: &["default"],
+        reason: "konnq routes every dial to a random ready agent (upstream's \"default\" strategy)",
+    },
+    NoEffect {
+        flag: "cipher-suites",
+        syntax: Syntax::CipherSuites,
+        quiet: &[],
+        reason: "konnq speaks only TLS 1.3 (QUIC requires it; the TCP frontend too), \
+                 and upstream's cipher suites do not apply to TLS 1.3",
+    },
+    NoEffect {
+        flag: "tls-min-version",
+        syntax: Syntax::TlsVersion,
+        quiet: &["VersionTLS13"],
+        reason: "konnq speaks only TLS 1.3 (QUIC requires it; the TCP frontend too), above any minimum",
+    },
+    NoEffect { flag: "xfr-channel-size", syntax: Syntax::PositiveInt, quiet: &["10"], reason: NO_CHANNELS },
+    NoEffect { flag: "warn-on-channel-limit", syntax: Syntax::Bool, quiet: &["true"], reason: NO_CHANNELS },
+    NoEffect { flag: "enable-lease-controller", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LEASES },
+    NoEffect { flag: "lease-namespace", syntax: Syntax::Text, quiet: &["kube-system"], reason: NO_LEASES },
+    NoEffect { flag: "lease-label", syntax: Syntax::Text, quiet: &["k8s-app=konnectivity-server"], reason: NO_LEASES },
+];
+
+/// proxy-agent's flags that konnq-agent does not act on.
+pub const AGENT: &[NoEffect] = &[
+    NoEffect { flag: "enable-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
+    NoEffect { flag: "enable-contention-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
+    NoEffect {
+        flag: "probe-interval",
+        syntax: Syntax::Duration,
+        quiet: &["1s"],
+        reason: "/readyz follows the QUIC connection's state as it changes",
+    },
+    NoEffect {
+        flag: "sync-forever",
+        syntax: Syntax::Bool,
+        quiet: &["false"],
+        reason: "konnq-agent holds one connection, to one server, and reconnects whenever it is lost",
+    },
+    NoEffect { flag: "xfr-channel-size", syntax: Syntax::PositiveInt, quiet: &["150"], reason: NO_CHANNELS },
+    NoEffect { flag: "warn-on-channel-limit", syntax: Syntax::Bool, quiet: &["false"], reason: NO_CHANNELS },
+    NoEffect { flag: "count-server-leases", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LEASES },
+    NoEffect { flag: "lease-namespace", syntax: Syntax::Text, quiet: &["kube-system"], reason: NO_LEASES },
+    NoEffect { flag: "lease-label", syntax: Syntax::Text, quiet: &["k8s-app=konnectivity-server"], reason: NO_LEASES },
+    NoEffect {
+        flag: "server-count-source",
+        syntax: Syntax::ServerCountSource,
+        quiet: &["default"],
+        reason: "konnq-agent connects to one server and does not count servers",
+    },
+    NoEffect {
+        flag: "kubeconfig",
+        syntax: Syntax::Text,
+        quiet: &[],
+        reason: "konnq-agent reads no leases, so it sends no requests to kube-apiserver",
+    },
+    NoEffect {
+        flag: "kube-api-content-type",
+        syntax: Syntax::Text,
+        quiet: &["application/vnd.kubernetes.protobuf"],
+        reason: "konnq-agent sends no requests to kube-apiserver",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(tables: &[&[NoEffect]], args: &[&str]) -> Result<Vec<String>, clap::Error> {
+        let command = register(Command::new("t"), tables);
+        let matches = command.try_get_matches_from(std::iter::once("t").chain(args.iter().copied()))?;
+        Ok(warnings(&matches, tables))
+    }
+
+    #[test]
+    fn quiet_values_in_any_spelling_give_no_warning() {
+        let args = [
+            "--logtostderr",
+            "--stderrthreshold=2",
+            "--alsologtostderrthreshold=info",
+            "--probe-interval=1000ms",
+            "--xfr-channel-size=150",
+            "--log-dir=",
+            "--warn-on-channel-limit=F",
+        ];
+        assert_eq!(parse(&[KLOG, AGENT], &args).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn one_warning_per_flag_even_when_repeated() {
+        let w = parse(
+            &[SERVER],
+            &["--cipher-suites=TLS_AES_128_GCM_SHA256", "--cipher-suites", "TLS_RSA_WITH_AES_128_CBC_SHA"],
+        )
+        .unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("--cipher-suites has no effect: konnq speaks only TLS 1.3"), "{w:?}");
+        let w = parse(&[KLOG], &["--vmodule=quic*=3", "--skip-headers"]).unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("--skip-headers has no effect: "), "table order: {w:?}");
+        assert!(w[1].starts_with("--vmodule has no effect: konnq has one verbosity"), "{w:?}");
+    }
+
+    #[test]
+    fn values_are_checked_as_upstream_checks_them() {
+        let err = |tables: &[&[NoEffect]], arg: &str| parse(tables, &[arg]).unwrap_err().to_string();
+        assert!(err(&[SERVER], "--xfr-channel-size=0").contains("must be greater than 0"));
+        assert!(err(&[SERVER], "--cipher-suites=TLS_RSA_WITH_RC4_128_SHA").contains("considered as insecure"));
+        assert!(err(&[SERVER], "--tls-min-version=1.2").contains("unsupported TLS version"));
+        assert!(err(&[SERVER], "--proxy-strategies=closest").contains("unknown proxy strategy: closest"));
+        assert!(err(&[SERVER], "--proxy-strategies=,").contains("cannot be empty"));
+        assert!(err(&[AGENT], "--server-count-source=min").contains("'max'"));
+        assert!(err(&[KLOG], "--stderrthreshold=LOUD").contains("invalid severity"));
+        assert!(err(&[AGENT], "--sync-forever=yes").contains("invalid boolean"));
+        assert!(err(&[AGENT], "--probe-interval=soon").contains("invalid duration"));
+    }
+
+    #[test]
+    fn tables_have_unique_flags_and_reasons() {
+        for table in [&[KLOG, SERVER][..], &[KLOG, AGENT]] {
+            let mut names: Vec<&str> = table.iter().flat_map(|t| t.iter()).map(|e| e.flag).collect();
+            let n = names.len();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), n, "a flag is listed twice");
+        }
+        for e in KLOG.iter().chain(SERVER).chain(AGENT) {
+            assert!(!e.reason.is_empty() && !e.reason.ends_with('.'), "{}", e.flag);
+            for q in e.quiet {
+                assert_eq!(e.syntax.normalize(q).as_deref(), Ok(*q), "{}: quiet values are normalised", e.flag);
+            }
+        }
+    }
+}
