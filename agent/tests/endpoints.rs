@@ -8,41 +8,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use konnq_shared::certs::GeneratedCerts;
 use konnq_shared::config::RawAgentConfig;
-use konnq_shared::quic::read_frame;
-use konnq_shared::wire::{self, Control, DialHeader, DialResult};
+use konnq_shared::wire::DialResult;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{accept_agent, dial, server_endpoint};
 
 const P: &str = "konnectivity_network_proxy_agent_";
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn server_endpoint(certs: &GeneratedCerts) -> quinn::Endpoint {
-    let alpn = [konnq_shared::tls::ALPN_KONNQ];
-    let tls = konnq_shared::tls::server_config(&certs.server_cert, &certs.server_key, None, &alpn).expect("tls");
-    let config = quinn::ServerConfig::with_crypto(konnq_shared::quic::server_crypto(tls).expect("quic crypto"));
-    quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("server endpoint")
-}
-
-/// Accepts the agent and welcomes it; keep the control stream halves.
-async fn accept_agent(endpoint: &quinn::Endpoint) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let conn = endpoint.accept().await.expect("an agent connects").await.expect("QUIC handshake");
-    let (mut send, mut recv) = conn.accept_bi().await.expect("control stream");
-    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "hello").await.expect("hello");
-    assert!(matches!(Control::from_frame(kind, &body), Ok(Control::Hello(_))));
-    let welcome = Control::Welcome { server_id: "test-server".into(), server_count: 3 };
-    send.write_all(&welcome.encode()).await.expect("welcome");
-    (conn, send, recv)
-}
-
-/// Dials `target` through the agent; returns its answer and the stream.
-async fn dial(conn: &quinn::Connection, target: &str) -> (DialResult, quinn::SendStream, quinn::RecvStream) {
-    let (mut send, mut recv) = conn.open_bi().await.expect("dial stream");
-    let header = DialHeader { protocol: "tcp".into(), address: target.into(), timeout_ms: 5000, connect_id: 1 };
-    send.write_all(&header.encode()).await.expect("dial header");
-    let (kind, body) = read_frame(&mut recv, wire::MAX_DIAL_BODY, "dial result").await.expect("dial result");
-    (DialResult::from_frame(kind, &body).expect("a dial result"), send, recv)
-}
 
 /// Status, `Content-Type` and body of a GET.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
@@ -95,7 +70,8 @@ async fn health_ports_and_metrics_answer_as_upstream() {
         assert!(body.contains(&format!("\n{P}open_server_connections 0\n")), "{body}");
     }
 
-    let (conn, _control_send, _control_recv) = tokio::time::timeout(LIMIT, accept_agent(&server)).await.expect("agent");
+    let (conn, _hello, _control_send, _control_recv) =
+        tokio::time::timeout(LIMIT, accept_agent(&server, 3)).await.expect("agent");
     tokio::time::timeout(LIMIT, agent.wait_connected(true)).await.expect("connected");
     for path in ["/readyz", "/ready"] {
         assert_eq!(status_and_body(health, path).await, (200, "ok".to_owned()), "{path}");

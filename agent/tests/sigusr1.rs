@@ -11,10 +11,12 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use konnq_shared::certs::GeneratedCerts;
-use konnq_shared::quic::read_frame;
-use konnq_shared::wire::{self, Control, DialHeader, DialResult};
+use konnq_shared::wire::DialResult;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{accept_agent, dial, server_endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_konnq-agent");
 const LIMIT: Duration = Duration::from_secs(20);
@@ -114,35 +116,12 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line[start..].split_whitespace().next().unwrap_or_default()
 }
 
-fn server_endpoint(certs: &GeneratedCerts) -> quinn::Endpoint {
-    let alpn = [konnq_shared::tls::ALPN_KONNQ];
-    let tls = konnq_shared::tls::server_config(&certs.server_cert, &certs.server_key, None, &alpn).expect("tls");
-    let config = quinn::ServerConfig::with_crypto(konnq_shared::quic::server_crypto(tls).expect("quic crypto"));
-    quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("addr")).expect("server endpoint")
-}
-
-/// Accepts one agent and answers its Hello; the control stream halves are
-/// returned because dropping them would end the agent's session.
-async fn accept_agent(endpoint: &quinn::Endpoint) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let conn = endpoint.accept().await.expect("an agent connects").await.expect("QUIC handshake");
-    let (mut send, mut recv) = conn.accept_bi().await.expect("control stream");
-    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "hello").await.expect("hello");
-    match Control::from_frame(kind, &body) {
-        Ok(Control::Hello(h)) => assert_eq!(h.agent_id, "sigusr1-test"),
-        other => panic!("expected a Hello, got {other:?}"),
-    }
-    let welcome = Control::Welcome { server_id: "test-server".into(), server_count: 1 };
-    send.write_all(&welcome.encode()).await.expect("welcome");
-    (conn, send, recv)
-}
-
-/// Opens a dial stream to `target` through the agent, as the server does.
-async fn dial(conn: &quinn::Connection, target: &str) -> (quinn::SendStream, quinn::RecvStream) {
-    let (mut send, mut recv) = conn.open_bi().await.expect("dial stream");
-    let header = DialHeader { protocol: "tcp".into(), address: target.into(), timeout_ms: 5000, connect_id: 1 };
-    send.write_all(&header.encode()).await.expect("dial header");
-    let (kind, body) = read_frame(&mut recv, wire::MAX_DIAL_BODY, "dial result").await.expect("dial result");
-    assert!(matches!(DialResult::from_frame(kind, &body), Ok(DialResult::Connected)), "dial to {target}");
+/// The stream of a dial the agent completed.
+fn connected(
+    (result, send, recv): (DialResult, quinn::SendStream, quinn::RecvStream),
+    target: &str,
+) -> (quinn::SendStream, quinn::RecvStream) {
+    assert!(matches!(result, DialResult::Connected), "dial to {target}: {result:?}");
     (send, recv)
 }
 
@@ -198,11 +177,12 @@ async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
     let admin = field(&started, "admin_addr").to_owned();
     // The agent listens for SIGUSR1 before it starts, so once connected a
     // SIGUSR1 cannot hit the default action (terminate).
-    let (conn, _control_send, _control_recv) =
-        tokio::time::timeout(LIMIT, accept_agent(&server)).await.expect("agent connects in time");
+    let (conn, hello, _control_send, _control_recv) =
+        tokio::time::timeout(LIMIT, accept_agent(&server, 1)).await.expect("agent connects in time");
+    assert_eq!(hello.agent_id, "sigusr1-test");
     let old_port = conn.remote_address().port();
     let target = echo_target().await;
-    let mut proxied = dial(&conn, &target).await;
+    let mut proxied = connected(dial(&conn, &target).await, &target);
     echo(&mut proxied, b"before the move").await;
 
     agent.signal("USR1");
@@ -217,7 +197,7 @@ async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
     tokio::time::timeout(LIMIT, echo(&mut proxied, &payload)).await.expect("echo after the move in time");
     assert_eq!(conn.remote_address().port(), new_port, "the server's view of the agent moved");
     assert!(conn.close_reason().is_none(), "the agent's QUIC connection is still open");
-    let mut second = dial(&conn, &target).await;
+    let mut second = connected(dial(&conn, &target).await, &target);
     echo(&mut second, b"a new proxied connection").await;
 
     assert!(agent.still_running(), "SIGUSR1 does not stop the agent");
