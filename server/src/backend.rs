@@ -30,9 +30,13 @@ use konnq_shared::gauge::GaugeGuard;
 use crate::auth::{AuthError, Authenticator};
 use crate::metrics::{DialFailure, Metrics};
 
-/// How long an agent may take for the QUIC handshake plus its Hello, and
-/// the server for checking its token.
+/// How long an agent may take for the QUIC handshake plus its Hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an agent's token may wait for its TokenReview: in a reconnect
+/// storm reviews queue under --kubeconfig-qps/--kubeconfig-burst, and an
+/// agent that waits is cheaper than one refused and retrying with backoff.
+/// The connection stays alive meanwhile (the agent's keep-alives).
+const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(120);
 /// How long a refusal waits for the agent to receive the Reject message
 /// before the connection is closed.
 const REJECT_LINGER: Duration = Duration::from_secs(1);
@@ -306,37 +310,25 @@ impl Backend {
             let backend = Arc::clone(&self);
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-                match tokio::time::timeout_at(deadline + REJECT_LINGER, backend.admit(incoming, deadline)).await {
-                    Ok(Ok((agent, control))) => backend.hold(agent, control).await,
-                    Ok(Err(e)) => warn!(%remote, "agent refused: {e}"),
-                    Err(_) => warn!(%remote, "agent refused: no handshake and hello within {HANDSHAKE_TIMEOUT:?}"),
+                match backend.admit(incoming).await {
+                    Ok((agent, control)) => backend.hold(agent, control).await,
+                    Err(e) => warn!(%remote, "agent refused: {e}"),
                 }
             });
         }
     }
 
     /// QUIC handshake (TLS, and the client certificate check when mTLS is
-    /// configured), then the agent's Hello on the control stream and, with
-    /// token authentication, its token, checked by `deadline`.
-    async fn admit(
-        &self,
-        incoming: quinn::Incoming,
-        deadline: tokio::time::Instant,
-    ) -> Result<(Arc<AgentConn>, (SendStream, RecvStream)), AdmitError> {
-        let conn = incoming.await.map_err(AdmitError::Handshake)?;
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(AdmitError::Handshake)?;
-        let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await?;
-        let hello = match Control::from_frame(kind, &body)? {
-            Control::Hello(h) => h,
-            other => {
-                let reason = format!("expected hello, got {other:?}");
-                reject(&conn, &mut send, codes::REJECTED, &reason).await;
-                return Err(AdmitError::Protocol(reason));
-            }
-        };
+    /// configured) and the agent's Hello on the control stream, within
+    /// [`HANDSHAKE_TIMEOUT`]; then, with token authentication, its token,
+    /// checked within [`TOKEN_REVIEW_WAIT`].
+    async fn admit(&self, incoming: quinn::Incoming) -> Result<(Arc<AgentConn>, (SendStream, RecvStream)), AdmitError> {
+        let (conn, mut send, recv, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, hello(incoming))
+            .await
+            .map_err(|_| AdmitError::Timeout(HANDSHAKE_TIMEOUT))??;
         let Hello { agent_id, identifiers, token } = hello;
         if let Some(auth) = &self.auth {
+            let deadline = tokio::time::Instant::now() + TOKEN_REVIEW_WAIT;
             match auth.check(&token, deadline).await {
                 Ok(account) => debug!(%agent_id, account, "agent token accepted"),
                 Err(e) => {
@@ -405,6 +397,21 @@ impl Backend {
     }
 }
 
+/// The QUIC handshake and the agent's Hello (anything else first is refused).
+async fn hello(incoming: quinn::Incoming) -> Result<(quinn::Connection, SendStream, RecvStream, Hello), AdmitError> {
+    let conn = incoming.await.map_err(AdmitError::Handshake)?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(AdmitError::Handshake)?;
+    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await?;
+    match Control::from_frame(kind, &body)? {
+        Control::Hello(h) => Ok((conn, send, recv, h)),
+        other => {
+            let reason = format!("expected hello, got {other:?}");
+            reject(&conn, &mut send, codes::REJECTED, &reason).await;
+            Err(AdmitError::Protocol(reason))
+        }
+    }
+}
+
 /// Tells the agent why (a Reject message, given up to [`REJECT_LINGER`] to
 /// arrive), then closes the connection with `code` and the same reason.
 async fn reject(conn: &quinn::Connection, send: &mut SendStream, code: u32, reason: &str) {
@@ -426,6 +433,8 @@ enum AdmitError {
     Protocol(String),
     #[error("agent {agent_id}: {source}")]
     Auth { agent_id: String, source: AuthError },
+    #[error("no handshake and hello within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Builds the agent-facing QUIC endpoint on an already bound UDP socket.

@@ -9,7 +9,7 @@
 //!    review, caches an acceptance, and publishes.
 //!
 //! Everything waits at most until the caller's deadline (the agent's
-//! handshake deadline). A leader whose deadline passes withdraws its flight
+//! review deadline). A leader whose deadline passes withdraws its flight
 //! unanswered; its followers then start over and one of them leads. Only
 //! acceptances are cached: a rejected token or a failed review is asked
 //! again next time.
