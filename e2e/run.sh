@@ -9,7 +9,8 @@
 # iproute2 from Debian's packages when missing.
 #
 # Usage: e2e/run.sh [extra go test flags, e.g. -run 'TestRealControlPlane/GRPC']
-# Env:   KONNQ_BIN_DIR  use these konnq-server/konnq-agent binaries, skip cargo
+# Env:   KONNQ_BIN_DIR  use these konnq-server/konnq-agent/konnq-loadtest binaries, skip cargo
+#        KONNQ_E2E_STORM_AGENTS  agents in the reconnect storm (default 200)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,8 +50,8 @@ build etcd "$here/tools/etcd" go.etcd.io/etcd/server/v3
 build fakenode "$here/fakenode" .
 
 if [[ -z "${KONNQ_BIN_DIR:-}" ]]; then
-	echo "==> cargo build -p konnq-server -p konnq-agent"
-	(cd "$root" && cargo build -p konnq-server -p konnq-agent --bins)
+	echo "==> cargo build -p konnq-server -p konnq-agent -p konnq-loadtest"
+	(cd "$root" && cargo build -p konnq-server -p konnq-agent -p konnq-loadtest --bins)
 	KONNQ_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/debug"
 fi
 export KONNQ_BIN_DIR KONNQ_E2E_TOOLS="$tools"

@@ -47,6 +47,9 @@ func (s *scenarios) run(t *testing.T) {
 	t.Run("BadTargets", s.badTargets)
 	t.Run("AgentStopped", s.agentStopped)
 	t.Run("Faults", s.faults)
+	if s.m == modes[0] {
+		t.Run("AgentStorm", s.agentStorm)
+	}
 	// Last: in the last mode it deletes the agent's ServiceAccount.
 	t.Run("AgentAuth", func(t *testing.T) { s.agentAuth(t, s.m == modes[len(modes)-1]) })
 }

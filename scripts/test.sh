@@ -25,7 +25,7 @@ if [ -x interop/run.sh ]; then
     echo "== interop (real konnectivity-client)"
     # Debug binaries (dependencies optimised) reuse what cargo test just
     # compiled; a release build of the whole tree would double CI time.
-    cargo build -p konnq-server -p konnq-agent --bins
+    cargo build -p konnq-server -p konnq-agent -p konnq-loadtest --bins
     KONNQ_BIN_DIR="$PWD/target/debug" interop/run.sh
 fi
 

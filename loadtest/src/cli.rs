@@ -27,6 +27,10 @@ pub enum Command {
     /// CI smoke run: konnq only, every scenario at a tiny size, a few seconds;
     /// fails unless every scenario produced figures.
     Smoke(SmokeArgs),
+    /// Reconnect storm: one agent per token (simulated from this process)
+    /// connects to a konnq-server at once; reports how long until every one
+    /// is admitted and what the server refused on the way.
+    Agents(crate::agents::AgentsArgs),
     /// (internal) Serve the echo and source targets.
     #[command(hide = true)]
     Target {

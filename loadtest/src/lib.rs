@@ -20,6 +20,7 @@
 //! - [`builtin`]: konnq-server / konnq-agent from the linked libraries, so
 //!   the smoke test needs no other package's binaries.
 
+pub mod agents;
 pub mod builtin;
 pub mod child;
 pub mod cli;
