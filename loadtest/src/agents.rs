@@ -180,7 +180,9 @@ fn client_endpoint(args: &AgentsArgs) -> anyhow::Result<quinn::Endpoint> {
     let tls = konnq_shared::tls::client_config(&args.ca_cert, None, &[konnq_shared::tls::ALPN_KONNQ])?;
     let mut client = quinn::ClientConfig::new(konnq_shared::quic::client_crypto(tls)?);
     let quic = QuicConfig { idle_timeout: Duration::from_secs(30), ..QuicConfig::default() };
-    client.transport_config(Arc::new(konnq_shared::quic::transport_config(&quic, true)?));
+    // These agents take no dials: no stream credit for the server, whose
+    // per-stream state quinn would otherwise allocate for each connection.
+    client.transport_config(Arc::new(konnq_shared::quic::transport_config(&quic, false)?));
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)

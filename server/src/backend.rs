@@ -33,10 +33,11 @@ use crate::metrics::{DialFailure, Metrics};
 /// How long an agent may take for the QUIC handshake plus its Hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an agent's token may wait for its TokenReview: in a reconnect
-/// storm reviews queue under --kubeconfig-qps/--kubeconfig-burst, and an
-/// agent that waits is cheaper than one refused and retrying with backoff.
-/// The connection stays alive meanwhile (the agent's keep-alives).
-const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(120);
+/// storm reviews queue under --kubeconfig-qps/--kubeconfig-burst (2,000
+/// agents at the default 5/s take 400 s), and an agent that waits is
+/// cheaper than one refused and retrying with backoff. The connection
+/// stays alive meanwhile (the agent's keep-alives).
+const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(600);
 /// How long a refusal waits for the agent to receive the Reject message
 /// before the connection is closed.
 const REJECT_LINGER: Duration = Duration::from_secs(1);

@@ -15,7 +15,7 @@
 //!   `token-review-cache-ttl` (never past the token's `exp`), concurrent
 //!   reviews of one token share one request, and requests wait in a FIFO
 //!   token bucket (`kubeconfig-qps` / `kubeconfig-burst`) until the agent's
-//!   review deadline (2 min after the Hello) instead of failing.
+//!   review deadline (10 min after the Hello) instead of failing.
 //! - [`Authenticator`] admits a token only if kube-apiserver authenticated it
 //!   *and* its user is `system:serviceaccount:<agent-namespace>:<agent-service-account>`.
 
@@ -53,11 +53,11 @@ pub enum ReviewError {
     /// status (e.g. 403 when the server may not create TokenReviews).
     #[error("TokenReview failed: {0}")]
     Failed(String),
-    /// The rate limit queued the review past the agent's review deadline (2 min).
-    #[error("TokenReview rate limit: no request slot within the 2 min review wait")]
+    /// The rate limit queued the review past the agent's review deadline (10 min).
+    #[error("TokenReview rate limit: no request slot within the 10 min review wait")]
     Throttled,
-    /// kube-apiserver did not answer before the agent's review deadline (2 min).
-    #[error("kube-apiserver did not answer the TokenReview within the 2 min review wait")]
+    /// kube-apiserver did not answer before the agent's review deadline (10 min).
+    #[error("kube-apiserver did not answer the TokenReview within the 10 min review wait")]
     Timeout,
 }
 
