@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use konnq_shared::config::{AgentConfig, AgentIdentifiers};
 use konnq_shared::quic::{self, codes, read_frame};
-use konnq_shared::wire::{self, Control, Hello};
+use konnq_shared::wire::{self, Control, Hello, SecretToken};
 use quinn::VarInt;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -20,6 +20,13 @@ use crate::AgentError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How often a connected agent looks at its token file: kubelet rewrites a
+/// projected token at 80% of its lifetime (an hour or more), so this is
+/// early enough, and cheap.
+const TOKEN_POLL: Duration = Duration::from_secs(5);
+
+/// A connection's control stream, and the token sent in its Hello.
+type Connected = (quinn::Connection, quinn::RecvStream, quinn::SendStream, Option<String>);
 
 /// Builds the client QUIC endpoint (TLS 1.3 trusting `ca-cert`, presenting
 /// `agent-cert`/`agent-key` when given) on a dual-stack UDP socket, or an
@@ -177,7 +184,7 @@ impl Connector {
         format!("{}:{}", self.cfg.proxy_server_host, self.cfg.proxy_server_port)
     }
 
-    async fn connect(&self) -> Result<(quinn::Connection, quinn::RecvStream, quinn::SendStream), String> {
+    async fn connect(&self) -> Result<Connected, String> {
         let addr = tokio::net::lookup_host(self.target())
             .await
             .map_err(|e| format!("resolving {}: {e}", self.target()))?
@@ -190,13 +197,9 @@ impl Connector {
             .await
             .map_err(|e| format!("QUIC handshake with {addr}: {e}"))?;
         let mut hello = self.hello.clone();
-        if let Some(path) = &self.cfg.service_account_token_path {
-            // Re-read on every connect: projected tokens rotate.
-            let token = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|e| format!("service-account-token-path {}: {e}", path.display()))?;
-            hello.token = token.trim().to_owned();
-        }
+        // Re-read on every connect: projected tokens rotate.
+        let token = self.read_token().await?;
+        hello.token = token.clone().unwrap_or_default();
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&Control::Hello(hello).encode()).await.map_err(|e| e.to_string())?;
         let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await.map_err(|e| {
@@ -209,18 +212,56 @@ impl Connector {
         match Control::from_frame(kind, &body).map_err(|e| e.to_string())? {
             Control::Welcome { server_id, server_count } => {
                 info!(%addr, server_id, server_count, agent_id = %self.cfg.agent_id, "connected to server");
-                Ok((conn, recv, send))
+                Ok((conn, recv, send, token))
             }
             Control::Reject { reason } => Err(format!("server refused this agent: {reason}")),
             other => Err(format!("unexpected answer to hello: {other:?}")),
         }
     }
 
+    /// The token in `service-account-token-path`, if one is configured.
+    async fn read_token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.cfg.service_account_token_path else { return Ok(None) };
+        let token = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("service-account-token-path {}: {e}", path.display()))?;
+        Ok(Some(token.trim().to_owned()))
+    }
+
+    /// Sends the token again each time its file changes (kubelet rotates
+    /// projected tokens), so the server keeps checking a current one.
+    /// Returns only if the control stream fails.
+    async fn send_rotated_tokens(&self, control: &mut quinn::SendStream, sent: Option<String>) -> String {
+        let Some(mut sent) = sent else { return std::future::pending().await };
+        let mut failing: Option<String> = None;
+        loop {
+            tokio::time::sleep(TOKEN_POLL).await;
+            let token = match self.read_token().await {
+                Ok(Some(token)) if !token.is_empty() => token,
+                Ok(_) => continue,
+                Err(e) => {
+                    // Once per distinct error: the file may be mid-rotation.
+                    if failing.as_ref() != Some(&e) {
+                        warn!("cannot read the new token, the server keeps the last one: {e}");
+                        failing = Some(e);
+                    }
+                    continue;
+                }
+            };
+            failing = None;
+            if token == sent {
+                continue;
+            }
+            if let Err(e) = control.write_all(&Control::Token(SecretToken(token.clone())).encode()).await {
+                return format!("control stream: {e}");
+            }
+            info!("service-account token changed; sent the new one to the server");
+            sent = token;
+        }
+    }
+
     /// Serves dial streams until the connection ends; returns why it ended.
-    async fn serve(
-        &self,
-        (conn, mut control, _control_send): (quinn::Connection, quinn::RecvStream, quinn::SendStream),
-    ) -> String {
+    async fn serve(&self, (conn, mut control, mut control_send, token): Connected) -> String {
         self.metrics.open_server_connections.set(1);
         self.connected.send_replace(true);
         let watch_control = async {
@@ -254,6 +295,7 @@ impl Connector {
         let reason = tokio::select! {
             r = watch_control => r,
             r = accept => r,
+            r = self.send_rotated_tokens(&mut control_send, token) => r,
         };
         self.metrics.open_server_connections.set(0);
         if lost(conn.close_reason().as_ref()) {

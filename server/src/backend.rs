@@ -14,8 +14,10 @@
 //! dial (or closes the TCP connection it produced) whatever the reason —
 //! DIAL_CLS, the frontend stream going away, or the dial timeout.
 
+mod registry;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,20 +29,18 @@ use tracing::{debug, info, warn};
 
 use konnq_shared::gauge::GaugeGuard;
 
-use crate::auth::{AuthError, Authenticator};
+use self::registry::Registry;
+use crate::auth::{AuthError, Authenticator, TOKEN_REVIEW_WAIT};
 use crate::metrics::{DialFailure, Metrics};
 
 /// How long an agent may take for the QUIC handshake plus its Hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an agent's token may wait for its TokenReview: in a reconnect
-/// storm reviews queue under --kubeconfig-qps/--kubeconfig-burst (2,000
-/// agents at the default 5/s take 400 s), and an agent that waits is
-/// cheaper than one refused and retrying with backoff. The connection
-/// stays alive meanwhile (the agent's keep-alives).
-const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(600);
 /// How long a refusal waits for the agent to receive the Reject message
 /// before the connection is closed.
 const REJECT_LINGER: Duration = Duration::from_secs(1);
+/// How long past the QUIC idle timeout an agent's superseded connection may
+/// live before the two connections count as two agents with one ID.
+const CONFLICT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Why a dial did not produce a connection. The text of each variant is what
 /// the client sees in DIAL_RSP.error.
@@ -80,7 +80,6 @@ pub struct AgentConn {
     pub agent_id: String,
     pub identifiers: Vec<(String, String)>,
     pub conn: quinn::Connection,
-    draining: AtomicBool,
     /// One permit per dial stream the server may have open on `conn`;
     /// closed when the agent disconnects, failing the dials still waiting.
     streams: Arc<Semaphore>,
@@ -129,7 +128,7 @@ impl Drop for StreamGuard {
 
 /// Registry of agents plus what a dial needs.
 pub struct Backend {
-    agents: Mutex<Vec<Arc<AgentConn>>>,
+    agents: Mutex<Registry<Arc<AgentConn>>>,
     next_agent_key: AtomicU64,
     next_connect_id: AtomicU64,
     ready: watch::Sender<usize>,
@@ -142,22 +141,28 @@ pub struct Backend {
     max_streams: usize,
     /// `Some`: agents must present an accepted ServiceAccount token.
     auth: Option<Authenticator>,
+    /// How long a superseded connection may stay alive before its agent ID
+    /// counts as shared by two live agents: the QUIC idle timeout, within
+    /// which a restarted agent's old connection is noticed dead, plus a margin.
+    conflict_grace: Duration,
 }
 
 impl Backend {
-    /// `max_streams` is `quic.max-concurrent-streams`: the dial streams one
-    /// agent connection may carry at once. `auth`: token authentication.
+    /// From `quic`: `max-concurrent-streams`, the dial streams one agent
+    /// connection may carry at once, and `idle-timeout`. `auth`: token
+    /// authentication.
     pub fn new(
         server_id: String,
         server_count: u32,
         dial_timeout: Option<Duration>,
-        max_streams: u64,
+        quic: &konnq_shared::config::QuicConfig,
         metrics: Metrics,
         auth: Option<Authenticator>,
     ) -> Arc<Self> {
-        let max_streams = usize::try_from(max_streams).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        let max_streams =
+            usize::try_from(quic.max_concurrent_streams).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         Arc::new(Backend {
-            agents: Mutex::new(Vec::new()),
+            agents: Mutex::new(Registry::default()),
             next_agent_key: AtomicU64::new(1),
             next_connect_id: AtomicU64::new(1),
             ready: watch::channel(0).0,
@@ -167,6 +172,7 @@ impl Backend {
             dial_timeout,
             max_streams,
             auth,
+            conflict_grace: quic.idle_timeout + CONFLICT_MARGIN,
         })
     }
 
@@ -175,42 +181,44 @@ impl Backend {
         self.ready.subscribe()
     }
 
-    fn agents(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AgentConn>>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent.
+    fn agents(&self) -> std::sync::MutexGuard<'_, Registry<Arc<AgentConn>>> {
+        // Every registry update completes under the lock: a panic elsewhere
+        // cannot leave it inconsistent.
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, agents: &[Arc<AgentConn>]) {
-        let n = agents.iter().filter(|a| !a.draining.load(Ordering::Relaxed)).count();
+    fn publish(&self, agents: &Registry<Arc<AgentConn>>) {
+        let n = agents.ready().count();
         self.metrics.set_ready_backends(n);
         self.ready.send_replace(n);
     }
 
-    fn register(&self, agent: Arc<AgentConn>) {
+    /// Registers `agent`; returns the connections with its agent ID that it
+    /// supersedes.
+    fn register(&self, agent: &Arc<AgentConn>) -> Vec<Arc<AgentConn>> {
         let mut agents = self.agents();
-        agents.push(agent);
+        let older = agents.insert(agent.key, &agent.agent_id, Arc::clone(agent)).into_iter().cloned().collect();
         self.publish(&agents);
+        older
     }
 
     fn deregister(&self, key: u64) {
         let mut agents = self.agents();
-        agents.retain(|a| a.key != key);
+        agents.remove(key);
         self.publish(&agents);
     }
 
     fn set_draining(&self, key: u64) {
-        let agents = self.agents();
-        if let Some(a) = agents.iter().find(|a| a.key == key) {
-            a.draining.store(true, Ordering::Relaxed);
-        }
+        let mut agents = self.agents();
+        agents.set_draining(key);
         self.publish(&agents);
     }
 
-    /// A random agent among those not draining, preferring those with a free
-    /// stream slot.
+    /// A random agent among those taking dials, preferring those with a
+    /// free stream slot.
     fn pick(&self) -> Option<Arc<AgentConn>> {
         let agents = self.agents();
-        let ready: Vec<_> = agents.iter().filter(|a| !a.draining.load(Ordering::Relaxed)).collect();
+        let ready: Vec<_> = agents.ready().collect();
         let free: Vec<_> = ready.iter().copied().filter(|a| a.streams.available_permits() > 0).collect();
         let pool = if free.is_empty() { ready } else { free };
         if pool.is_empty() {
@@ -312,7 +320,7 @@ impl Backend {
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 match backend.admit(incoming).await {
-                    Ok((agent, control)) => backend.hold(agent, control).await,
+                    Ok(admitted) => backend.hold(admitted).await,
                     Err(e) => warn!(%remote, "agent refused: {e}"),
                 }
             });
@@ -323,7 +331,7 @@ impl Backend {
     /// configured) and the agent's Hello on the control stream, within
     /// [`HANDSHAKE_TIMEOUT`]; then, with token authentication, its token,
     /// checked within [`TOKEN_REVIEW_WAIT`].
-    async fn admit(&self, incoming: quinn::Incoming) -> Result<(Arc<AgentConn>, (SendStream, RecvStream)), AdmitError> {
+    async fn admit(&self, incoming: quinn::Incoming) -> Result<Admitted, AdmitError> {
         let (conn, mut send, recv, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, hello(incoming))
             .await
             .map_err(|_| AdmitError::Timeout(HANDSHAKE_TIMEOUT))??;
@@ -342,38 +350,34 @@ impl Backend {
         send.write_all(&welcome.encode()).await.map_err(|e| AdmitError::Protocol(e.to_string()))?;
         let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
         let streams = Arc::new(Semaphore::new(self.max_streams));
-        let agent = Arc::new(AgentConn {
-            key,
-            agent_id,
-            identifiers,
-            conn,
-            draining: AtomicBool::new(false),
-            streams,
-            send_clock: Arc::default(),
-        });
-        Ok((agent, (send, recv)))
+        let agent = Arc::new(AgentConn { key, agent_id, identifiers, conn, streams, send_clock: Arc::default() });
+        Ok(Admitted { agent, _send: send, recv, token })
     }
 
-    /// Keeps an admitted agent registered until its connection ends.
-    async fn hold(&self, agent: Arc<AgentConn>, (_send, mut recv): (SendStream, RecvStream)) {
+    /// Keeps an admitted agent registered until its connection ends; with
+    /// token authentication, keeps its token checked meanwhile and closes
+    /// the connection once the token no longer passes.
+    async fn hold(&self, admitted: Admitted) {
+        let Admitted { agent, _send, mut recv, token } = admitted;
         let remote = agent.conn.remote_address();
         info!(agent_id = %agent.agent_id, %remote, identifiers = ?agent.identifiers, "agent connected");
         let _connected = GaugeGuard::inc(&self.metrics.agent_connections);
-        self.register(Arc::clone(&agent));
-        let reason = loop {
-            match read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await {
-                Ok((kind, body)) => match Control::from_frame(kind, &body) {
-                    Ok(Control::Drain) => {
-                        info!(agent_id = %agent.agent_id, "agent is draining; no new dials go to it");
-                        self.set_draining(agent.key);
-                    }
-                    Ok(other) => debug!(agent_id = %agent.agent_id, "ignoring control message {other:?}"),
-                    Err(e) => {
-                        agent.conn.close(VarInt::from_u32(codes::PROTOCOL), b"malformed control message");
-                        break format!("malformed control message: {e}");
-                    }
-                },
-                Err(e) => break e.to_string(),
+        let older = self.register(&agent);
+        if !older.is_empty() {
+            self.watch_conflict(&agent, older);
+        }
+        let (tokens, updates) = watch::channel(token);
+        let checked = async {
+            match &self.auth {
+                Some(auth) => auth.keep_checked(&agent.agent_id, updates).await,
+                None => std::future::pending().await,
+            }
+        };
+        let reason = tokio::select! {
+            reason = self.read_control(&agent, &mut recv, &tokens) => reason,
+            refused = checked => {
+                agent.conn.close(VarInt::from_u32(refused.close_code()), refused.to_string().as_bytes());
+                format!("its token no longer passes: {refused}")
             }
         };
         let reason = match agent.conn.close_reason() {
@@ -386,9 +390,66 @@ impl Backend {
         info!(agent_id = %agent.agent_id, %remote, "agent disconnected: {reason}");
     }
 
+    /// Reads the agent's control messages until the stream ends; returns why
+    /// it ended. Token updates go to `tokens` (latest wins).
+    async fn read_control(&self, agent: &AgentConn, recv: &mut RecvStream, tokens: &watch::Sender<String>) -> String {
+        loop {
+            let (kind, body) = match read_frame(recv, wire::MAX_CONTROL_BODY, "control message").await {
+                Ok(frame) => frame,
+                Err(e) => return e.to_string(),
+            };
+            match Control::from_frame(kind, &body) {
+                Ok(Control::Drain) => {
+                    info!(agent_id = %agent.agent_id, "agent is draining; no new dials go to it");
+                    self.set_draining(agent.key);
+                }
+                Ok(Control::Token(token)) if self.auth.is_some() => {
+                    debug!(agent_id = %agent.agent_id, "agent sent a new ServiceAccount token");
+                    tokens.send_replace(token.0);
+                }
+                Ok(other) => debug!(agent_id = %agent.agent_id, "ignoring control message {other:?}"),
+                Err(e) => {
+                    agent.conn.close(VarInt::from_u32(codes::PROTOCOL), b"malformed control message");
+                    return format!("malformed control message: {e}");
+                }
+            }
+        }
+    }
+
+    /// `agent` took over new dials from `older` connections with its agent
+    /// ID. Usually the agent reconnected before its old connection was
+    /// noticed dead; if one of them is still alive after the grace (the QUIC
+    /// idle timeout), two agents share the ID: logged and counted.
+    fn watch_conflict(&self, agent: &Arc<AgentConn>, older: Vec<Arc<AgentConn>>) {
+        let from: Vec<SocketAddr> = older.iter().map(|o| o.conn.remote_address()).collect();
+        info!(
+            agent_id = %agent.agent_id,
+            remote = %agent.conn.remote_address(),
+            earlier = ?from,
+            "agent ID connected again while an earlier connection with it is open; new dials go to the new one"
+        );
+        let (agent, grace, metrics) = (Arc::clone(agent), self.conflict_grace, self.metrics.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let alive: Vec<SocketAddr> =
+                older.iter().filter(|o| o.conn.close_reason().is_none()).map(|o| o.conn.remote_address()).collect();
+            if alive.is_empty() || agent.conn.close_reason().is_some() {
+                return;
+            }
+            metrics.agent_id_conflicts.inc();
+            warn!(
+                agent_id = %agent.agent_id,
+                newest = %agent.conn.remote_address(),
+                others = ?alive,
+                "two live agents share one agent ID (give each agent its own --agent-id): new dials go only to \
+                 the newest connection"
+            );
+        });
+    }
+
     /// Closes every agent connection (graceful shutdown).
     pub fn close_all(&self, reason: &str) {
-        for agent in self.agents().iter() {
+        for agent in self.agents().all() {
             agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), reason.as_bytes());
         }
     }
@@ -420,6 +481,16 @@ async fn reject(conn: &quinn::Connection, send: &mut SendStream, code: u32, reas
     let _ = send.finish();
     let _ = tokio::time::timeout(REJECT_LINGER, send.stopped()).await;
     conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+/// An agent past its handshake, Hello and token check.
+struct Admitted {
+    agent: Arc<AgentConn>,
+    /// The control stream's send half: dropping it would finish the stream.
+    _send: SendStream,
+    recv: RecvStream,
+    /// The token the agent was admitted with (empty without token auth).
+    token: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -116,7 +116,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         cfg.server_id.clone(),
         cfg.server_count,
         cfg.backend_dial_timeout,
-        cfg.quic.max_concurrent_streams,
+        &cfg.quic,
         metrics.clone(),
         auth,
     );

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub token_review_queue: Gauge,
     token_reviews: Family<Label, PlainCounter>,
     agent_auth_failures: Family<Label, PlainCounter>,
+    /// Two live agent connections kept one agent ID past the reconnect grace.
+    pub agent_id_conflicts: PlainCounter,
 }
 
 /// Why a dial failed: upstream's `reason` label of `dial_failure_count`.
@@ -181,6 +183,7 @@ impl Metrics {
             token_review_queue: Gauge::default(),
             token_reviews: Family::default(),
             agent_auth_failures: Family::default(),
+            agent_id_conflicts: PlainCounter::default(),
         };
         let mut root = Registry::default();
         m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_server"));
@@ -247,6 +250,11 @@ impl Metrics {
             "agent_auth_failures_total",
             "Agents refused by token authentication, by reason (no_token, invalid_token, wrong_account, unreachable)",
             self.agent_auth_failures.clone(),
+        );
+        r.register(
+            "agent_id_conflicts_total",
+            "Agent connections that shared their agent ID with another live connection past the reconnect grace",
+            self.agent_id_conflicts.clone(),
         );
     }
 

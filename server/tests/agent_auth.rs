@@ -2,8 +2,10 @@
 //! client against a stand-in TokenReview endpoint (`common::kube_api`):
 //! who is admitted, what a refused agent is told (Reject message and QUIC
 //! close reason), that refused agents keep retrying, that a storm of
-//! connections with one token costs one review, and that client
-//! certificates and tokens combine.
+//! connections with one token costs one review, that client certificates
+//! and tokens combine, and that connected agents stay checked: a revoked
+//! token disconnects its agent, a rotated one takes over, and two agents
+//! with one ID are told apart from one agent reconnecting.
 
 mod common;
 
@@ -22,6 +24,7 @@ fn tokens() -> Tokens {
     let aud = vec![AUDIENCE.to_owned()];
     Tokens::from([
         ("good".to_owned(), (AGENT_ACCOUNT.to_owned(), aud.clone())),
+        ("good-rotated".to_owned(), (AGENT_ACCOUNT.to_owned(), aud.clone())),
         ("other-account".to_owned(), ("system:serviceaccount:default:default".to_owned(), aud)),
         ("for-the-apiserver".to_owned(), (AGENT_ACCOUNT.to_owned(), vec!["https://kubernetes.default.svc".to_owned()])),
     ])
@@ -42,22 +45,38 @@ fn token_auth(raw: &mut RawServerConfig, kubeconfig: std::path::PathBuf, mtls: b
 /// A lab whose server checks tokens with a fake apiserver (which has a CA
 /// of its own, trusted through the kubeconfig).
 async fn lab(mtls: bool) -> (Lab, FakeApiserver) {
+    lab_with(mtls, None).await
+}
+
+/// [`lab`] with `token-review-cache-ttl` set to `ttl`.
+async fn lab_with(mtls: bool, ttl: Option<Duration>) -> (Lab, FakeApiserver) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
     let api = FakeApiserver::start(&pki, tokens()).await;
     let kubeconfig = write_kubeconfig(dir.path(), &format!("https://{}", api.addr), &pki.ca_cert);
-    let lab = Lab::with(|raw| token_auth(raw, kubeconfig, mtls)).await;
+    let lab = Lab::with(|raw| {
+        token_auth(raw, kubeconfig, mtls);
+        raw.token_review_cache_ttl = ttl;
+    })
+    .await;
     drop(dir); // the kubeconfig was read at start-up
     (lab, api)
 }
 
 /// Starts an agent that sends `token` (none when `None`).
 async fn agent(lab: &Lab, token: Option<&str>, client_cert: bool) -> konnq_agent::AgentHandle {
-    let path = token.map(|t| {
-        let path = lab.dir.path().join(format!("token-{}", fastrand::u64(..)));
-        std::fs::write(&path, format!("{t}\n")).expect("write token");
-        path
-    });
+    agent_reading(lab, token.map(|t| token_file(lab, t)), client_cert).await
+}
+
+/// A new token file holding `token`.
+fn token_file(lab: &Lab, token: &str) -> std::path::PathBuf {
+    let path = lab.dir.path().join(format!("token-{}", fastrand::u64(..)));
+    std::fs::write(&path, format!("{token}\n")).expect("write token");
+    path
+}
+
+/// Starts an agent that reads its token from `path`.
+async fn agent_reading(lab: &Lab, path: Option<std::path::PathBuf>, client_cert: bool) -> konnq_agent::AgentHandle {
     lab.agent_with(|raw| {
         raw.service_account_token_path = path;
         if !client_cert {
@@ -183,4 +202,41 @@ async fn client_certificates_and_tokens_are_both_required_when_both_are_set() {
     let both = agent(&lab, Some("good"), true).await;
     within(LIMIT, both.wait_connected(true)).await;
     within(LIMIT, lab.server.wait_for_agents(1)).await;
+}
+
+/// Long enough for a connected agent's token to be checked again
+/// (`token-review-cache-ttl` is 1 s in these tests, so the floor applies).
+const RECHECK_LIMIT: Duration = Duration::from_secs(konnq_server::auth::MIN_RECHECK.as_secs() + 15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_disconnects_its_connected_agent() {
+    let (lab, api) = lab_with(false, Some(Duration::from_secs(1))).await;
+    let agent = agent(&lab, Some("good"), false).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let m = &lab.server.metrics;
+    assert_eq!(m.agent_auth_failures("invalid_token"), 0);
+    api.revoke("good"); // the ServiceAccount was deleted
+    eventually("the agent is disconnected and its reconnects refused", RECHECK_LIMIT, || {
+        m.agent_auth_failures("invalid_token") >= 2 && agent.metrics.connect_failures.get() >= 1
+    })
+    .await;
+    assert_eq!(lab.server.backend.agent_count(), 0);
+    assert!(!agent.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_sent_and_checked_from_then_on() {
+    let (lab, api) = lab_with(false, Some(Duration::from_secs(1))).await;
+    let path = token_file(&lab, "good");
+    let agent = agent_reading(&lab, Some(path.clone()), false).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    std::fs::write(&path, "good-rotated\n").expect("rotate the token");
+    eventually("the server reviewed the new token", RECHECK_LIMIT, || api.reviews_of("good-rotated") >= 1).await;
+    api.revoke("good"); // the old token no longer matters
+    let before = api.reviews_of("good-rotated");
+    eventually("the new token is checked again", RECHECK_LIMIT, || api.reviews_of("good-rotated") > before).await;
+    assert!(agent.is_connected());
+    assert_eq!(lab.server.backend.agent_count(), 1);
+    assert_eq!(lab.server.metrics.agent_auth_failures("invalid_token"), 0);
+    assert_eq!(agent.metrics.connect_failures.get(), 0, "never disconnected");
 }

@@ -63,6 +63,7 @@ mod kind {
     pub const WELCOME: u8 = 0x11;
     pub const DRAIN: u8 = 0x12;
     pub const REJECT: u8 = 0x13;
+    pub const TOKEN: u8 = 0x14;
 }
 
 /// First frame on a dial stream, written by the server right after it opens
@@ -97,6 +98,20 @@ pub enum Control {
     Drain,
     /// Server → agent: the Hello was refused; the connection closes next.
     Reject { reason: String },
+    /// Agent → server: its ServiceAccount token file changed (projected
+    /// tokens rotate); the server reviews the new token and, if it is
+    /// accepted, re-checks the connection against it from then on.
+    Token(SecretToken),
+}
+
+/// A ServiceAccount token; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretToken(pub String);
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
+    }
 }
 
 /// The agent's identity.
@@ -347,6 +362,10 @@ impl Control {
                 put_str(&mut body, reason);
                 kind::REJECT
             }
+            Control::Token(token) => {
+                put_str(&mut body, &token.0);
+                kind::TOKEN
+            }
         };
         frame(k, body)
     }
@@ -378,6 +397,13 @@ impl Control {
             kind::WELCOME => Control::Welcome { server_id: b.string()?, server_count: b.u32()? },
             kind::DRAIN => Control::Drain,
             kind::REJECT => Control::Reject { reason: b.string()? },
+            kind::TOKEN => {
+                let token = b.string()?;
+                if token.is_empty() {
+                    return Err(WireError::Invalid { what: Self::WHAT, reason: "empty token" });
+                }
+                Control::Token(SecretToken(token))
+            }
             other => return Err(WireError::UnexpectedKind { found: other, expected: Self::WHAT }),
         };
         b.finish()?;

@@ -56,6 +56,11 @@ impl ReviewCache {
         None
     }
 
+    /// Until when `key` is remembered, if it still is after `now`.
+    pub fn until(&self, key: &Key, now: Instant) -> Option<Instant> {
+        self.entries.get(key).map(|e| e.until).filter(|until| *until > now)
+    }
+
     /// Remembers `key` until `until`, replacing an earlier entry for it and
     /// evicting the oldest entries beyond the capacity.
     pub fn insert(&mut self, key: Key, username: String, until: Instant) {
@@ -104,6 +109,8 @@ mod tests {
         let mut cache = ReviewCache::new(4);
         cache.insert(Key::of("t"), "u".into(), now + Duration::from_secs(10));
         assert_eq!(cache.get(&Key::of("t"), now + Duration::from_secs(9)), Some("u".into()));
+        assert_eq!(cache.until(&Key::of("t"), now), Some(now + Duration::from_secs(10)));
+        assert_eq!(cache.until(&Key::of("t"), now + Duration::from_secs(10)), None);
         assert_eq!(cache.get(&Key::of("t"), now + Duration::from_secs(10)), None, "expired at `until`");
         assert_eq!(cache.len(), 0, "the expired entry is gone");
         assert_eq!(cache.get(&Key::of("other"), now), None);

@@ -23,7 +23,10 @@ mod bucket;
 mod cache;
 mod jwt;
 mod kube;
+mod live;
 mod review;
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use konnq_shared::config::{ServerConfig, TokenAuthConfig};
@@ -34,7 +37,15 @@ use tracing::{info, warn};
 use crate::metrics::Metrics;
 
 pub use self::kube::{KubeReviewer, KubeSetupError};
-pub use review::CachingReviewer;
+pub use live::MIN_RECHECK;
+pub use review::{CachingReviewer, Priority};
+
+/// How long an agent's token may wait for its TokenReview: in a reconnect
+/// storm reviews queue under --kubeconfig-qps/--kubeconfig-burst (2,000
+/// agents at the default 5/s take 400 s), and an agent that waits is
+/// cheaper than one refused and retrying with backoff. The connection
+/// stays alive meanwhile (the agent's keep-alives).
+pub const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(600);
 
 /// What kube-apiserver said about a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,18 +159,28 @@ impl Authenticator {
 
     /// The username of an admitted token; waits at most until `deadline`.
     pub async fn check(&self, token: &str, deadline: Instant) -> Result<String, AuthError> {
-        let result = self.verdict(token, deadline).await;
+        self.counted(token, deadline, Priority::Admission).await
+    }
+
+    /// [`Authenticator::check`] for a connected agent's token: background
+    /// work that yields to agents waiting to be admitted.
+    pub async fn recheck(&self, token: &str, deadline: Instant) -> Result<String, AuthError> {
+        self.counted(token, deadline, Priority::Background).await
+    }
+
+    async fn counted(&self, token: &str, deadline: Instant, priority: Priority) -> Result<String, AuthError> {
+        let result = self.verdict(token, deadline, priority).await;
         if let Err(e) = &result {
             self.metrics.agent_auth_failed(e.label());
         }
         result
     }
 
-    async fn verdict(&self, token: &str, deadline: Instant) -> Result<String, AuthError> {
+    async fn verdict(&self, token: &str, deadline: Instant, priority: Priority) -> Result<String, AuthError> {
         if token.is_empty() {
             return Err(AuthError::NoToken);
         }
-        match self.reviews.review(token, deadline).await? {
+        match self.reviews.review(token, deadline, priority).await? {
             ReviewOutcome::Rejected(reason) => Err(AuthError::InvalidToken(reason)),
             ReviewOutcome::Authenticated { username } if self.is_expected(&username) => Ok(username),
             ReviewOutcome::Authenticated { username } => {

@@ -8,6 +8,11 @@
 //! 3. otherwise this caller leads: it waits in the token bucket, sends the
 //!    review, caches an acceptance, and publishes.
 //!
+//! Reviews of connected agents' tokens ([`Priority::Background`]) yield to
+//! agents waiting to be admitted: at most one of them waits in the token
+//! bucket's line at a time, so an admission never queues behind more than
+//! one background review, however many connected agents are due.
+//!
 //! Everything waits at most until the caller's deadline (the agent's
 //! review deadline). A leader whose deadline passes withdraws its flight
 //! unanswered; its followers then start over and one of them leads. Only
@@ -20,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use konnq_shared::config::ReviewRate;
 use konnq_shared::gauge::GaugeGuard;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::bucket::TokenBucket;
@@ -30,10 +35,21 @@ use crate::metrics::Metrics;
 
 type Verdict = Result<ReviewOutcome, ReviewError>;
 
+/// Who is waiting for a review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// An agent waiting to be admitted.
+    Admission,
+    /// A connected agent's token, due for its periodic check.
+    Background,
+}
+
 pub struct CachingReviewer {
     inner: Box<dyn TokenReviewer>,
     ttl: Duration,
     limiter: Option<TokenBucket>,
+    /// One permit: the background review allowed in the limiter's line.
+    background: Semaphore,
     metrics: Metrics,
     state: Mutex<State>,
 }
@@ -74,17 +90,29 @@ impl CachingReviewer {
         capacity: usize,
     ) -> Self {
         let state = State { cache: ReviewCache::new(capacity), flights: HashMap::new(), next_flight: 0 };
-        CachingReviewer { inner, ttl, limiter: rate.map(TokenBucket::new), metrics, state: Mutex::new(state) }
+        CachingReviewer {
+            inner,
+            ttl,
+            limiter: rate.map(TokenBucket::new),
+            background: Semaphore::new(1),
+            metrics,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Until when `token`'s acceptance is cached, if it is.
+    pub fn cached_until(&self, token: &str) -> Option<Instant> {
+        lock(&self.state).cache.until(&Key::of(token), Instant::now())
     }
 
     /// kube-apiserver's verdict on `token`, from the cache, a review in
     /// flight or a new one; gives up at `deadline`.
-    pub async fn review(&self, token: &str, deadline: Instant) -> Verdict {
+    pub async fn review(&self, token: &str, deadline: Instant, priority: Priority) -> Verdict {
         let key = Key::of(token);
         loop {
             let mut rx = match self.role(key) {
                 Role::Cached(username) => return Ok(ReviewOutcome::Authenticated { username }),
-                Role::Lead(flight) => return self.lead(flight, token, deadline).await,
+                Role::Lead(flight) => return self.lead(flight, token, deadline, priority).await,
                 Role::Follow(rx) => rx,
             };
             let verdict = match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
@@ -114,11 +142,16 @@ impl CachingReviewer {
         Role::Lead(Flight { state: &self.state, key, id, tx })
     }
 
-    async fn lead(&self, flight: Flight<'_>, token: &str, deadline: Instant) -> Verdict {
+    async fn lead(&self, flight: Flight<'_>, token: &str, deadline: Instant, priority: Priority) -> Verdict {
         let mut sent = false;
         let attempt = async {
             if let Some(limiter) = &self.limiter {
                 let _queued = GaugeGuard::inc(&self.metrics.token_review_queue);
+                // Never closed, so acquiring cannot fail.
+                let _in_line = match priority {
+                    Priority::Background => self.background.acquire().await.ok(),
+                    Priority::Admission => None,
+                };
                 limiter.acquire().await;
             }
             sent = true;

@@ -39,6 +39,10 @@ pub struct FakeApiserver {
     pub reviews: Arc<AtomicUsize>,
     /// `spec.audiences` of every review, in order.
     pub audiences: Arc<Mutex<Vec<Value>>>,
+    /// `spec.token` of every review, in order.
+    pub reviewed: Arc<Mutex<Vec<String>>>,
+    /// The tokens it knows; remove one to revoke it.
+    pub tokens: Arc<Mutex<Tokens>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,7 +61,13 @@ impl FakeApiserver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (reviews, audiences) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let state = Arc::new(State { tokens, reviews: Arc::clone(&reviews), audiences: Arc::clone(&audiences) });
+        let (reviewed, tokens) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(tokens)));
+        let state = Arc::new(State {
+            tokens: Arc::clone(&tokens),
+            reviews: Arc::clone(&reviews),
+            audiences: Arc::clone(&audiences),
+            reviewed: Arc::clone(&reviewed),
+        });
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, state) = (acceptor.clone(), Arc::clone(&state));
@@ -68,11 +78,21 @@ impl FakeApiserver {
                 });
             }
         });
-        FakeApiserver { addr, reviews, audiences, _task: task }
+        FakeApiserver { addr, reviews, audiences, reviewed, tokens, _task: task }
     }
 
     pub fn reviews(&self) -> usize {
         self.reviews.load(Ordering::SeqCst)
+    }
+
+    /// How many reviews asked about `token`.
+    pub fn reviews_of(&self, token: &str) -> usize {
+        self.reviewed.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|t| *t == token).count()
+    }
+
+    /// From now on `token` is not authenticated (its account was deleted).
+    pub fn revoke(&self, token: &str) {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
     }
 }
 
@@ -96,9 +116,10 @@ pub fn write_kubeconfig(dir: &Path, server: &str, ca: &Path) -> PathBuf {
 }
 
 struct State {
-    tokens: Tokens,
+    tokens: Arc<Mutex<Tokens>>,
     reviews: Arc<AtomicUsize>,
     audiences: Arc<Mutex<Vec<Value>>>,
+    reviewed: Arc<Mutex<Vec<String>>>,
 }
 
 /// HTTP/1.1 with keep-alive, Content-Length bodies only.
@@ -158,8 +179,10 @@ fn review(state: &State, body: &[u8]) -> Value {
     let spec = &request["spec"];
     state.audiences.lock().unwrap_or_else(|p| p.into_inner()).push(spec["audiences"].clone());
     let token = spec["token"].as_str().unwrap_or_default();
+    state.reviewed.lock().unwrap_or_else(|p| p.into_inner()).push(token.to_owned());
     let wanted: Vec<&str> = spec["audiences"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    let status = match state.tokens.get(token) {
+    let known = state.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(token).cloned();
+    let status = match known {
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
         Some((username, auds)) => {
             let both: Vec<&String> = auds.iter().filter(|a| wanted.contains(&a.as_str())).collect();

@@ -18,7 +18,18 @@ fn all_controls() -> Vec<Control> {
         Control::Welcome { server_id: "srv".into(), server_count: 3 },
         Control::Drain,
         Control::Reject { reason: "unauthorized".into() },
+        Control::Token(SecretToken("rotated".into())),
     ]
+}
+
+#[test]
+fn a_token_update_never_shows_its_token_and_is_never_empty() {
+    let update = Control::Token(SecretToken("eyJhbGciOi.secret.part".into()));
+    let shown = format!("{update:?}");
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    let empty = frame(kind::TOKEN, vec![0, 0]);
+    assert_eq!(Control::decode(&empty), Err(WireError::Invalid { what: "control message", reason: "empty token" }));
 }
 
 #[test]

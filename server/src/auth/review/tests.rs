@@ -63,12 +63,16 @@ impl Setup {
     }
 
     async fn review(&self, token: &str) -> Verdict {
-        self.reviewer.review(token, Instant::now() + Duration::from_secs(10)).await
+        self.reviewer.review(token, Instant::now() + Duration::from_secs(10), Priority::Admission).await
     }
 
     fn spawn(&self, token: String, deadline: Instant) -> tokio::task::JoinHandle<Verdict> {
+        self.spawn_with(token, deadline, Priority::Admission)
+    }
+
+    fn spawn_with(&self, token: String, deadline: Instant, priority: Priority) -> tokio::task::JoinHandle<Verdict> {
         let reviewer = Arc::clone(&self.reviewer);
-        tokio::spawn(async move { reviewer.review(&token, deadline).await })
+        tokio::spawn(async move { reviewer.review(&token, deadline, priority).await })
     }
 }
 
@@ -219,4 +223,33 @@ async fn a_leader_out_of_time_hands_over_to_a_follower() {
     assert_eq!(s.metrics.token_reviews("error"), 1, "the abandoned request counts as failed");
     assert_eq!(s.review("tok").await, accepted());
     assert_eq!(s.calls(), 2, "cached");
+}
+
+#[tokio::test(start_paused = true)]
+async fn admissions_pass_background_reviews_in_the_queue() {
+    let s = Setup::new(Duration::from_secs(60), Some(ReviewRate { qps: 1.0, burst: 1 }), MAX_ENTRIES);
+    s.gate.add_permits(Semaphore::MAX_PERMITS);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(60);
+    // The burst goes to a first admission; then 5 connected agents fall
+    // due, then 3 agents ask to be admitted.
+    assert_eq!(s.review("first").await, accepted());
+    let background: Vec<_> =
+        (0..5).map(|i| s.spawn_with(format!("live-{i}"), deadline, Priority::Background)).collect();
+    settle().await;
+    let admissions: Vec<_> = (0..3).map(|i| s.spawn(format!("new-{i}"), deadline)).collect();
+    let mut admitted_at = Vec::new();
+    for task in admissions {
+        assert_eq!(task.await.expect("task"), accepted());
+        admitted_at.push(start.elapsed());
+    }
+    // One background review was already in line (1 s); the admissions
+    // follow it (2, 3, 4 s) instead of waiting behind all five (6, 7, 8 s).
+    assert_eq!(admitted_at.last().copied(), Some(Duration::from_secs(4)), "{admitted_at:?}");
+    for task in background {
+        assert_eq!(task.await.expect("task"), accepted());
+    }
+    assert_eq!(s.calls(), 9);
+    assert_eq!(start.elapsed(), Duration::from_secs(8), "the rest of the background reviews, one per second");
+    assert_eq!(s.metrics.token_review_queue.get(), 0);
 }
