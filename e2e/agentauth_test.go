@@ -177,7 +177,8 @@ func (s *scenarios) refusedAgent(t *testing.T, name, token, reason string) {
 
 // agentAuth: the manifest's agent is admitted with its TokenRequest token
 // (it carries every scenario above); tokens with the wrong audience, of
-// another account, expired, or of a deleted account are refused.
+// another account, expired, or of a deleted account are refused; and once
+// the account is deleted, its connected agent is disconnected.
 func (s *scenarios) agentAuth(t *testing.T, deleteAccount bool) {
 	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Minute)
 	defer cancel()
@@ -201,5 +202,53 @@ func (s *scenarios) agentAuth(t *testing.T, deleteAccount bool) {
 		t.Fatal(err)
 	}
 	s.refusedAgent(t, "deleted-account", token, "invalid_token")
+	s.connectedAgentRevoked(t)
 	fmt.Fprintln(os.Stderr) // keep go test's output lines apart
+}
+
+// revocationBound: the server checks a connected agent's token again when
+// its cached acceptance runs out (token-review-cache-ttl, 2 min by default,
+// which the manifest keeps), plus time for the review and the close.
+const revocationBound = 2*time.Minute + 30*time.Second
+
+// connectedAgentRevoked: the manifest's agent, connected with a token of
+// the account just deleted, is disconnected by the server, which logs and
+// counts why; its reconnects are refused.
+func (s *scenarios) connectedAgentRevoked(t *testing.T) {
+	started := time.Now()
+	before := s.k.authFailures(t, "invalid_token")
+	err := waitFor("the connected agent to be disconnected", revocationBound, s.k.agent, func() error {
+		if s.k.readyAgents(t) == 0 && s.k.authFailures(t, "invalid_token") > before {
+			return nil
+		}
+		return errNotYet
+	})
+	if err != nil {
+		t.Fatalf("%v\nserver log:\n%s\nagent log:\n%s", err, s.k.server.tail(10), s.k.agent.tail(10))
+	}
+	var serverLine, agentLine string
+	err = waitFor("both sides to log why", 10*time.Second, s.k.agent, func() error {
+		serverLine = findLine(s.k.server.tail(100), "disconnecting the agent")
+		agentLine = findLine(s.k.agent.tail(100), "disconnected from server")
+		if serverLine != "" && agentLine != "" {
+			return nil
+		}
+		return errNotYet
+	})
+	if err != nil {
+		t.Fatalf("%v\nserver log:\n%s\nagent log:\n%s", err, s.k.server.tail(20), s.k.agent.tail(20))
+	}
+	t.Logf("RESULT %s: connected agent of the deleted account disconnected after %.1f s; server logs: %s; agent logs: %s",
+		s.m.name, time.Since(started).Seconds(), strings.TrimSpace(serverLine), strings.TrimSpace(agentLine))
+}
+
+// findLine is the last line of text that contains sub, or "".
+func findLine(text, sub string) string {
+	lines := strings.Split(text, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], sub) {
+			return lines[i]
+		}
+	}
+	return ""
 }
