@@ -1,20 +1,53 @@
-//! Log setup shared by the binaries: upstream's `-v` levels mapped onto
-//! tracing filters; `RUST_LOG`, when set, wins.
+//! Log setup shared by the binaries: klog's `-v` levels mapped onto tracing
+//! levels, plain text or JSON lines on stderr; `RUST_LOG`, when set, wins.
+//!
+//! klog prints a message logged at `V(n)` when `-v` is at least `n`.
+//! konnq's messages have tracing levels instead, which take the place of
+//! upstream's klog levels for the same kind of message:
+//!
+//! | `-v` | printed | upstream logs at that level |
+//! |---|---|---|
+//! | 0–1 | INFO, WARN, ERROR | start-up, agents connecting and leaving, refusals |
+//! | 2–4 | + konnq's DEBUG | per dial and per control message (upstream: V(2)–V(4)) |
+//! | 5–8 | + konnq's TRACE, the libraries' DEBUG | per packet (upstream: V(5) and up) |
+//! | 9+ | everything at TRACE | |
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the process's log subscriber on stderr at klog verbosity `v`.
-/// Colour codes only when stderr is a terminal: a log file or a container
-/// runtime's log pipe gets plain text.
-pub fn init(v: u8) {
+/// Installs the process's log subscriber on stderr at klog verbosity `v`,
+/// one JSON object per line when `json`. Text has colour codes only when
+/// stderr is a terminal: a log file or a container runtime's pipe gets
+/// plain text.
+pub fn init(v: u8, json: bool) {
+    let ansi = std::io::stderr().is_terminal();
+    tracing::subscriber::set_global_default(subscriber(v, json, ansi, std::io::stderr))
+        .expect("the log subscriber is installed once, first thing in main");
+}
+
+/// The subscriber [`init`] installs, writing to `writer`.
+pub fn subscriber<W>(v: u8, json: bool, ansi: bool, writer: W) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter_for_verbosity(v)));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    build(filter, json, ansi, writer)
+}
+
+fn build<W>(filter: EnvFilter, json: bool, ansi: bool, writer: W) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    if json {
+        // Message and fields at the top level, beside timestamp, level and
+        // target: what log pipelines index without configuration.
+        Box::new(builder.json().flatten_event(true).with_current_span(false).with_span_list(false).finish())
+    } else {
+        Box::new(builder.with_ansi(ansi).finish())
+    }
 }
 
 /// Logs each start-up warning of the configuration (e.g. upstream flags that
@@ -25,24 +58,100 @@ pub fn warn_each(warnings: &[String]) {
     }
 }
 
-/// The filter for a klog-style verbosity: 0 → info, 1–4 → debug for konnq
-/// crates, 5 and above → trace for konnq crates.
+/// The filter for a klog verbosity; see the table in the module docs.
 pub fn filter_for_verbosity(v: u8) -> String {
     match v {
-        0 => "info".to_owned(),
-        1..=4 => "info,konnq_server=debug,konnq_agent=debug,konnq_shared=debug".to_owned(),
-        _ => "debug,konnq_server=trace,konnq_agent=trace,konnq_shared=trace".to_owned(),
+        0..=1 => "info".to_owned(),
+        2..=4 => "info,konnq_server=debug,konnq_agent=debug,konnq_shared=debug,konnq_loadtest=debug".to_owned(),
+        5..=8 => "debug,konnq_server=trace,konnq_agent=trace,konnq_shared=trace,konnq_loadtest=trace".to_owned(),
+        _ => "trace".to_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'w self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    impl Buffer {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).expect("UTF-8 log")
+        }
+    }
+
+    /// What the binaries log at `v` (without `RUST_LOG`).
+    fn logged(v: u8, json: bool) -> String {
+        let out = Buffer::default();
+        let sub = build(EnvFilter::new(filter_for_verbosity(v)), json, false, out.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(target: "konnq_server::backend", agent_id = "node-1", "agent connected");
+            tracing::debug!(target: "konnq_server::backend", "per dial");
+            tracing::trace!(target: "konnq_agent::dial", "per packet");
+            tracing::debug!(target: "quinn::connection", "library detail");
+            tracing::trace!(target: "quinn::connection", "library packet");
+        });
+        out.text()
+    }
+
     #[test]
-    fn verbosity_levels() {
-        assert_eq!(filter_for_verbosity(0), "info");
-        assert!(filter_for_verbosity(4).contains("konnq_server=debug"));
-        assert!(filter_for_verbosity(9).contains("konnq_agent=trace"));
+    fn verbosity_follows_klog_levels() {
+        let cases: [(u8, &[&str]); 5] = [
+            (0, &["agent connected"]),
+            (1, &["agent connected"]),
+            (4, &["agent connected", "per dial"]),
+            (5, &["agent connected", "per dial", "per packet", "library detail"]),
+            (9, &["agent connected", "per dial", "per packet", "library detail", "library packet"]),
+        ];
+        let all = ["agent connected", "per dial", "per packet", "library detail", "library packet"];
+        for (v, shown) in cases {
+            let text = logged(v, false);
+            for m in all {
+                assert_eq!(text.contains(m), shown.contains(&m), "-v={v}: {m:?} in\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_level_target_message_and_fields() {
+        let text = logged(0, true);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(lines[0]).expect("one JSON object per line");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["target"], "konnq_server::backend");
+        assert_eq!(line["message"], "agent connected");
+        assert_eq!(line["agent_id"], "node-1");
+        assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    }
+
+    #[test]
+    fn text_has_no_colour_codes_off_a_terminal() {
+        let out = Buffer::default();
+        let sub = build(EnvFilter::new("info"), false, false, out.clone());
+        tracing::subscriber::with_default(sub, || tracing::warn!(target: "konnq_agent", "plain"));
+        let text = out.text();
+        assert!(text.contains("plain") && !text.contains('\u{1b}'), "{text:?}");
     }
 }
