@@ -108,7 +108,8 @@ fn report(wave: u32, n: usize, admitted: &[Admission], took: Duration) -> String
     let secs = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
     let mut reasons: Vec<(String, usize)> = Vec::new();
     for r in admitted.iter().flat_map(|a| &a.refusals) {
-        let kind = r.split(':').next().unwrap_or(r).to_owned();
+        // The reason without what differs per agent (long texts cut).
+        let kind: String = r.chars().take(90).collect();
         match reasons.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, count)) => *count += 1,
             None => reasons.push((kind, 1)),

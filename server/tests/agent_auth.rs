@@ -15,8 +15,8 @@ use std::time::Duration;
 use common::kube_api::{write_kubeconfig, FakeApiserver, Tokens, AGENT_ACCOUNT, AUDIENCE};
 use common::*;
 use konnq_shared::config::RawServerConfig;
-use konnq_shared::quic::{codes, read_frame};
-use konnq_shared::wire::{self, Control, Hello};
+use konnq_shared::quic::codes;
+use konnq_shared::wire::{Control, Hello};
 
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -90,17 +90,9 @@ async fn agent_reading(lab: &Lab, path: Option<std::path::PathBuf>, client_cert:
 /// Connects like an agent, sends a Hello with `token` and returns the
 /// server's answer and the connection.
 async fn hello(lab: &Lab, token: &str) -> (Control, quinn::Connection) {
-    let tls = konnq_shared::tls::client_config(&lab.certs.ca_cert, None, &[konnq_shared::tls::ALPN_KONNQ])
-        .expect("client TLS");
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let crypto = konnq_shared::quic::client_crypto(tls).expect("QUIC TLS");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
-    let conn = endpoint.connect(lab.server.agent_addr, "localhost").expect("connect").await.expect("handshake");
-    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
     let hello = Hello { agent_id: "raw".into(), identifiers: Vec::new(), token: token.into() };
-    send.write_all(&Control::Hello(hello).encode()).await.expect("hello");
-    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "answer").await.expect("an answer");
-    (Control::from_frame(kind, &body).expect("answer decodes"), conn)
+    let raw = raw_agent(lab, hello, false).await;
+    (raw.answer, raw.conn)
 }
 
 /// The server's Reject text and the close code and reason that follow it.

@@ -8,35 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use konnq_shared::quic::read_frame;
-use konnq_shared::wire::{self, Control, Hello};
+use konnq_shared::wire::{Control, Hello};
 
 const LIMIT: Duration = Duration::from_secs(15);
-
-/// A bare agent connection that says Hello as `agent_id` and is welcomed;
-/// the control stream stays open as long as its halves are kept.
-async fn raw_agent(
-    lab: &Lab,
-    agent_id: &str,
-) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-    let tls = konnq_shared::tls::client_config(
-        &lab.certs.ca_cert,
-        Some((&lab.certs.agent_cert, &lab.certs.agent_key)),
-        &[konnq_shared::tls::ALPN_KONNQ],
-    )
-    .expect("client TLS");
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let crypto = konnq_shared::quic::client_crypto(tls).expect("QUIC TLS");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
-    let conn = endpoint.connect(lab.server.agent_addr, "localhost").expect("connect").await.expect("handshake");
-    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
-    let hello = Hello { agent_id: agent_id.into(), ..Hello::default() };
-    send.write_all(&Control::Hello(hello).encode()).await.expect("hello");
-    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "answer").await.expect("an answer");
-    let answer = Control::from_frame(kind, &body).expect("answer decodes");
-    assert!(matches!(answer, Control::Welcome { .. }), "{answer:?}");
-    (endpoint, conn, send, recv)
-}
 
 /// Dials the echo target through the server and checks the echo.
 async fn dial_echo(lab: &Lab) {
@@ -74,7 +48,8 @@ async fn two_live_agents_with_one_id_are_a_conflict_and_the_newest_takes_dials()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_whose_old_connection_goes_away_is_not_a_conflict() {
     let lab = Lab::new().await;
-    let (_endpoint, old, _send, _recv) = raw_agent(&lab, "node-y").await;
+    let old = raw_agent(&lab, Hello { agent_id: "node-y".into(), ..Hello::default() }, true).await;
+    assert!(matches!(old.answer, Control::Welcome { .. }), "{:?}", old.answer);
     within(LIMIT, lab.server.wait_for_agents(1)).await;
     let agent = lab.agent_with(|raw| raw.agent_id = Some("node-y".into())).await;
     within(LIMIT, agent.wait_connected(true)).await;
@@ -82,7 +57,7 @@ async fn a_reconnect_whose_old_connection_goes_away_is_not_a_conflict() {
     assert_eq!(lab.server.metrics.ready_backends(), 1);
     dial_echo(&lab).await;
     assert_eq!(agent.metrics.dial_duration.count(), 1, "the reconnected agent took the dial");
-    old.close(0u32.into(), b"gone");
+    old.conn.close(0u32.into(), b"gone");
     eventually("the old connection is gone", LIMIT, || lab.server.backend.agent_count() == 1).await;
     // Nothing marks the end of the grace (idle timeout 1.5 s + 1 s) but
     // time: wait past it, then check that no conflict was counted.

@@ -358,3 +358,31 @@ pub async fn firehose() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Atomic
     });
     (addr, written)
 }
+
+/// A bare agent connection: QUIC handshake (with the agent's client
+/// certificate when `client_cert`), then `hello` on the control stream.
+/// Returns the server's answer, the connection, its endpoint and the
+/// control stream, which stays open as long as its halves are kept.
+pub struct RawAgent {
+    pub answer: konnq_shared::wire::Control,
+    pub conn: quinn::Connection,
+    pub endpoint: quinn::Endpoint,
+    pub control: (quinn::SendStream, quinn::RecvStream),
+}
+
+pub async fn raw_agent(lab: &Lab, hello: konnq_shared::wire::Hello, client_cert: bool) -> RawAgent {
+    use konnq_shared::wire::{self, Control};
+    let cert = client_cert.then_some((lab.certs.agent_cert.as_path(), lab.certs.agent_key.as_path()));
+    let tls = konnq_shared::tls::client_config(&lab.certs.ca_cert, cert, &[konnq_shared::tls::ALPN_KONNQ])
+        .expect("client TLS");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let crypto = konnq_shared::quic::client_crypto(tls).expect("QUIC TLS");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
+    let conn = endpoint.connect(lab.server.agent_addr, "localhost").expect("connect").await.expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    send.write_all(&Control::Hello(hello).encode()).await.expect("hello");
+    let (kind, body) =
+        konnq_shared::quic::read_frame(&mut recv, wire::MAX_CONTROL_BODY, "answer").await.expect("an answer");
+    let answer = Control::from_frame(kind, &body).expect("answer decodes");
+    RawAgent { answer, conn, endpoint, control: (send, recv) }
+}
