@@ -9,14 +9,13 @@
 //! matter upstream gives one start-up warning.
 
 use std::ffi::OsString;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use konnq_shared::config::{
-    describe_for_cli, parse_bind_address, parse_duration, parse_klog_level, parse_path, upstream, AgentConfig,
-    ConfigError, RawAgentConfig, RawQuicConfig,
+    describe_for_cli, help_line, parse_duration, upstream, AgentConfig, ConfigError, DefaultValue, RawAgentConfig,
+    RawQuicConfig,
 };
 
 /// Environment variable upstream reads the agent id from when `--agent-id`
@@ -35,75 +34,23 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Server host name or address [default: 127.0.0.1].
-    #[arg(long, value_name = "HOST")]
-    pub proxy_server_host: Option<String>,
-    /// Server UDP (QUIC) port [default: 8091].
-    #[arg(long, value_name = "PORT")]
-    pub proxy_server_port: Option<u16>,
-    /// CA that signed the server's certificate (required).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub ca_cert: Option<PathBuf>,
-    /// Client certificate for mTLS (with --agent-key).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub agent_cert: Option<PathBuf>,
-    /// Client key for mTLS (with --agent-cert).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub agent_key: Option<PathBuf>,
-    /// Name to verify in the server certificate [default: --proxy-server-host].
-    #[arg(long, value_name = "NAME")]
-    pub server_name: Option<String>,
-    /// More ALPN protocols to offer the server, before konnq's own; comma-separated, repeatable.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub alpn_proto: Option<Vec<String>>,
+    /// The settings given as flags; each is declared, with its TOML key, in
+    /// [`RawAgentConfig`].
+    #[command(flatten)]
+    pub flags: RawAgentConfig,
 
-    /// Id of this agent; when not given, $PROXY_AGENT_ID if set [default: random].
-    #[arg(long, value_name = "ID")]
-    pub agent_id: Option<String>,
-    /// Reachability for routing: host=a&ipv4=1.2.3.4&ipv6=::1&cidr=10.0.0.0/8&default-route=true
-    #[arg(long, value_name = "IDS")]
-    pub agent_identifiers: Option<String>,
-
-    /// Admin / metrics port [default: 8094].
-    #[arg(long, value_name = "PORT")]
-    pub admin_server_port: Option<u16>,
-    /// Admin / metrics address; empty = all [default: 127.0.0.1].
-    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
-    pub admin_bind_address: Option<IpAddr>,
-    /// /healthz and /readyz port [default: 8093].
-    #[arg(long, value_name = "PORT")]
-    pub health_server_port: Option<u16>,
-    /// /healthz and /readyz address; empty = all [default: 0.0.0.0].
-    #[arg(long, visible_alias = "health-server-host", value_name = "IP", value_parser = parse_bind_address)]
-    pub health_bind_address: Option<IpAddr>,
-
-    /// Service-account token file sent to the server.
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub service_account_token_path: Option<PathBuf>,
-    /// First reconnect delay, e.g. 1s [default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub sync_interval: Option<Duration>,
-    /// Longest reconnect delay, e.g. 10s [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub sync_interval_cap: Option<Duration>,
-    /// TCP dial timeout to targets, e.g. 5s [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub dial_timeout: Option<Duration>,
-    /// QUIC keep-alive PING interval to the server (quic.keep-alive-interval); 0 = default [default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Upstream's keep-alive of the server connection: `quic.keep-alive-interval`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help = keepalive_time_help())]
     pub keepalive_time: Option<Duration>,
-
-    /// Runtime worker threads; 0 = one per CPU [default: 1].
-    #[arg(long, value_name = "N")]
-    pub worker_threads: Option<u16>,
-
-    /// Log verbosity (-v=4 and --v=4 work too) [default: 0].
-    #[arg(short = 'v', long = "v", value_name = "LEVEL", value_parser = parse_klog_level)]
-    pub v: Option<u8>,
 
     /// Warnings for upstream flags given that have no effect (see `upstream`).
     #[arg(skip)]
     pub no_effect: Vec<String>,
+}
+
+fn keepalive_time_help() -> String {
+    let doc = "QUIC keep-alive PING interval to the server (quic.keep-alive-interval); 0 = default";
+    help_line(doc, Some(RawQuicConfig::defaults().keep_alive_interval.shown()))
 }
 
 impl Cli {
@@ -157,53 +104,9 @@ impl Cli {
     /// upstream does, a non-empty `PROXY_AGENT_ID` stands in for an absent
     /// `--agent-id`.
     fn into_raw(self, env: impl Fn(&str) -> Option<String>) -> RawAgentConfig {
-        let Cli {
-            config: _,
-            proxy_server_host,
-            proxy_server_port,
-            ca_cert,
-            agent_cert,
-            agent_key,
-            server_name,
-            alpn_proto,
-            agent_id,
-            agent_identifiers,
-            admin_server_port,
-            admin_bind_address,
-            health_server_port,
-            health_bind_address,
-            service_account_token_path,
-            sync_interval,
-            sync_interval_cap,
-            dial_timeout,
-            keepalive_time,
-            worker_threads,
-            v,
-            no_effect: _,
-        } = self;
-        RawAgentConfig {
-            agent_id: agent_id.or_else(|| env(AGENT_ID_ENV).filter(|id| !id.is_empty())),
-            agent_identifiers,
-            proxy_server_host,
-            proxy_server_port,
-            server_name,
-            ca_cert,
-            agent_cert,
-            agent_key,
-            alpn_proto,
-            health_bind_address,
-            health_server_port,
-            admin_bind_address,
-            admin_server_port,
-            sync_interval,
-            sync_interval_cap,
-            dial_timeout,
-            service_account_token_path,
-            quic: RawQuicConfig::from_keepalive_time(keepalive_time),
-            worker_threads,
-            v,
-            logtostderr: None,
-        }
+        let agent_id = self.flags.agent_id.or_else(|| env(AGENT_ID_ENV).filter(|id| !id.is_empty()));
+        let quic = RawQuicConfig::from_keepalive_time(self.keepalive_time);
+        RawAgentConfig { agent_id, quic, ..self.flags }
     }
 }
 
@@ -299,7 +202,7 @@ mod tests {
     fn verbosity_go_style() {
         for spelling in [&["-v=4"][..], &["--v=4"], &["-v", "4"], &["-v4"]] {
             let cli = parse(spelling).unwrap_or_else(|e| panic!("{spelling:?}: {e}"));
-            assert_eq!(cli.v, Some(4), "{spelling:?}");
+            assert_eq!(cli.flags.v, Some(4), "{spelling:?}");
         }
         assert_eq!(config(&["-v=4"]).unwrap().log.verbosity, 4);
     }
@@ -327,5 +230,35 @@ mod tests {
             }
         );
         assert_eq!(c.agent_tls, Some(("/a.crt".into(), "/a.key".into())));
+    }
+
+    #[test]
+    fn log_format_flag() {
+        use konnq_shared::config::LogFormat;
+        assert_eq!(config(&[]).unwrap().log.format, LogFormat::Text);
+        assert_eq!(config(&["--log-format=json"]).unwrap().log.format, LogFormat::Json);
+        assert_eq!(config(&["-log-format", "text"]).unwrap().log.format, LogFormat::Text);
+        let err = parse(&["--log-format=xml"]).unwrap_err().to_string();
+        assert!(err.contains("--log-format") && err.contains("\"xml\"") && err.contains("text or json"), "{err}");
+    }
+
+    #[test]
+    fn help_shows_the_declared_defaults() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let mut flags = 0;
+        for key in RawAgentConfig::keys() {
+            let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(key.key.as_str())) else {
+                continue;
+            };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            match &key.default {
+                Some(d) => assert!(help.ends_with(&format!(" [default: {}]", d.text)), "--{}: {help}", key.key),
+                None => assert!(!help.is_empty() && !help.ends_with('.'), "--{}: {help:?}", key.key),
+            }
+            flags += 1;
+        }
+        assert_eq!(flags, 20, "declared keys that are flags");
+        let long = parse(&["--help"]).unwrap_err().to_string();
+        assert!(long.contains("(quic.keep-alive-interval); 0 = default [default: 1s]"), "{long}");
     }
 }

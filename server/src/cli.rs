@@ -9,14 +9,13 @@
 //! matter upstream gives one start-up warning.
 
 use std::ffi::OsString;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use konnq_shared::config::{
-    describe_for_cli, parse_bind_address, parse_duration, parse_go_bool, parse_klog_level, parse_path, upstream,
-    ConfigError, FrontendMode, RawQuicConfig, RawServerConfig, ServerConfig,
+    describe_for_cli, help_line, parse_duration, upstream, ConfigError, DefaultValue, RawQuicConfig, RawServerConfig,
+    ServerConfig,
 };
 
 /// Environment variable upstream reads the server id from when `--server-id`
@@ -34,115 +33,23 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Unix socket for kube-apiserver.
-    #[arg(long, value_name = "PATH", value_parser = parse_path)]
-    pub uds_name: Option<PathBuf>,
-    /// Remove a stale socket file first [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = parse_go_bool)]
-    pub delete_existing_uds_file: Option<bool>,
-    /// Frontend protocol: grpc or http-connect [default: grpc].
-    #[arg(long, value_name = "MODE")]
-    pub mode: Option<FrontendMode>,
-    /// TCP mTLS frontend port, 0 = none [default: 0].
-    #[arg(long, value_name = "PORT")]
-    pub server_port: Option<u16>,
-    /// Address of the TCP frontend; empty = all [default: 127.0.0.1].
-    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
-    pub server_bind_address: Option<IpAddr>,
-    /// Frontend certificate (required with --server-port).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub server_cert: Option<PathBuf>,
-    /// Frontend key (required with --server-port).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub server_key: Option<PathBuf>,
-    /// CA of kube-apiserver's client certificate (required with --server-port).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub server_ca_cert: Option<PathBuf>,
+    /// The settings given as flags; each is declared, with its TOML key, in
+    /// [`RawServerConfig`].
+    #[command(flatten)]
+    pub flags: RawServerConfig,
 
-    /// UDP (QUIC) port for agents [default: 8091].
-    #[arg(long, value_name = "PORT")]
-    pub agent_port: Option<u16>,
-    /// Address for agents; empty = all [default: 0.0.0.0].
-    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
-    pub agent_bind_address: Option<IpAddr>,
-    /// Certificate presented to agents (required).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub cluster_cert: Option<PathBuf>,
-    /// Key of --cluster-cert (required).
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub cluster_key: Option<PathBuf>,
-    /// CA of agents' client certificates; set = mTLS required.
-    #[arg(long, value_name = "FILE", value_parser = parse_path)]
-    pub cluster_ca_cert: Option<PathBuf>,
-
-    /// Admin / metrics port [default: 8095].
-    #[arg(long, value_name = "PORT")]
-    pub admin_port: Option<u16>,
-    /// Admin / metrics address; empty = all [default: 127.0.0.1].
-    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
-    pub admin_bind_address: Option<IpAddr>,
-    /// /healthz and /readyz port [default: 8092].
-    #[arg(long, value_name = "PORT")]
-    pub health_port: Option<u16>,
-    /// /healthz and /readyz address; empty = all [default: 0.0.0.0].
-    #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
-    pub health_bind_address: Option<IpAddr>,
-
-    /// Id of this server; when not given, $PROXY_SERVER_ID if set [default: random].
-    #[arg(long, value_name = "ID")]
-    pub server_id: Option<String>,
-    /// Number of servers behind the load balancer [default: 1].
-    #[arg(long, value_name = "N")]
-    pub server_count: Option<u32>,
-    /// How long a dial waits for the agent, e.g. 10s; 0 = no limit [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub backend_dial_timeout: Option<Duration>,
-    /// QUIC keep-alive PING interval towards agents (quic.keep-alive-interval); 0 = default [default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Upstream's keep-alive of the agent connections: `quic.keep-alive-interval`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help = keepalive_time_help())]
     pub keepalive_time: Option<Duration>,
-    /// gRPC frontend: PING a connection idle this long; 0 = default [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub frontend_keepalive_time: Option<Duration>,
-    /// Drain time on shutdown, e.g. 15s [default: 15s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub graceful_shutdown_timeout: Option<Duration>,
-    /// Largest gRPC message from kube-apiserver, bytes [default: 16777216].
-    #[arg(long, value_name = "BYTES")]
-    pub max_message_bytes: Option<usize>,
-
-    /// Runtime worker threads; 0 = one per CPU [default: 1].
-    #[arg(long, value_name = "N")]
-    pub worker_threads: Option<u16>,
-
-    /// Log verbosity (-v=4 and --v=4 work too) [default: 0].
-    #[arg(short = 'v', long = "v", value_name = "LEVEL", value_parser = parse_klog_level)]
-    pub v: Option<u8>,
-
-    /// Agents' ServiceAccount namespace; set = agents must send a token (TokenReview).
-    #[arg(long, value_name = "NAMESPACE")]
-    pub agent_namespace: Option<String>,
-    /// Agents' ServiceAccount name (required with token authentication).
-    #[arg(long, value_name = "NAME")]
-    pub agent_service_account: Option<String>,
-    /// Audience agents' tokens must carry (required with token authentication).
-    #[arg(long, value_name = "AUDIENCE")]
-    pub authentication_audience: Option<String>,
-    /// kubeconfig for TokenReviews; empty = in-cluster config.
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<String>,
-    /// TokenReviews per second; 0 = 5, negative = no limit [default: 0].
-    #[arg(long, value_name = "QPS", allow_negative_numbers = true)]
-    pub kubeconfig_qps: Option<f64>,
-    /// TokenReview burst; 0 = 10 [default: 0].
-    #[arg(long, value_name = "N")]
-    pub kubeconfig_burst: Option<u32>,
-    /// How long an accepted token is reused without a new review; 0 = never [default: 2m].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub token_review_cache_ttl: Option<Duration>,
 
     /// Warnings for upstream flags given that have no effect (see `upstream`).
     #[arg(skip)]
     pub no_effect: Vec<String>,
+}
+
+fn keepalive_time_help() -> String {
+    let doc = "QUIC keep-alive PING interval towards agents (quic.keep-alive-interval); 0 = default";
+    help_line(doc, Some(RawQuicConfig::defaults().keep_alive_interval.shown()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -209,83 +116,9 @@ impl Cli {
     /// upstream does, a non-empty `PROXY_SERVER_ID` stands in for an absent
     /// `--server-id`.
     fn into_raw(self, env: impl Fn(&str) -> Option<String>) -> RawServerConfig {
-        let Cli {
-            command: _,
-            config: _,
-            uds_name,
-            delete_existing_uds_file,
-            mode,
-            server_port,
-            server_bind_address,
-            server_cert,
-            server_key,
-            server_ca_cert,
-            agent_port,
-            agent_bind_address,
-            cluster_cert,
-            cluster_key,
-            cluster_ca_cert,
-            admin_port,
-            admin_bind_address,
-            health_port,
-            health_bind_address,
-            server_id,
-            server_count,
-            backend_dial_timeout,
-            keepalive_time,
-            frontend_keepalive_time,
-            graceful_shutdown_timeout,
-            max_message_bytes,
-            worker_threads,
-            v,
-            agent_namespace,
-            agent_service_account,
-            authentication_audience,
-            kubeconfig,
-            kubeconfig_qps,
-            kubeconfig_burst,
-            token_review_cache_ttl,
-            no_effect: _,
-        } = self;
-        RawServerConfig {
-            server_id: server_id.or_else(|| env(SERVER_ID_ENV).filter(|id| !id.is_empty())),
-            server_count,
-            mode,
-            uds_name,
-            delete_existing_uds_file,
-            server_bind_address,
-            server_port,
-            server_cert,
-            server_key,
-            server_ca_cert,
-            agent_bind_address,
-            agent_port,
-            cluster_cert,
-            cluster_key,
-            cluster_ca_cert,
-            agent_namespace,
-            agent_service_account,
-            authentication_audience,
-            // A string, not a path, so that Go's `--kubeconfig=` (empty) parses.
-            kubeconfig: kubeconfig.map(PathBuf::from),
-            kubeconfig_qps,
-            kubeconfig_burst,
-            // A flag without effect: its warning comes from the upstream table.
-            kube_api_content_type: None,
-            token_review_cache_ttl,
-            health_bind_address,
-            health_port,
-            admin_bind_address,
-            admin_port,
-            backend_dial_timeout,
-            graceful_shutdown_timeout,
-            frontend_keepalive_time,
-            max_message_bytes,
-            quic: RawQuicConfig::from_keepalive_time(keepalive_time),
-            worker_threads,
-            v,
-            logtostderr: None,
-        }
+        let server_id = self.flags.server_id.or_else(|| env(SERVER_ID_ENV).filter(|id| !id.is_empty()));
+        let quic = RawQuicConfig::from_keepalive_time(self.keepalive_time);
+        RawServerConfig { server_id, quic, ..self.flags }
     }
 }
 
@@ -294,6 +127,8 @@ mod upstream_tests;
 
 #[cfg(test)]
 mod tests {
+    use konnq_shared::config::FrontendMode;
+
     use super::*;
 
     pub(super) const REQUIRED: [&str; 3] =
@@ -370,7 +205,7 @@ mod tests {
     fn verbosity_go_style() {
         for spelling in [&["-v=4"][..], &["--v=4"], &["-v", "4"], &["-v4"], &["--v", "4"]] {
             let cli = parse(spelling).unwrap_or_else(|e| panic!("{spelling:?}: {e}"));
-            assert_eq!(cli.v, Some(4), "{spelling:?}");
+            assert_eq!(cli.flags.v, Some(4), "{spelling:?}");
         }
         assert_eq!(config(&["-v=4"]).unwrap().log.verbosity, 4);
     }
@@ -471,5 +306,35 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.agent_port, 8091);
         assert_eq!(c.backend_dial_timeout, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn log_format_flag() {
+        use konnq_shared::config::LogFormat;
+        assert_eq!(config(&[]).unwrap().log.format, LogFormat::Text);
+        assert_eq!(config(&["--log-format=json"]).unwrap().log.format, LogFormat::Json);
+        assert_eq!(config(&["-log-format", "text"]).unwrap().log.format, LogFormat::Text);
+        let err = parse(&["--log-format=xml"]).unwrap_err().to_string();
+        assert!(err.contains("--log-format") && err.contains("\"xml\"") && err.contains("text or json"), "{err}");
+    }
+
+    #[test]
+    fn help_shows_the_declared_defaults() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let mut flags = 0;
+        for key in RawServerConfig::keys() {
+            let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(key.key.as_str())) else {
+                continue;
+            };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            match &key.default {
+                Some(d) => assert!(help.ends_with(&format!(" [default: {}]", d.text)), "--{}: {help}", key.key),
+                None => assert!(!help.is_empty() && !help.ends_with('.'), "--{}: {help:?}", key.key),
+            }
+            flags += 1;
+        }
+        assert_eq!(flags, 33, "declared keys that are flags");
+        let long = parse(&["--help"]).unwrap_err().to_string();
+        assert!(long.contains("(quic.keep-alive-interval); 0 = default [default: 1s]"), "{long}");
     }
 }

@@ -1,17 +1,24 @@
 //! Configuration of `konnq-server` and `konnq-agent`.
 //!
-//! Two layers, the same for both binaries:
+//! Every key is declared once, in a `settings!` table (`server.rs`,
+//! `agent.rs`, `quic.rs`): doc line, type, default and flag attributes. From
+//! that declaration come two layers, the same for both binaries:
 //!
 //! 1. **Raw** structs ([`RawServerConfig`], [`RawAgentConfig`], [`RawQuicConfig`]):
-//!    what a TOML file and the command line both produce. Every field is an
-//!    `Option`; `None` means "not given here". Unknown TOML keys are rejected
-//!    (`deny_unknown_fields`), and TOML keys use the same words as the flags
-//!    (`uds-name` ↔ `--uds-name`). `raw.overlay(other)` merges two layers field
-//!    by field, `other` winning, so `file.overlay(flags)` gives flags precedence.
+//!    what a TOML file and the command line both produce (they are serde's and
+//!    clap's at once). Every field is an `Option`; `None` means "not given
+//!    here". Unknown TOML keys are rejected (`deny_unknown_fields`), and TOML
+//!    keys are the flags' words (`uds-name` ↔ `--uds-name`). `raw.overlay(other)`
+//!    merges two layers key by key, `other` winning, so `file.overlay(flags)`
+//!    gives flags precedence.
 //! 2. **Validated** structs ([`ServerConfig`], [`AgentConfig`], [`QuicConfig`]):
-//!    defaults filled in, ranges and relations checked, no "always `Some`"
-//!    options. `validate` collects *every* problem, each naming its TOML key
-//!    path (e.g. `quic.idle-timeout`), into one [`ConfigError`].
+//!    declared defaults filled in, ranges and relations checked, no "always
+//!    `Some`" options. `validate` collects *every* problem, each naming its
+//!    TOML key path (e.g. `quic.idle-timeout`), into one [`ConfigError`].
+//!
+//! `keys()` on each raw struct lists the keys with their doc line and
+//! default ([`KeyDoc`]); `--help` shows the same default, and tests hold
+//! `conf/*.toml` and the README's settings table against the list.
 //!
 //! Validation never touches the filesystem: certificate files are read (and
 //! their existence checked) later, when TLS is set up.
@@ -28,24 +35,29 @@ mod agent;
 mod duration;
 mod goflags;
 mod identifiers;
+mod quic;
 mod server;
+mod settings;
 mod token_auth;
 pub mod upstream;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use agent::{AgentConfig, RawAgentConfig};
+pub use agent::{AgentConfig, AgentDefaults, RawAgentConfig};
 pub use duration::{format_duration, parse_duration};
 pub use goflags::{
     normalize_go_flags, parse_bind_address, parse_klog_level, parse_path, try_parse_go_style, try_parse_go_style_with,
 };
 pub use identifiers::AgentIdentifiers;
-pub use server::{FrontendMode, RawServerConfig, ServerConfig};
-pub use token_auth::{ReviewRate, TokenAuthConfig, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_CACHE_TTL, DEFAULT_REVIEW_QPS};
+pub use quic::{CongestionControl, QuicConfig, QuicDefaults, RawQuicConfig};
+pub use server::{FrontendMode, RawServerConfig, ServerConfig, ServerDefaults};
+pub use settings::{help_line, DefaultValue, KeyDoc, Shown};
+pub use token_auth::{ReviewRate, TokenAuthConfig, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS};
 
 /// One configuration problem: the TOML key path it concerns and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +164,9 @@ impl Problems {
         value
     }
 
-    /// `worker-threads`: [`DEFAULT_WORKER_THREADS`] when not given; 0 means
-    /// one per CPU.
-    pub(crate) fn worker_threads(&mut self, value: Option<u16>) -> u16 {
-        self.in_range("worker-threads", value.unwrap_or(DEFAULT_WORKER_THREADS), 0, MAX_WORKER_THREADS)
+    /// `worker-threads`: 0 means one per CPU.
+    pub(crate) fn worker_threads(&mut self, value: u16) -> u16 {
+        self.in_range("worker-threads", value, 0, MAX_WORKER_THREADS)
     }
 
     /// A duration that must be greater than zero.
@@ -220,11 +231,50 @@ pub struct TlsFiles {
     pub ca: Option<PathBuf>,
 }
 
-/// Logging settings (upstream's klog flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Logging settings (upstream's klog `-v`, and `log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     /// klog-style verbosity, from `v` / `-v` (0 = info; higher is chattier).
     pub verbosity: u8,
+    /// How each log line is written.
+    pub format: LogFormat,
+}
+
+/// Log line formats (`log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("invalid log format {s:?} (expected text or json)")),
+        }
+    }
+}
+
+impl DefaultValue for LogFormat {
+    fn shown(&self) -> Shown {
+        Shown { text: self.name().to_owned(), quoted: true }
+    }
 }
 
 /// Default of `worker-threads`, for server and agent: one runtime thread.
@@ -238,182 +288,6 @@ pub const MAX_WORKER_THREADS: u16 = 1024;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
-
-/// QUIC transport settings, table `[quic]`, shared by server and agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuicConfig {
-    /// How often a PING is sent on an idle connection.
-    pub keep_alive_interval: Duration,
-    /// A connection with no traffic for this long is dead (dead-agent
-    /// detection). Default: 5 s, or 3 × `keep_alive_interval` when longer.
-    pub idle_timeout: Duration,
-    /// Per-stream receive window in bytes (bounds one connection's throughput
-    /// to window / RTT; after a loss the receiver holds up to about two
-    /// round trips of data until the retransmission fills the gap).
-    pub stream_receive_window: u64,
-    /// Streams (proxied connections) one agent connection may have open at once.
-    pub max_concurrent_streams: u64,
-    /// Requested SO_RCVBUF / SO_SNDBUF of the UDP socket, in bytes.
-    pub udp_buffer_bytes: usize,
-    /// Congestion controller of what this end sends.
-    pub congestion_control: CongestionControl,
-}
-
-/// QUIC congestion controllers (`quic.congestion-control`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CongestionControl {
-    /// Loss-based (RFC 9438); backs off on every loss.
-    Cubic,
-    /// Model-based (konnq's BBR-style controller, [`crate::cc`]): keeps the
-    /// data in flight at the measured bandwidth-delay product, so the
-    /// bottleneck queue stays short; random loss does not make it back off.
-    Bbr,
-    /// Loss-based (RFC 9002's NewReno).
-    NewReno,
-    /// quinn's experimental BBR (window 2–3 × its BDP estimate), for
-    /// comparison.
-    QuinnBbr,
-}
-
-impl CongestionControl {
-    pub fn name(self) -> &'static str {
-        match self {
-            CongestionControl::Cubic => "cubic",
-            CongestionControl::Bbr => "bbr",
-            CongestionControl::NewReno => "new-reno",
-            CongestionControl::QuinnBbr => "quinn-bbr",
-        }
-    }
-
-    fn parse(s: &str) -> Option<CongestionControl> {
-        Self::ALL.into_iter().find(|c| c.name() == s)
-    }
-
-    const ALL: [CongestionControl; 4] =
-        [CongestionControl::Bbr, CongestionControl::Cubic, CongestionControl::NewReno, CongestionControl::QuinnBbr];
-}
-
-impl Default for QuicConfig {
-    fn default() -> Self {
-        QuicConfig {
-            keep_alive_interval: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
-            stream_receive_window: 4 * MIB,
-            max_concurrent_streams: 10_000,
-            udp_buffer_bytes: 4 * MIB as usize,
-            congestion_control: CongestionControl::Bbr,
-        }
-    }
-}
-
-/// `[quic]` as written in TOML; see [`QuicConfig`] for meanings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawQuicConfig {
-    #[serde(default, with = "humantime_serde")]
-    pub keep_alive_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub idle_timeout: Option<Duration>,
-    pub stream_receive_window: Option<u64>,
-    pub max_concurrent_streams: Option<u64>,
-    pub udp_buffer_bytes: Option<usize>,
-    pub congestion_control: Option<String>,
-}
-
-impl RawQuicConfig {
-    /// Upstream's `--keepalive-time` (the server↔agent connection's
-    /// keep-alive) as a layer setting `keep-alive-interval`; 0 or absent
-    /// leaves it to lower layers and the default.
-    pub fn from_keepalive_time(keepalive_time: Option<Duration>) -> Option<RawQuicConfig> {
-        keepalive_time
-            .filter(|t| !t.is_zero())
-            .map(|t| RawQuicConfig { keep_alive_interval: Some(t), ..Default::default() })
-    }
-
-    /// Field by field, values set in `other` win.
-    pub fn overlay(self, other: RawQuicConfig) -> RawQuicConfig {
-        RawQuicConfig {
-            keep_alive_interval: other.keep_alive_interval.or(self.keep_alive_interval),
-            idle_timeout: other.idle_timeout.or(self.idle_timeout),
-            stream_receive_window: other.stream_receive_window.or(self.stream_receive_window),
-            max_concurrent_streams: other.max_concurrent_streams.or(self.max_concurrent_streams),
-            udp_buffer_bytes: other.udp_buffer_bytes.or(self.udp_buffer_bytes),
-            congestion_control: other.congestion_control.or(self.congestion_control),
-        }
-    }
-
-    /// Fills defaults and checks ranges; keys are reported as `quic.<key>`.
-    pub fn validate(self) -> Result<QuicConfig, ConfigError> {
-        let mut problems = Problems::default();
-        let quic = self.check(&mut problems);
-        problems.finish(quic)
-    }
-
-    pub(crate) fn check(self, outer: &mut Problems) -> QuicConfig {
-        let d = QuicConfig::default();
-        let mut p = Problems::with_prefix("quic.");
-        let keep_alive_interval =
-            p.positive("keep-alive-interval", self.keep_alive_interval.unwrap_or(d.keep_alive_interval));
-        // Not given: three keep-alive intervals when that is longer than the
-        // default, so that a longer keep-alive (upstream's --keepalive-time)
-        // never makes the connection time out between two PINGs.
-        let idle_timeout =
-            self.idle_timeout.unwrap_or_else(|| d.idle_timeout.max(keep_alive_interval.saturating_mul(3)));
-        if idle_timeout <= keep_alive_interval {
-            p.push(
-                "idle-timeout",
-                format!(
-                    "must be greater than quic.keep-alive-interval ({} <= {})",
-                    format_duration(idle_timeout),
-                    format_duration(keep_alive_interval)
-                ),
-            );
-        }
-        let stream_receive_window = p.in_range(
-            "stream-receive-window",
-            self.stream_receive_window.unwrap_or(d.stream_receive_window),
-            64 * KIB,
-            256 * MIB,
-        );
-        let max_concurrent_streams = p.in_range(
-            "max-concurrent-streams",
-            self.max_concurrent_streams.unwrap_or(d.max_concurrent_streams),
-            1,
-            1_000_000,
-        );
-        let udp_buffer_bytes = p.in_range(
-            "udp-buffer-bytes",
-            self.udp_buffer_bytes.unwrap_or(d.udp_buffer_bytes),
-            64 * KIB as usize,
-            256 * MIB as usize,
-        );
-        let congestion_control = match self.congestion_control.as_deref() {
-            None => d.congestion_control,
-            Some(name) => CongestionControl::parse(name).unwrap_or_else(|| {
-                let names: Vec<String> = CongestionControl::ALL.iter().map(|c| format!("{:?}", c.name())).collect();
-                p.push("congestion-control", format!("{name:?} is not one of {}", names.join(", ")));
-                d.congestion_control
-            }),
-        };
-        outer.extend(p);
-        QuicConfig {
-            keep_alive_interval,
-            idle_timeout,
-            stream_receive_window,
-            max_concurrent_streams,
-            udp_buffer_bytes,
-            congestion_control,
-        }
-    }
-}
-
-/// `Option` overlay for nested raw tables: merge when both are set.
-fn overlay_quic(base: Option<RawQuicConfig>, top: Option<RawQuicConfig>) -> Option<RawQuicConfig> {
-    match (base, top) {
-        (Some(base), Some(top)) => Some(base.overlay(top)),
-        (base, top) => top.or(base),
-    }
-}
 
 /// Describes configuration problems for someone who used the command line:
 /// flag keys as `--flag: ...` (`-v: ...` for verbosity), keys that exist only
@@ -437,81 +311,15 @@ pub fn describe_for_cli(problems: &[Problem], config_file: Option<&std::path::Pa
 mod tests {
     use super::*;
 
-    fn quic(toml_text: &str) -> Result<QuicConfig, ConfigError> {
-        let raw: RawQuicConfig = parse_toml(toml_text, "test").expect("parses");
-        raw.validate()
-    }
-
     #[test]
-    fn congestion_control_by_name() {
-        for c in CongestionControl::ALL {
-            let q = quic(&format!("congestion-control = \"{}\"", c.name())).expect("valid");
-            assert_eq!(q.congestion_control, c);
-            crate::quic::transport_config(&q, true).expect("quinn takes it");
+    fn log_format_by_name() {
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        let err = "JSON".parse::<LogFormat>().unwrap_err();
+        assert!(err.contains("\"JSON\"") && err.contains("text or json"), "{err}");
+        for format in [LogFormat::Text, LogFormat::Json] {
+            assert_eq!(format.name().parse::<LogFormat>(), Ok(format));
         }
-        let err = quic("congestion-control = \"vegas\"").unwrap_err().to_string();
-        assert!(err.contains("quic.congestion-control") && err.contains("vegas"), "{err}");
-    }
-
-    #[test]
-    fn quic_defaults() {
-        let q = RawQuicConfig::default().validate().expect("defaults are valid");
-        assert_eq!(q, QuicConfig::default());
-        assert_eq!(q.keep_alive_interval, Duration::from_secs(1));
-        assert_eq!(q.idle_timeout, Duration::from_secs(5));
-        assert_eq!(q.stream_receive_window, 4 * 1024 * 1024);
-        assert_eq!(q.max_concurrent_streams, 10_000);
-        assert_eq!(q.udp_buffer_bytes, 4 * 1024 * 1024);
-    }
-
-    #[test]
-    fn quic_idle_timeout_must_exceed_keep_alive() {
-        let err = quic("keep-alive-interval = \"10s\"\nidle-timeout = \"10s\"").unwrap_err();
-        assert_eq!(err.problems().len(), 1);
-        assert_eq!(err.problems()[0].key, "quic.idle-timeout");
-        assert!(err.to_string().contains("quic.idle-timeout: must be greater than quic.keep-alive-interval"));
-    }
-
-    #[test]
-    fn idle_timeout_follows_a_long_keep_alive_unless_given() {
-        assert_eq!(quic("keep-alive-interval = \"1s\"").unwrap().idle_timeout, Duration::from_secs(5));
-        assert_eq!(quic("keep-alive-interval = \"30s\"").unwrap().idle_timeout, Duration::from_secs(90));
-        let q = quic("keep-alive-interval = \"30s\"\nidle-timeout = \"40s\"").unwrap();
-        assert_eq!(q.idle_timeout, Duration::from_secs(40), "an explicit idle-timeout is kept");
-    }
-
-    #[test]
-    fn quic_collects_every_problem() {
-        let err = quic(
-            "keep-alive-interval = \"0s\"\nstream-receive-window = 1\n\
-             max-concurrent-streams = 0\nudp-buffer-bytes = 1",
-        )
-        .unwrap_err();
-        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "quic.keep-alive-interval",
-                "quic.stream-receive-window",
-                "quic.max-concurrent-streams",
-                "quic.udp-buffer-bytes"
-            ]
-        );
-    }
-
-    #[test]
-    fn quic_durations_and_overlay() {
-        let base: RawQuicConfig = parse_toml("keep-alive-interval = \"500ms\"\nidle-timeout = \"1m30s\"", "t").unwrap();
-        let top = RawQuicConfig { idle_timeout: Some(Duration::from_secs(3)), ..Default::default() };
-        let q = base.overlay(top).validate().unwrap();
-        assert_eq!(q.keep_alive_interval, Duration::from_millis(500));
-        assert_eq!(q.idle_timeout, Duration::from_secs(3));
-    }
-
-    #[test]
-    fn quic_unknown_key_is_named() {
-        let err = parse_toml::<RawQuicConfig>("idle-timeot = \"1s\"", "t").unwrap_err();
-        assert!(err.to_string().contains("idle-timeot"), "{err}");
     }
 
     #[test]

@@ -1,16 +1,16 @@
-//! `konnq-agent` configuration: [`RawAgentConfig`] (TOML / flags) and the
-//! validated [`AgentConfig`].
+//! `konnq-agent` configuration: every key declared once in
+//! [`RawAgentConfig`] (TOML / flags), validated into [`AgentConfig`].
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::identifiers::AgentIdentifiers;
+use super::settings::settings;
 use super::{
-    format_duration, non_empty_path, non_empty_string, overlay_quic, parse_toml, random_id, read_toml, ConfigError,
-    LogConfig, Problems, QuicConfig, RawQuicConfig,
+    format_duration, non_empty_path, non_empty_string, parse_bind_address, parse_duration, parse_klog_level,
+    parse_path, parse_toml, random_id, read_toml, ConfigError, LogConfig, LogFormat, Problems, QuicConfig,
+    RawQuicConfig, DEFAULT_WORKER_THREADS,
 };
 
 /// Validated agent configuration; see `conf/agent.toml` for every key.
@@ -62,38 +62,80 @@ impl AgentConfig {
     }
 }
 
-/// Agent settings as given in TOML or on the command line; `None` = not given.
-/// Keys are the flag names: `proxy-server-host` ↔ `--proxy-server-host`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawAgentConfig {
-    pub agent_id: Option<String>,
-    /// Upstream syntax, `host=a&ipv4=1.2.3.4&...`.
-    pub agent_identifiers: Option<String>,
-    pub proxy_server_host: Option<String>,
-    pub proxy_server_port: Option<u16>,
-    pub server_name: Option<String>,
-    pub ca_cert: Option<PathBuf>,
-    pub agent_cert: Option<PathBuf>,
-    pub agent_key: Option<PathBuf>,
-    pub alpn_proto: Option<Vec<String>>,
-    pub health_bind_address: Option<IpAddr>,
-    pub health_server_port: Option<u16>,
-    pub admin_bind_address: Option<IpAddr>,
-    pub admin_server_port: Option<u16>,
-    #[serde(default, with = "humantime_serde")]
-    pub sync_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub sync_interval_cap: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub dial_timeout: Option<Duration>,
-    pub service_account_token_path: Option<PathBuf>,
-    pub quic: Option<RawQuicConfig>,
-    pub worker_threads: Option<u16>,
-    /// Log verbosity (`-v`).
-    pub v: Option<u8>,
-    /// Accepted for upstream parity and ignored: konnq always logs to stderr.
-    pub logtostderr: Option<bool>,
+settings! {
+    /// Agent settings as given in TOML or on the command line; `None` = not
+    /// given. Keys are the flag names: `proxy-server-host` ↔ `--proxy-server-host`.
+    #[derive(Eq)]
+    RawAgentConfig, defaults AgentDefaults {
+        /// Server host name or address.
+        #[arg(long, value_name = "HOST")]
+        proxy_server_host: String = "127.0.0.1".into(),
+        /// Server UDP (QUIC) port.
+        #[arg(long, value_name = "PORT")]
+        proxy_server_port: u16 = 8091,
+        /// CA that signed the server's certificate (required).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        ca_cert: PathBuf,
+        /// Client certificate for mTLS (with --agent-key).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        agent_cert: PathBuf,
+        /// Client key for mTLS (with --agent-cert).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        agent_key: PathBuf,
+        /// Name to verify in the server certificate [default: --proxy-server-host].
+        #[arg(long, value_name = "NAME")]
+        server_name: String,
+        /// More ALPN protocols to offer the server, before konnq's own; comma-separated, repeatable.
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        alpn_proto: Vec<String>,
+        /// Id of this agent; when not given, $PROXY_AGENT_ID if set [default: random].
+        #[arg(long, value_name = "ID")]
+        agent_id: String,
+        /// Reachability for routing: host=a&ipv4=1.2.3.4&ipv6=::1&cidr=10.0.0.0/8&default-route=true
+        #[arg(long, value_name = "IDS")]
+        agent_identifiers: String,
+        /// Admin / metrics port.
+        #[arg(long, value_name = "PORT")]
+        admin_server_port: u16 = 8094,
+        /// Admin / metrics address; empty = all.
+        #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
+        admin_bind_address: IpAddr = Ipv4Addr::LOCALHOST.into(),
+        /// /healthz and /readyz port.
+        #[arg(long, value_name = "PORT")]
+        health_server_port: u16 = 8093,
+        /// /healthz and /readyz address; empty = all.
+        #[arg(long, visible_alias = "health-server-host", value_name = "IP", value_parser = parse_bind_address)]
+        health_bind_address: IpAddr = Ipv4Addr::UNSPECIFIED.into(),
+        /// Service-account token file sent to the server.
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        service_account_token_path: PathBuf,
+        /// First reconnect delay, e.g. 1s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        sync_interval: Duration = Duration::from_secs(1),
+        /// Longest reconnect delay, e.g. 10s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        sync_interval_cap: Duration = Duration::from_secs(10),
+        /// TCP dial timeout to targets, e.g. 5s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        dial_timeout: Duration = Duration::from_secs(5),
+        /// Runtime worker threads; 0 = one per CPU.
+        #[arg(long, value_name = "N")]
+        worker_threads: u16 = DEFAULT_WORKER_THREADS,
+        /// Log verbosity (-v=4 and --v=4 work too).
+        #[arg(short = 'v', long = "v", value_name = "LEVEL", value_parser = parse_klog_level)]
+        v: u8 = 0,
+        /// Log line format: text or json.
+        #[arg(long, value_name = "FORMAT")]
+        log_format: LogFormat = LogFormat::Text,
+        /// Accepted for upstream parity and ignored: konnq always logs to stderr.
+        // TOML only: the flag is in upstream::KLOG, with its warning.
+        #[arg(skip)]
+        logtostderr: bool,
+    }
+    tables { quic: RawQuicConfig }
 }
 
 impl RawAgentConfig {
@@ -107,54 +149,22 @@ impl RawAgentConfig {
         read_toml(path)
     }
 
-    /// Field by field, values set in `other` win (`file.overlay(flags)`).
-    pub fn overlay(self, other: RawAgentConfig) -> RawAgentConfig {
-        RawAgentConfig {
-            agent_id: other.agent_id.or(self.agent_id),
-            agent_identifiers: other.agent_identifiers.or(self.agent_identifiers),
-            proxy_server_host: other.proxy_server_host.or(self.proxy_server_host),
-            proxy_server_port: other.proxy_server_port.or(self.proxy_server_port),
-            server_name: other.server_name.or(self.server_name),
-            ca_cert: other.ca_cert.or(self.ca_cert),
-            agent_cert: other.agent_cert.or(self.agent_cert),
-            agent_key: other.agent_key.or(self.agent_key),
-            alpn_proto: other.alpn_proto.or(self.alpn_proto),
-            health_bind_address: other.health_bind_address.or(self.health_bind_address),
-            health_server_port: other.health_server_port.or(self.health_server_port),
-            admin_bind_address: other.admin_bind_address.or(self.admin_bind_address),
-            admin_server_port: other.admin_server_port.or(self.admin_server_port),
-            sync_interval: other.sync_interval.or(self.sync_interval),
-            sync_interval_cap: other.sync_interval_cap.or(self.sync_interval_cap),
-            dial_timeout: other.dial_timeout.or(self.dial_timeout),
-            service_account_token_path: other.service_account_token_path.or(self.service_account_token_path),
-            quic: overlay_quic(self.quic, other.quic),
-            worker_threads: other.worker_threads.or(self.worker_threads),
-            v: other.v.or(self.v),
-            logtostderr: other.logtostderr.or(self.logtostderr),
-        }
-    }
-
     /// Fills defaults and checks every value; all problems are reported.
+    /// (Long: one line per field of [`AgentConfig`].)
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let d = RawAgentConfig::defaults();
         let mut p = Problems::default();
-        let agent_identifiers = match AgentIdentifiers::parse(self.agent_identifiers.as_deref().unwrap_or("")) {
-            Ok(ids) => ids,
-            Err(errors) => {
-                for e in errors {
-                    p.push("agent-identifiers", e);
-                }
-                AgentIdentifiers::default()
-            }
-        };
-        let proxy_server_host = self.proxy_server_host.unwrap_or_else(|| "127.0.0.1".to_owned());
+        let agent_identifiers = agent_identifiers(&mut p, self.agent_identifiers.as_deref().unwrap_or(""));
+        let proxy_server_host = self.proxy_server_host.unwrap_or(d.proxy_server_host);
         if proxy_server_host.is_empty() {
             p.push("proxy-server-host", "must not be empty");
         }
-        let proxy_server_port = p.in_range("proxy-server-port", self.proxy_server_port.unwrap_or(8091), 1, u16::MAX);
+        let proxy_server_port =
+            p.in_range("proxy-server-port", self.proxy_server_port.unwrap_or(d.proxy_server_port), 1, u16::MAX);
         let agent_tls = agent_tls(&mut p, self.agent_cert, self.agent_key);
         let alpn_proto = alpn_protocols(&mut p, self.alpn_proto.unwrap_or_default());
-        let sync_interval = p.positive("sync-interval", self.sync_interval.unwrap_or(Duration::from_secs(1)));
-        let sync_interval_cap = self.sync_interval_cap.unwrap_or(Duration::from_secs(10));
+        let sync_interval = p.positive("sync-interval", self.sync_interval.unwrap_or(d.sync_interval));
+        let sync_interval_cap = self.sync_interval_cap.unwrap_or(d.sync_interval_cap);
         if sync_interval_cap < sync_interval {
             p.push(
                 "sync-interval-cap",
@@ -165,8 +175,8 @@ impl RawAgentConfig {
                 ),
             );
         }
-        let (health_server_port, admin_server_port) =
-            (self.health_server_port.unwrap_or(8093), self.admin_server_port.unwrap_or(8094));
+        let health_server_port = self.health_server_port.unwrap_or(d.health_server_port);
+        let admin_server_port = self.admin_server_port.unwrap_or(d.admin_server_port);
         if health_server_port != 0 && health_server_port == admin_server_port {
             p.push("admin-server-port", format!("port {admin_server_port} is already used by health-server-port"));
         }
@@ -179,20 +189,30 @@ impl RawAgentConfig {
             ca_cert: p.required_path("ca-cert", self.ca_cert),
             agent_tls,
             alpn_proto,
-            health_bind_address: self.health_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            health_bind_address: self.health_bind_address.unwrap_or(d.health_bind_address),
             health_server_port,
-            admin_bind_address: self.admin_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
+            admin_bind_address: self.admin_bind_address.unwrap_or(d.admin_bind_address),
             admin_server_port,
             sync_interval,
             sync_interval_cap,
-            dial_timeout: p.positive("dial-timeout", self.dial_timeout.unwrap_or(Duration::from_secs(5))),
+            dial_timeout: p.positive("dial-timeout", self.dial_timeout.unwrap_or(d.dial_timeout)),
             service_account_token_path: non_empty_path(self.service_account_token_path),
             quic: self.quic.unwrap_or_default().check(&mut p),
-            log: LogConfig { verbosity: self.v.unwrap_or(0) },
-            worker_threads: p.worker_threads(self.worker_threads),
+            log: LogConfig { verbosity: self.v.unwrap_or(d.v), format: self.log_format.unwrap_or(d.log_format) },
+            worker_threads: p.worker_threads(self.worker_threads.unwrap_or(d.worker_threads)),
         };
         p.finish(config)
     }
+}
+
+/// Upstream's `host=a&ipv4=1.2.3.4&...`; each problem is one of `agent-identifiers`.
+fn agent_identifiers(p: &mut Problems, text: &str) -> AgentIdentifiers {
+    AgentIdentifiers::parse(text).unwrap_or_else(|errors| {
+        for e in errors {
+            p.push("agent-identifiers", e);
+        }
+        AgentIdentifiers::default()
+    })
 }
 
 /// ALPN protocol names: empty ones dropped (Go's `--alpn-proto=`), each at
@@ -222,131 +242,4 @@ fn agent_tls(p: &mut Problems, cert: Option<PathBuf>, key: Option<PathBuf>) -> O
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys(err: &ConfigError) -> Vec<&str> {
-        err.problems().iter().map(|p| p.key.as_str()).collect()
-    }
-
-    fn with_ca(raw: RawAgentConfig) -> RawAgentConfig {
-        RawAgentConfig { ca_cert: Some("/pki/ca.crt".into()), ..Default::default() }.overlay(raw)
-    }
-
-    #[test]
-    fn defaults() {
-        let c = AgentConfig::from_toml_str("ca-cert = \"/pki/ca.crt\"").expect("valid");
-        assert_eq!(c.agent_id.len(), 16);
-        assert_eq!(c.agent_identifiers, AgentIdentifiers::default());
-        assert_eq!(c.proxy_server_host, "127.0.0.1");
-        assert_eq!(c.proxy_server_port, 8091);
-        assert_eq!(c.server_name, None);
-        assert_eq!(c.tls_server_name(), "127.0.0.1");
-        assert_eq!(c.ca_cert, PathBuf::from("/pki/ca.crt"));
-        assert_eq!(c.agent_tls, None);
-        assert!(c.alpn_proto.is_empty());
-        assert_eq!((c.health_bind_address, c.health_server_port), (IpAddr::from([0, 0, 0, 0]), 8093));
-        assert_eq!((c.admin_bind_address, c.admin_server_port), (IpAddr::from([127, 0, 0, 1]), 8094));
-        assert_eq!(c.sync_interval, Duration::from_secs(1));
-        assert_eq!(c.sync_interval_cap, Duration::from_secs(10));
-        assert_eq!(c.dial_timeout, Duration::from_secs(5));
-        assert_eq!(c.service_account_token_path, None);
-        assert_eq!(c.quic, QuicConfig::default());
-        assert_eq!(c.log, LogConfig::default());
-        assert_eq!(c.worker_threads, 1);
-    }
-
-    #[test]
-    fn missing_ca_cert_is_named() {
-        let err = RawAgentConfig::default().validate().unwrap_err();
-        assert_eq!(keys(&err), ["ca-cert"]);
-        assert!(err.to_string().contains("ca-cert: required"), "{err}");
-    }
-
-    #[test]
-    fn agent_cert_and_key_come_together() {
-        let only_cert = with_ca(RawAgentConfig { agent_cert: Some("/a.crt".into()), ..Default::default() });
-        assert_eq!(keys(&only_cert.validate().unwrap_err()), ["agent-key"]);
-        let only_key = with_ca(RawAgentConfig { agent_key: Some("/a.key".into()), ..Default::default() });
-        assert_eq!(keys(&only_key.validate().unwrap_err()), ["agent-cert"]);
-        let both = with_ca(RawAgentConfig {
-            agent_cert: Some("/a.crt".into()),
-            agent_key: Some("/a.key".into()),
-            ..Default::default()
-        });
-        assert_eq!(both.validate().unwrap().agent_tls, Some(("/a.crt".into(), "/a.key".into())));
-    }
-
-    #[test]
-    fn every_problem_is_reported_with_its_key() {
-        let text = r#"
-            proxy-server-host = ""
-            proxy-server-port = 0
-            agent-identifiers = "colour=blue"
-            sync-interval = "5s"
-            sync-interval-cap = "1s"
-            dial-timeout = "0s"
-            health-server-port = 7000
-            admin-server-port = 7000
-            worker-threads = 5000
-            alpn-proto = ["h2", ""]
-            [quic]
-            keep-alive-interval = "10s"
-            idle-timeout = "10s"
-        "#;
-        let err = AgentConfig::from_toml_str(text).unwrap_err();
-        assert_eq!(
-            keys(&err),
-            [
-                "agent-identifiers",
-                "proxy-server-host",
-                "proxy-server-port",
-                "sync-interval-cap",
-                "admin-server-port",
-                "ca-cert",
-                "dial-timeout",
-                "quic.idle-timeout",
-                "worker-threads",
-            ]
-        );
-        let text = err.to_string();
-        assert!(text.contains("worker-threads: must be between 0 and 1024, got 5000"), "{text}");
-        assert!(text.contains("agent-identifiers: unknown identifier key \"colour\""), "{text}");
-        assert!(text.contains("sync-interval-cap: must be at least sync-interval"), "{text}");
-    }
-
-    #[test]
-    fn alpn_protocols_drop_empty_names_and_check_length() {
-        let c = AgentConfig::from_toml_str("ca-cert = \"/ca\"\nalpn-proto = [\"\", \"konnectivity\"]").unwrap();
-        assert_eq!(c.alpn_proto, ["konnectivity"]);
-        let long = with_ca(RawAgentConfig { alpn_proto: Some(vec!["x".repeat(256)]), ..Default::default() });
-        assert_eq!(keys(&long.validate().unwrap_err()), ["alpn-proto"]);
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let err = RawAgentConfig::from_toml_str("proxy-server = \"x\"").unwrap_err();
-        assert!(err.to_string().contains("proxy-server"), "{err}");
-    }
-
-    #[test]
-    fn server_name_overrides_host_for_tls() {
-        let c = with_ca(RawAgentConfig {
-            proxy_server_host: Some("10.0.0.1".into()),
-            server_name: Some("konnq.example".into()),
-            ..Default::default()
-        })
-        .validate()
-        .unwrap();
-        assert_eq!(c.tls_server_name(), "konnq.example");
-    }
-
-    #[test]
-    fn overlay_prefers_other() {
-        let file = RawAgentConfig::from_toml_str("proxy-server-host = \"a\"\nproxy-server-port = 1").unwrap();
-        let flags = RawAgentConfig { proxy_server_port: Some(2), ..Default::default() };
-        let merged = file.overlay(flags);
-        assert_eq!(merged.proxy_server_host.as_deref(), Some("a"));
-        assert_eq!(merged.proxy_server_port, Some(2));
-    }
-}
+mod tests;

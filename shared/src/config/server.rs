@@ -1,5 +1,5 @@
-//! `konnq-server` configuration: [`RawServerConfig`] (TOML / flags) and the
-//! validated [`ServerConfig`].
+//! `konnq-server` configuration: every key declared once in
+//! [`RawServerConfig`] (TOML / flags), validated into [`ServerConfig`].
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -8,21 +8,31 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::settings::{settings, DefaultValue, Shown};
 use super::token_auth::{RawTokenAuth, TokenAuthConfig};
 use super::{
-    non_empty_path, non_empty_string, overlay_quic, parse_toml, random_id, read_toml, ConfigError, LogConfig, Problems,
-    QuicConfig, RawQuicConfig, TlsFiles, MIB,
+    non_empty_path, non_empty_string, parse_bind_address, parse_duration, parse_go_bool, parse_klog_level, parse_path,
+    parse_toml, random_id, read_toml, ConfigError, LogConfig, LogFormat, Problems, QuicConfig, RawQuicConfig, TlsFiles,
+    DEFAULT_WORKER_THREADS, MIB,
 };
 
 /// How kube-apiserver talks to the frontend (upstream's `--mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FrontendMode {
     /// Konnectivity gRPC `ProxyService` (`proxyProtocol: GRPC`).
-    #[default]
     Grpc,
     /// HTTP `CONNECT` per dial (`proxyProtocol: HTTPConnect`).
     HttpConnect,
+}
+
+impl FrontendMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontendMode::Grpc => "grpc",
+            FrontendMode::HttpConnect => "http-connect",
+        }
+    }
 }
 
 impl FromStr for FrontendMode {
@@ -34,6 +44,12 @@ impl FromStr for FrontendMode {
             "http-connect" => Ok(FrontendMode::HttpConnect),
             _ => Err(format!("invalid mode {s:?} (expected grpc or http-connect)")),
         }
+    }
+}
+
+impl DefaultValue for FrontendMode {
+    fn shown(&self) -> Shown {
+        Shown { text: self.name().to_owned(), quoted: true }
     }
 }
 
@@ -87,63 +103,131 @@ impl ServerConfig {
     }
 }
 
-/// Server settings as given in TOML or on the command line; `None` = not given.
-/// Keys are the flag names: `uds-name` ↔ `--uds-name`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawServerConfig {
-    pub server_id: Option<String>,
-    pub server_count: Option<u32>,
-    pub mode: Option<FrontendMode>,
-    pub uds_name: Option<PathBuf>,
-    pub delete_existing_uds_file: Option<bool>,
-    pub server_bind_address: Option<IpAddr>,
-    pub server_port: Option<u16>,
-    pub server_cert: Option<PathBuf>,
-    pub server_key: Option<PathBuf>,
-    pub server_ca_cert: Option<PathBuf>,
-    pub agent_bind_address: Option<IpAddr>,
-    pub agent_port: Option<u16>,
-    pub cluster_cert: Option<PathBuf>,
-    pub cluster_key: Option<PathBuf>,
-    pub cluster_ca_cert: Option<PathBuf>,
-    pub agent_namespace: Option<String>,
-    pub agent_service_account: Option<String>,
-    pub authentication_audience: Option<String>,
-    /// Empty or unset: in-cluster config.
-    pub kubeconfig: Option<PathBuf>,
-    pub kubeconfig_qps: Option<f64>,
-    pub kubeconfig_burst: Option<u32>,
-    /// Accepted for upstream parity and ignored: TokenReviews are sent as JSON.
-    pub kube_api_content_type: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    pub token_review_cache_ttl: Option<Duration>,
-    pub health_bind_address: Option<IpAddr>,
-    pub health_port: Option<u16>,
-    pub admin_bind_address: Option<IpAddr>,
-    pub admin_port: Option<u16>,
-    #[serde(default, with = "humantime_serde")]
-    pub backend_dial_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub graceful_shutdown_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub frontend_keepalive_time: Option<Duration>,
-    pub max_message_bytes: Option<usize>,
-    pub quic: Option<RawQuicConfig>,
-    pub worker_threads: Option<u16>,
-    /// Log verbosity (`-v`).
-    pub v: Option<u8>,
-    /// Accepted for upstream parity and ignored: konnq always logs to stderr.
-    pub logtostderr: Option<bool>,
+// The keys in `--help` order. Defaults that differ from upstream's say why
+// in conf/server.toml.
+settings! {
+    /// Server settings as given in TOML or on the command line; `None` = not
+    /// given. Keys are the flag names: `uds-name` ↔ `--uds-name`.
+    RawServerConfig, defaults ServerDefaults {
+        /// Unix socket for kube-apiserver.
+        #[arg(long, value_name = "PATH", value_parser = parse_path)]
+        uds_name: PathBuf,
+        /// Remove a stale socket file first.
+        #[arg(long, value_name = "BOOL", value_parser = parse_go_bool)]
+        #[arg(num_args = 0..=1, default_missing_value = "true")] // a Go bool: the flag alone is true
+        delete_existing_uds_file: bool = true,
+        /// Frontend protocol: grpc or http-connect.
+        #[arg(long, value_name = "MODE")]
+        mode: FrontendMode = FrontendMode::Grpc,
+        /// TCP mTLS frontend port, 0 = none.
+        #[arg(long, value_name = "PORT")]
+        server_port: u16 = 0,
+        /// Address of the TCP frontend; empty = all.
+        #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
+        server_bind_address: IpAddr = Ipv4Addr::LOCALHOST.into(),
+        /// Frontend certificate (required with --server-port).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        server_cert: PathBuf,
+        /// Frontend key (required with --server-port).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        server_key: PathBuf,
+        /// CA of kube-apiserver's client certificate (required with --server-port).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        server_ca_cert: PathBuf,
+        /// UDP (QUIC) port for agents.
+        #[arg(long, value_name = "PORT")]
+        agent_port: u16 = 8091,
+        /// Address for agents; empty = all.
+        #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
+        agent_bind_address: IpAddr = Ipv4Addr::UNSPECIFIED.into(),
+        /// Certificate presented to agents (required).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        cluster_cert: PathBuf,
+        /// Key of --cluster-cert (required).
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        cluster_key: PathBuf,
+        /// CA of agents' client certificates; set = mTLS required.
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        cluster_ca_cert: PathBuf,
+        /// Admin / metrics port.
+        #[arg(long, value_name = "PORT")]
+        admin_port: u16 = 8095,
+        /// Admin / metrics address; empty = all.
+        #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
+        admin_bind_address: IpAddr = Ipv4Addr::LOCALHOST.into(),
+        /// /healthz and /readyz port.
+        #[arg(long, value_name = "PORT")]
+        health_port: u16 = 8092,
+        /// /healthz and /readyz address; empty = all.
+        #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
+        health_bind_address: IpAddr = Ipv4Addr::UNSPECIFIED.into(),
+        /// Id of this server; when not given, $PROXY_SERVER_ID if set [default: random].
+        #[arg(long, value_name = "ID")]
+        server_id: String,
+        /// Number of servers behind the load balancer.
+        #[arg(long, value_name = "N")]
+        server_count: u32 = 1,
+        /// How long a dial waits for the agent, e.g. 10s; 0 = no limit.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        backend_dial_timeout: Duration = Duration::from_secs(10),
+        /// gRPC frontend: PING a connection idle this long; 0 = default.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        frontend_keepalive_time: Duration = Duration::from_secs(30),
+        /// Drain time on shutdown, e.g. 15s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        graceful_shutdown_timeout: Duration = Duration::from_secs(15),
+        /// Largest gRPC message from kube-apiserver, bytes.
+        #[arg(long, value_name = "BYTES")]
+        max_message_bytes: usize = 16 * MIB as usize,
+        /// Runtime worker threads; 0 = one per CPU.
+        #[arg(long, value_name = "N")]
+        worker_threads: u16 = DEFAULT_WORKER_THREADS,
+        /// Log verbosity (-v=4 and --v=4 work too).
+        #[arg(short = 'v', long = "v", value_name = "LEVEL", value_parser = parse_klog_level)]
+        v: u8 = 0,
+        /// Log line format: text or json.
+        #[arg(long, value_name = "FORMAT")]
+        log_format: LogFormat = LogFormat::Text,
+        /// Agents' ServiceAccount namespace; set = agents must send a token (TokenReview).
+        #[arg(long, value_name = "NAMESPACE")]
+        agent_namespace: String,
+        /// Agents' ServiceAccount name (required with token authentication).
+        #[arg(long, value_name = "NAME")]
+        agent_service_account: String,
+        /// Audience agents' tokens must carry (required with token authentication).
+        #[arg(long, value_name = "AUDIENCE")]
+        authentication_audience: String,
+        /// kubeconfig for TokenReviews; empty = in-cluster config.
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        kubeconfig: PathBuf,
+        /// TokenReviews per second; 0 = 5, negative = no limit.
+        #[arg(long, value_name = "QPS", allow_negative_numbers = true)]
+        kubeconfig_qps: f64 = 0.0,
+        /// TokenReview burst; 0 = 10.
+        #[arg(long, value_name = "N")]
+        kubeconfig_burst: u32 = 0,
+        /// How long an accepted token is reused without a new review; 0 = never.
+        // As long as kube-apiserver's own cache of TokenReview answers
+        // (--authentication-token-webhook-cache-ttl).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        token_review_cache_ttl: Duration = Duration::from_secs(120),
+        /// Accepted for upstream parity and ignored: TokenReviews are sent as JSON.
+        // TOML only: the flag is in upstream::SERVER, with its warning.
+        #[arg(skip)]
+        kube_api_content_type: String,
+        /// Accepted for upstream parity and ignored: konnq always logs to stderr.
+        // TOML only: the flag is in upstream::KLOG, with its warning.
+        #[arg(skip)]
+        logtostderr: bool,
+    }
+    tables { quic: RawQuicConfig }
 }
 
 const MIN_MESSAGE_BYTES: usize = 4 * MIB as usize;
-/// Default of `backend-dial-timeout` (upstream's is 0, no limit: a dial to a
-/// silent agent would then wait as long as the client does).
-pub const DEFAULT_BACKEND_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default of `frontend-keepalive-time` (upstream's is 1 h): a vanished
-/// kube-apiserver connection is noticed within 40 s (PING unanswered for 10 s).
-pub const DEFAULT_FRONTEND_KEEPALIVE: Duration = Duration::from_secs(30);
 const MAX_MESSAGE_BYTES: usize = 256 * MIB as usize;
 
 impl RawServerConfig {
@@ -157,64 +241,12 @@ impl RawServerConfig {
         read_toml(path)
     }
 
-    /// Field by field, values set in `other` win (`file.overlay(flags)`).
-    pub fn overlay(self, other: RawServerConfig) -> RawServerConfig {
-        RawServerConfig {
-            server_id: other.server_id.or(self.server_id),
-            server_count: other.server_count.or(self.server_count),
-            mode: other.mode.or(self.mode),
-            uds_name: other.uds_name.or(self.uds_name),
-            delete_existing_uds_file: other.delete_existing_uds_file.or(self.delete_existing_uds_file),
-            server_bind_address: other.server_bind_address.or(self.server_bind_address),
-            server_port: other.server_port.or(self.server_port),
-            server_cert: other.server_cert.or(self.server_cert),
-            server_key: other.server_key.or(self.server_key),
-            server_ca_cert: other.server_ca_cert.or(self.server_ca_cert),
-            agent_bind_address: other.agent_bind_address.or(self.agent_bind_address),
-            agent_port: other.agent_port.or(self.agent_port),
-            cluster_cert: other.cluster_cert.or(self.cluster_cert),
-            cluster_key: other.cluster_key.or(self.cluster_key),
-            cluster_ca_cert: other.cluster_ca_cert.or(self.cluster_ca_cert),
-            agent_namespace: other.agent_namespace.or(self.agent_namespace),
-            agent_service_account: other.agent_service_account.or(self.agent_service_account),
-            authentication_audience: other.authentication_audience.or(self.authentication_audience),
-            kubeconfig: other.kubeconfig.or(self.kubeconfig),
-            kubeconfig_qps: other.kubeconfig_qps.or(self.kubeconfig_qps),
-            kubeconfig_burst: other.kubeconfig_burst.or(self.kubeconfig_burst),
-            kube_api_content_type: other.kube_api_content_type.or(self.kube_api_content_type),
-            token_review_cache_ttl: other.token_review_cache_ttl.or(self.token_review_cache_ttl),
-            health_bind_address: other.health_bind_address.or(self.health_bind_address),
-            health_port: other.health_port.or(self.health_port),
-            admin_bind_address: other.admin_bind_address.or(self.admin_bind_address),
-            admin_port: other.admin_port.or(self.admin_port),
-            backend_dial_timeout: other.backend_dial_timeout.or(self.backend_dial_timeout),
-            graceful_shutdown_timeout: other.graceful_shutdown_timeout.or(self.graceful_shutdown_timeout),
-            frontend_keepalive_time: other.frontend_keepalive_time.or(self.frontend_keepalive_time),
-            max_message_bytes: other.max_message_bytes.or(self.max_message_bytes),
-            quic: overlay_quic(self.quic, other.quic),
-            worker_threads: other.worker_threads.or(self.worker_threads),
-            v: other.v.or(self.v),
-            logtostderr: other.logtostderr.or(self.logtostderr),
-        }
-    }
-
     /// Fills defaults and checks every value; all problems are reported.
+    /// (Long: one line per field of [`ServerConfig`].)
     pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let d = RawServerConfig::defaults();
         let mut p = Problems::default();
-        let uds_name = non_empty_path(self.uds_name);
-        let server_port = self.server_port.unwrap_or(0);
-        if uds_name.is_none() && server_port == 0 {
-            p.push("uds-name", "no frontend: set uds-name or server-port");
-        }
-        if uds_name.is_some() {
-            let tls_files = [&self.server_key, &self.server_cert, &self.server_ca_cert];
-            refuse_tcp_frontend_for_uds(&mut p, server_port, tls_files);
-        }
-        let server_tls = (uds_name.is_none() && server_port > 0).then(|| TlsFiles {
-            cert: p.required_path("server-cert", self.server_cert),
-            key: p.required_path("server-key", self.server_key),
-            ca: Some(p.required_path("server-ca-cert", self.server_ca_cert)),
-        });
+        let (uds_name, server_port, server_tls) = self.frontend(&mut p, &d);
         let cluster_tls = TlsFiles {
             cert: p.required_path("cluster-cert", self.cluster_cert),
             key: p.required_path("cluster-key", self.cluster_key),
@@ -225,48 +257,70 @@ impl RawServerConfig {
             agent_service_account: self.agent_service_account,
             authentication_audience: self.authentication_audience,
             kubeconfig: self.kubeconfig,
-            kubeconfig_qps: self.kubeconfig_qps,
-            kubeconfig_burst: self.kubeconfig_burst,
-            token_review_cache_ttl: self.token_review_cache_ttl,
+            kubeconfig_qps: self.kubeconfig_qps.unwrap_or(d.kubeconfig_qps),
+            kubeconfig_burst: self.kubeconfig_burst.unwrap_or(d.kubeconfig_burst),
+            token_review_cache_ttl: self.token_review_cache_ttl.unwrap_or(d.token_review_cache_ttl),
         }
         .check(&mut p);
-        let health_port = self.health_port.unwrap_or(8092);
-        let admin_port = self.admin_port.unwrap_or(8095);
+        let health_port = self.health_port.unwrap_or(d.health_port);
+        let admin_port = self.admin_port.unwrap_or(d.admin_port);
         check_distinct_tcp_ports(
             &mut p,
             &[("server-port", server_port), ("health-port", health_port), ("admin-port", admin_port)],
         );
-        let max_message_bytes = self.max_message_bytes.unwrap_or(16 * MIB as usize);
+        let max_message_bytes = self.max_message_bytes.unwrap_or(d.max_message_bytes);
         let config = ServerConfig {
             server_id: non_empty_string(self.server_id).unwrap_or_else(random_id),
-            server_count: p.in_range("server-count", self.server_count.unwrap_or(1), 1, u32::MAX),
-            mode: self.mode.unwrap_or_default(),
+            server_count: p.in_range("server-count", self.server_count.unwrap_or(d.server_count), 1, u32::MAX),
+            mode: self.mode.unwrap_or(d.mode),
             uds_name,
-            delete_existing_uds_file: self.delete_existing_uds_file.unwrap_or(true),
-            server_bind_address: self.server_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
+            delete_existing_uds_file: self.delete_existing_uds_file.unwrap_or(d.delete_existing_uds_file),
+            server_bind_address: self.server_bind_address.unwrap_or(d.server_bind_address),
             server_port,
             server_tls,
-            agent_bind_address: self.agent_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
-            agent_port: self.agent_port.unwrap_or(8091),
+            agent_bind_address: self.agent_bind_address.unwrap_or(d.agent_bind_address),
+            agent_port: self.agent_port.unwrap_or(d.agent_port),
             cluster_tls,
             token_auth,
-            health_bind_address: self.health_bind_address.unwrap_or(Ipv4Addr::UNSPECIFIED.into()),
+            health_bind_address: self.health_bind_address.unwrap_or(d.health_bind_address),
             health_port,
-            admin_bind_address: self.admin_bind_address.unwrap_or(Ipv4Addr::LOCALHOST.into()),
+            admin_bind_address: self.admin_bind_address.unwrap_or(d.admin_bind_address),
             admin_port,
-            backend_dial_timeout: Some(self.backend_dial_timeout.unwrap_or(DEFAULT_BACKEND_DIAL_TIMEOUT))
+            // 0 = no limit, upstream's meaning.
+            backend_dial_timeout: Some(self.backend_dial_timeout.unwrap_or(d.backend_dial_timeout))
                 .filter(|t| !t.is_zero()),
-            graceful_shutdown_timeout: self.graceful_shutdown_timeout.unwrap_or(Duration::from_secs(15)),
+            graceful_shutdown_timeout: self.graceful_shutdown_timeout.unwrap_or(d.graceful_shutdown_timeout),
+            // 0 = the default.
             frontend_keepalive_time: self
                 .frontend_keepalive_time
                 .filter(|t| !t.is_zero())
-                .unwrap_or(DEFAULT_FRONTEND_KEEPALIVE),
+                .unwrap_or(d.frontend_keepalive_time),
             max_message_bytes: p.in_range("max-message-bytes", max_message_bytes, MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES),
             quic: self.quic.unwrap_or_default().check(&mut p),
-            log: LogConfig { verbosity: self.v.unwrap_or(0) },
-            worker_threads: p.worker_threads(self.worker_threads),
+            log: LogConfig { verbosity: self.v.unwrap_or(d.v), format: self.log_format.unwrap_or(d.log_format) },
+            worker_threads: p.worker_threads(self.worker_threads.unwrap_or(d.worker_threads)),
         };
         p.finish(config)
+    }
+
+    /// The frontend kube-apiserver connects to: `uds-name`, or `server-port`
+    /// with its TLS files, never both (upstream's rule).
+    fn frontend(&self, p: &mut Problems, d: &ServerDefaults) -> (Option<PathBuf>, u16, Option<TlsFiles>) {
+        let uds_name = non_empty_path(self.uds_name.clone());
+        let server_port = self.server_port.unwrap_or(d.server_port);
+        if uds_name.is_none() && server_port == 0 {
+            p.push("uds-name", "no frontend: set uds-name or server-port");
+        }
+        if uds_name.is_some() {
+            let tls_files = [&self.server_key, &self.server_cert, &self.server_ca_cert];
+            refuse_tcp_frontend_for_uds(p, server_port, tls_files);
+        }
+        let server_tls = (uds_name.is_none() && server_port > 0).then(|| TlsFiles {
+            cert: p.required_path("server-cert", self.server_cert.clone()),
+            key: p.required_path("server-key", self.server_key.clone()),
+            ca: Some(p.required_path("server-ca-cert", self.server_ca_cert.clone())),
+        });
+        (uds_name, server_port, server_tls)
     }
 }
 
@@ -300,205 +354,4 @@ fn check_distinct_tcp_ports(p: &mut Problems, ports: &[(&str, u16)]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-        uds-name = "/run/konnq.sock"
-        cluster-cert = "/pki/cluster.crt"
-        cluster-key = "/pki/cluster.key"
-    "#;
-
-    fn keys(err: &ConfigError) -> Vec<&str> {
-        err.problems().iter().map(|p| p.key.as_str()).collect()
-    }
-
-    #[test]
-    fn worker_threads_default_zero_and_out_of_range() {
-        let with = |line: &str| ServerConfig::from_toml_str(&format!("{line}\n{MINIMAL}"));
-        assert_eq!(with("").unwrap().worker_threads, 1);
-        assert_eq!(with("worker-threads = 0").unwrap().worker_threads, 0, "0 = one per CPU");
-        assert_eq!(with("worker-threads = 8").unwrap().worker_threads, 8);
-        let err = with("worker-threads = 1025").unwrap_err();
-        assert_eq!(keys(&err), ["worker-threads"]);
-        assert!(err.to_string().contains("must be between 0 and 1024, got 1025"), "{err}");
-        assert!(with("worker-threads = -1").is_err(), "negative");
-    }
-
-    fn minimal() -> RawServerConfig {
-        RawServerConfig::from_toml_str(MINIMAL).expect("parses")
-    }
-
-    #[test]
-    fn defaults() {
-        let c = ServerConfig::from_toml_str(MINIMAL).expect("valid");
-        assert_eq!(c.server_id.len(), 16);
-        assert_eq!(c.server_count, 1);
-        assert_eq!(c.mode, FrontendMode::Grpc);
-        assert_eq!(c.uds_name, Some(PathBuf::from("/run/konnq.sock")));
-        assert!(c.delete_existing_uds_file);
-        assert_eq!(c.server_bind_address, IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(c.server_port, 0);
-        assert_eq!(c.server_tls, None);
-        assert_eq!(c.agent_bind_address, IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(c.agent_port, 8091);
-        assert_eq!(c.cluster_tls.cert, PathBuf::from("/pki/cluster.crt"));
-        assert_eq!(c.cluster_tls.ca, None);
-        assert_eq!(c.token_auth, None);
-        assert_eq!((c.health_bind_address, c.health_port), (IpAddr::from([0, 0, 0, 0]), 8092));
-        assert_eq!((c.admin_bind_address, c.admin_port), (IpAddr::from([127, 0, 0, 1]), 8095));
-        assert_eq!(c.backend_dial_timeout, Some(Duration::from_secs(10)));
-        assert_eq!(c.graceful_shutdown_timeout, Duration::from_secs(15));
-        assert_eq!(c.frontend_keepalive_time, Duration::from_secs(30));
-        assert_eq!(c.max_message_bytes, 16 * 1024 * 1024);
-        assert_eq!(c.quic, QuicConfig::default());
-        assert_eq!(c.log.verbosity, 0);
-        assert_eq!(c.worker_threads, 1);
-    }
-
-    #[test]
-    fn empty_config_names_every_missing_key() {
-        let err = RawServerConfig::default().validate().unwrap_err();
-        assert_eq!(keys(&err), ["uds-name", "cluster-cert", "cluster-key"]);
-        let text = err.to_string();
-        assert!(text.contains("uds-name: no frontend: set uds-name or server-port"), "{text}");
-        assert!(text.contains("cluster-cert: required"), "{text}");
-    }
-
-    fn tcp_only() -> RawServerConfig {
-        RawServerConfig { uds_name: None, ..minimal() }
-    }
-
-    #[test]
-    fn tcp_frontend_requires_its_tls_files() {
-        let raw = tcp_only().overlay(RawServerConfig {
-            server_port: Some(8090),
-            server_key: Some("/pki/server.key".into()),
-            ..Default::default()
-        });
-        let err = raw.clone().validate().unwrap_err();
-        assert_eq!(keys(&err), ["server-cert", "server-ca-cert"]);
-
-        let ok = raw
-            .overlay(RawServerConfig {
-                server_cert: Some("/pki/server.crt".into()),
-                server_ca_cert: Some("/pki/ca.crt".into()),
-                ..Default::default()
-            })
-            .validate()
-            .expect("valid");
-        let tls = ok.server_tls.expect("tls set when server-port > 0");
-        assert_eq!(tls.ca, Some(PathBuf::from("/pki/ca.crt")));
-    }
-
-    #[test]
-    fn uds_refuses_the_tcp_frontend_settings_as_upstream_does() {
-        let raw = minimal().overlay(RawServerConfig {
-            server_port: Some(8090),
-            server_cert: Some("/pki/server.crt".into()),
-            server_key: Some("/pki/server.key".into()),
-            server_ca_cert: Some("/pki/ca.crt".into()),
-            ..Default::default()
-        });
-        let err = raw.validate().unwrap_err();
-        assert_eq!(keys(&err), ["server-port", "server-key", "server-cert", "server-ca-cert"]);
-        let text = err.to_string();
-        assert!(text.contains("server-port: server port should be set to 0 not 8090 for UDS"), "{text}");
-        assert!(text.contains("server-cert: server cert should not be set for UDS"), "{text}");
-        assert!(text.contains("server-key: server key should not be set for UDS"), "{text}");
-        assert!(text.contains("server-ca-cert: server ca cert should not be set for UDS"), "{text}");
-        // Empty values are unset, as with Go flags.
-        let empty = minimal().overlay(RawServerConfig { server_cert: Some(PathBuf::new()), ..Default::default() });
-        assert!(empty.validate().is_ok());
-    }
-
-    #[test]
-    fn zero_timeouts_mean_what_upstream_means() {
-        let with = |raw: RawServerConfig| minimal().overlay(raw).validate().expect("valid");
-        let c = with(RawServerConfig { backend_dial_timeout: Some(Duration::ZERO), ..Default::default() });
-        assert_eq!(c.backend_dial_timeout, None, "0 = no limit");
-        let c = with(RawServerConfig { frontend_keepalive_time: Some(Duration::ZERO), ..Default::default() });
-        assert_eq!(c.frontend_keepalive_time, DEFAULT_FRONTEND_KEEPALIVE, "0 = the default");
-        let c = with(RawServerConfig { graceful_shutdown_timeout: Some(Duration::ZERO), ..Default::default() });
-        assert_eq!(c.graceful_shutdown_timeout, Duration::ZERO, "0 = close at once");
-    }
-
-    #[test]
-    fn each_range_problem_names_its_key() {
-        let text = format!(
-            "{MINIMAL}\nserver-count = 0\nmax-message-bytes = 1024\n\
-             health-port = 9000\nadmin-port = 9000\n[quic]\nidle-timeout = \"1s\"\n"
-        );
-        let err = ServerConfig::from_toml_str(&text).unwrap_err();
-        assert_eq!(keys(&err), ["admin-port", "server-count", "max-message-bytes", "quic.idle-timeout"]);
-        assert!(err.to_string().contains("admin-port: port 9000 is already used by health-port"));
-    }
-
-    #[test]
-    fn max_message_bytes_bounds() {
-        let with = |n: usize| {
-            minimal().overlay(RawServerConfig { max_message_bytes: Some(n), ..Default::default() }).validate()
-        };
-        assert!(with(4 * 1024 * 1024).is_ok());
-        assert!(with(256 * 1024 * 1024).is_ok());
-        assert!(with(4 * 1024 * 1024 - 1).is_err());
-        assert!(with(256 * 1024 * 1024 + 1).is_err());
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let err = RawServerConfig::from_toml_str("uds-nmae = \"/x\"").unwrap_err();
-        assert!(matches!(err, ConfigError::Parse { .. }));
-        assert!(err.to_string().contains("uds-nmae"), "{err}");
-        let err = RawServerConfig::from_toml_str("[quic]\nidle = \"1s\"").unwrap_err();
-        assert!(err.to_string().contains("idle"), "{err}");
-    }
-
-    #[test]
-    fn bad_value_type_names_key() {
-        let err = RawServerConfig::from_toml_str("backend-dial-timeout = \"soon\"").unwrap_err();
-        assert!(err.to_string().contains("backend-dial-timeout"), "{err}");
-        let err = RawServerConfig::from_toml_str("mode = \"http\"").unwrap_err();
-        assert!(err.to_string().contains("mode"), "{err}");
-    }
-
-    #[test]
-    fn overlay_takes_other_values_field_by_field() {
-        let file = RawServerConfig::from_toml_str(
-            "server-port = 1\nadmin-port = 2\n[quic]\nidle-timeout = \"9s\"\nkeep-alive-interval = \"2s\"",
-        )
-        .unwrap();
-        let flags = RawServerConfig {
-            admin_port: Some(3),
-            quic: Some(RawQuicConfig { idle_timeout: Some(Duration::from_secs(7)), ..Default::default() }),
-            ..Default::default()
-        };
-        let merged = file.overlay(flags);
-        assert_eq!(merged.server_port, Some(1), "kept from the base");
-        assert_eq!(merged.admin_port, Some(3), "overridden");
-        let quic = merged.quic.expect("quic kept");
-        assert_eq!(quic.idle_timeout, Some(Duration::from_secs(7)));
-        assert_eq!(quic.keep_alive_interval, Some(Duration::from_secs(2)));
-    }
-
-    #[test]
-    fn empty_strings_mean_unset() {
-        let raw = minimal().overlay(RawServerConfig {
-            server_id: Some(String::new()),
-            cluster_ca_cert: Some(PathBuf::new()),
-            ..Default::default()
-        });
-        let c = raw.validate().expect("valid");
-        assert_eq!(c.server_id.len(), 16);
-        assert_eq!(c.cluster_tls.ca, None);
-    }
-
-    #[test]
-    fn mode_parses_both_ways() {
-        assert_eq!("http-connect".parse::<FrontendMode>(), Ok(FrontendMode::HttpConnect));
-        assert!("HTTPConnect".parse::<FrontendMode>().is_err());
-        let raw = RawServerConfig::from_toml_str("mode = \"http-connect\"\nv = 3\nlogtostderr = true").unwrap();
-        assert_eq!(raw.mode, Some(FrontendMode::HttpConnect));
-        assert_eq!(raw.v, Some(3));
-    }
-}
+mod tests;

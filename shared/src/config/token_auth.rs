@@ -14,14 +14,11 @@ use std::time::Duration;
 use super::{non_empty_path, non_empty_string, Problems};
 
 /// client-go's default request rate (`rest.DefaultQPS`), used when
-/// `kubeconfig-qps` is 0 or not given.
+/// `kubeconfig-qps` is 0 (its declared default).
 pub const DEFAULT_REVIEW_QPS: f64 = 5.0;
 /// client-go's default burst (`rest.DefaultBurst`), used when
-/// `kubeconfig-burst` is 0 or not given.
+/// `kubeconfig-burst` is 0 (its declared default).
 pub const DEFAULT_REVIEW_BURST: u32 = 10;
-/// Default of `token-review-cache-ttl`: as long as kube-apiserver's own cache
-/// of TokenReview answers (`--authentication-token-webhook-cache-ttl`).
-pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(120);
 
 /// Validated token authentication settings; `Some` in
 /// [`ServerConfig::token_auth`](super::ServerConfig::token_auth) means every
@@ -51,16 +48,17 @@ pub struct ReviewRate {
     pub burst: u32,
 }
 
-/// The raw keys, as given (flags over file).
-#[derive(Debug, Default)]
+/// The keys as given (flags over file), those with a declared default
+/// already filled in with it.
+#[derive(Debug)]
 pub(crate) struct RawTokenAuth {
     pub agent_namespace: Option<String>,
     pub agent_service_account: Option<String>,
     pub authentication_audience: Option<String>,
     pub kubeconfig: Option<PathBuf>,
-    pub kubeconfig_qps: Option<f64>,
-    pub kubeconfig_burst: Option<u32>,
-    pub token_review_cache_ttl: Option<Duration>,
+    pub kubeconfig_qps: f64,
+    pub kubeconfig_burst: u32,
+    pub token_review_cache_ttl: Duration,
 }
 
 impl RawTokenAuth {
@@ -85,14 +83,13 @@ impl RawTokenAuth {
             audience: required("authentication-audience", audience),
             kubeconfig: non_empty_path(self.kubeconfig),
             review_rate: rate,
-            cache_ttl: self.token_review_cache_ttl.unwrap_or(DEFAULT_REVIEW_CACHE_TTL),
+            cache_ttl: self.token_review_cache_ttl,
         })
     }
 }
 
 /// client-go's rules: qps 0 → 5, burst 0 → 10, negative qps → no limit.
-fn review_rate(p: &mut Problems, qps: Option<f64>, burst: Option<u32>) -> Option<ReviewRate> {
-    let qps = qps.unwrap_or(0.0);
+fn review_rate(p: &mut Problems, qps: f64, burst: u32) -> Option<ReviewRate> {
     if !qps.is_finite() {
         p.push("kubeconfig-qps", format!("must be a finite number, got {qps}"));
         return None;
@@ -101,7 +98,7 @@ fn review_rate(p: &mut Problems, qps: Option<f64>, burst: Option<u32>) -> Option
         return None;
     }
     let qps = if qps == 0.0 { DEFAULT_REVIEW_QPS } else { qps };
-    let burst = match burst.unwrap_or(0) {
+    let burst = match burst {
         0 => DEFAULT_REVIEW_BURST,
         n => n,
     };
