@@ -13,7 +13,7 @@ pub fn server(args: Vec<OsString>) -> anyhow::Result<()> {
     let argv = std::iter::once(OsString::from("konnq-server")).chain(args);
     let cli = konnq_server::cli::Cli::try_parse_go_style(argv).unwrap_or_else(|e| e.exit());
     let (cfg, warnings) = cli.into_config()?;
-    konnq_shared::logging::init(cfg.log.verbosity, false);
+    konnq_shared::logging::init(&cfg.log);
     konnq_shared::logging::warn_each(&warnings);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_server::Listeners::bind(&cfg).await?;
@@ -24,7 +24,7 @@ pub fn server(args: Vec<OsString>) -> anyhow::Result<()> {
 pub fn agent(args: Vec<OsString>) -> anyhow::Result<()> {
     let argv = std::iter::once(OsString::from("konnq-agent")).chain(args);
     let (cfg, warnings) = konnq_agent::cli::Cli::try_parse_go_style(argv).unwrap_or_else(|e| e.exit()).into_config()?;
-    konnq_shared::logging::init(cfg.log.verbosity, false);
+    konnq_shared::logging::init(&cfg.log);
     konnq_shared::logging::warn_each(&warnings);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_agent::Listeners::bind(&cfg).await?;

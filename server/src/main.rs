@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let (cfg, warnings) = cli.into_config()?;
-    konnq_shared::logging::init(cfg.log.verbosity, false);
+    konnq_shared::logging::init(&cfg.log);
     konnq_shared::logging::warn_each(&warnings);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_server::Listeners::bind(&cfg).await?;

@@ -164,3 +164,25 @@ fn upstream_flags_without_effect_are_logged_once_at_start_up() {
     assert!(lines[0].contains("WARN") && lines[0].contains("--enable-profiling has no effect: "), "{err}");
     assert!(lines[1].contains("WARN") && lines[1].contains("--xfr-channel-size has no effect: "), "{err}");
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let mut server = start_server(&["--log-format=json"], |_| {});
+    wait_until("the socket exists", Duration::from_secs(20), || is_socket(&server.sock));
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(server.child.wait().unwrap().success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["message"].is_string()), "{err}");
+    assert!(
+        lines.iter().any(|l| l["message"] == "frontend on Unix socket" && l["path"].is_string()),
+        "the fields of an event are top-level keys: {err}"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "server stopped"), "{err}");
+}

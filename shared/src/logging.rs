@@ -17,13 +17,16 @@ use std::io::IsTerminal;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the process's log subscriber on stderr at klog verbosity `v`,
-/// one JSON object per line when `json`. Text has colour codes only when
-/// stderr is a terminal: a log file or a container runtime's pipe gets
-/// plain text.
-pub fn init(v: u8, json: bool) {
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the process's log subscriber on stderr: `-v` (`log.verbosity`)
+/// and `log-format` (text, or one JSON object per line). Text has colour
+/// codes only when stderr is a terminal: a log file or a container
+/// runtime's pipe gets plain text.
+pub fn init(log: &LogConfig) {
     let ansi = std::io::stderr().is_terminal();
-    tracing::subscriber::set_global_default(subscriber(v, json, ansi, std::io::stderr))
+    let json = log.format == LogFormat::Json;
+    tracing::subscriber::set_global_default(subscriber(log.verbosity, json, ansi, std::io::stderr))
         .expect("the log subscriber is installed once, first thing in main");
 }
 

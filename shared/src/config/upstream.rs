@@ -191,7 +191,7 @@ pub fn warnings(matches: &ArgMatches, tables: &[&[NoEffect]]) -> Vec<String> {
 
 const NO_LOG_FILES: &str = "konnq writes no log files; it logs to stderr";
 const ALL_TO_STDERR: &str = "konnq writes every log line to stderr";
-const LOG_FORMAT: &str = "konnq's log line format is fixed";
+const LOG_FORMAT: &str = "konnq's log lines have one layout per --log-format (text or json)";
 const NO_PPROF: &str = "konnq serves no pprof endpoints (it is not a Go program)";
 const NO_CHANNELS: &str = "konnq has no transfer channels: each connection has its own QUIC stream with flow control";
 const NO_LEASES: &str = "konnq does not use server leases yet";
