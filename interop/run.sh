@@ -2,7 +2,8 @@
 # Interop suite: real konnectivity-client (the library inside kube-apiserver)
 # against real konnq-server and konnq-agent processes, at several client
 # versions (one Go module each), plus kube-apiserver 1.37's own egress dialer
-# (egress137: HTTP-CONNECT over UDS and TCP+mTLS). See README.md.
+# (egress137: HTTP-CONNECT over UDS and TCP+mTLS) and `go tool pprof`'s
+# profile parser on /debug/pprof/profile (pprof). See README.md.
 #
 # Usage: interop/run.sh [extra go test flags, e.g. -run Reusable]
 # Env:   KONNQ_BIN_DIR  use these konnq-server/konnq-agent binaries, skip cargo
@@ -11,7 +12,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-modules=(kc031 kc036 kc037 egress137)
+modules=(kc031 kc036 kc037 egress137 pprof)
 
 command -v go >/dev/null || { echo "run.sh: go is not installed" >&2; exit 2; }
 

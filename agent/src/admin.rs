@@ -5,7 +5,8 @@
 //! to a server, the list of checks with `?verbose`; 503 with the list, the
 //! failed one marked, when not connected) and `/metrics`. Admin port:
 //! `/metrics` (served, where upstream redirects to the health port; a scrape
-//! of either gets the same text) and `/healthz`.
+//! of either gets the same text) and `/healthz`, and with
+//! `--enable-profiling` `/debug/pprof/` (a CPU profile for `go tool pprof`).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
@@ -64,12 +65,16 @@ pub async fn serve_health(
     axum::serve(listener, app).await
 }
 
-pub async fn serve_admin(listener: TcpListener, m: Metrics) -> std::io::Result<()> {
-    let app = Router::new()
+/// Serves the admin port; `profiling`: also `/debug/pprof/` (see
+/// [`konnq_shared::profiling`]), as upstream's `--enable-profiling` does.
+pub async fn serve_admin(listener: TcpListener, m: Metrics, profiling: bool) -> std::io::Result<()> {
+    let mut app = Router::new()
         .route("/metrics", get(|State(m): State<Metrics>| async move { exposition(&m) }))
-        .route("/healthz", get(healthz))
-        .with_state(m);
-    axum::serve(listener, app).await
+        .route("/healthz", get(healthz));
+    if profiling {
+        app = app.merge(konnq_shared::profiling::routes());
+    }
+    axum::serve(listener, app.with_state(m)).await
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub struct Cli {
 
     /// Warnings for upstream flags given that have no effect (see `upstream`).
     #[arg(skip)]
-    pub no_effect: Vec<String>,
+    pub no_effect: upstream::Given,
 }
 
 fn keepalive_time_help() -> String {
@@ -84,13 +84,15 @@ impl Cli {
         mut self,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<(AgentConfig, Vec<String>)> {
-        let warnings = std::mem::take(&mut self.no_effect);
+        let given = std::mem::take(&mut self.no_effect);
+        let warnings = given.warnings();
         let config_file = self.config.clone();
         let file = match &config_file {
             Some(path) => RawAgentConfig::from_file(path)?,
             None => RawAgentConfig::default(),
         };
-        match file.overlay(self.into_raw(env)).validate() {
+        let checked = file.overlay(self.into_raw(env)).validate();
+        match checked.and_then(|config| given.check(config.enable_profiling).map(|()| config)) {
             Ok(config) => Ok((config, warnings)),
             Err(ConfigError::Invalid(problems)) => {
                 let lines = describe_for_cli(&problems, config_file.as_deref());
@@ -257,7 +259,7 @@ mod tests {
             }
             flags += 1;
         }
-        assert_eq!(flags, 20, "declared keys that are flags");
+        assert_eq!(flags, 21, "declared keys that are flags");
         let long = parse(&["--help"]).unwrap_err().to_string();
         assert!(long.contains("(quic.keep-alive-interval); 0 = default [default: 1s]"), "{long}");
     }

@@ -6,7 +6,7 @@
 //!   ends; reconnect forever with jittered exponential backoff.
 //! - [`dial`]: one dial stream (header, TCP dial, answer, byte copy).
 //! - [`admin`]: `/healthz`, `/readyz` and `/ready` (connected to a server),
-//!   `/metrics`.
+//!   `/metrics`; with `--enable-profiling`, `/debug/pprof/`.
 //!
 //! One QUIC endpoint (one UDP socket) carries the agent's server connection.
 //! [`AgentHandle::rebind`] (SIGUSR1 in the binary) moves it to a new local
@@ -116,7 +116,7 @@ impl AgentHandle {
 pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle, AgentError> {
     let metrics = Metrics::new();
     let endpoint = session::endpoint(&cfg)?;
-    let udp_buffer_bytes = cfg.quic.udp_buffer_bytes;
+    let (udp_buffer_bytes, profiling) = (cfg.quic.udp_buffer_bytes, cfg.enable_profiling);
     let (connected_tx, connected) = watch::channel(false);
     let health_addr = listeners.health.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
     let admin_addr = listeners.admin.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
@@ -131,11 +131,11 @@ pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle
     });
     let m = metrics.clone();
     tasks.spawn(async move {
-        if let Err(e) = admin::serve_admin(listeners.admin, m).await {
+        if let Err(e) = admin::serve_admin(listeners.admin, m, profiling).await {
             error!("admin server failed: {e}");
         }
     });
-    info!(%health_addr, %admin_addr, workers = tokio::runtime::Handle::current().metrics().num_workers(), "konnq-agent started");
+    info!(%health_addr, %admin_addr, profiling, workers = tokio::runtime::Handle::current().metrics().num_workers(), "konnq-agent started");
     Ok(AgentHandle { metrics, health_addr, admin_addr, connected, tasks, endpoint, udp_buffer_bytes })
 }
 

@@ -58,6 +58,9 @@ type Options struct {
 	TCPFrontend bool
 	// NoAgent starts no agent; Start returns once the server is healthy.
 	NoAgent bool
+	// EnableProfiling passes --enable-profiling to the server and the agent:
+	// /debug/pprof/ on their admin ports (ServerAdmin, AgentAdmin).
+	EnableProfiling bool
 }
 
 const readyBound = 20 * time.Second
@@ -121,6 +124,9 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 	if opts.Mode != "" {
 		serverArgs = append(serverArgs, "--mode", opts.Mode)
 	}
+	if opts.EnableProfiling {
+		serverArgs = append(serverArgs, "--enable-profiling")
+	}
 	if opts.TCPFrontend {
 		port := freeTCPPort(t)
 		h.TCPAddr = fmt.Sprintf("127.0.0.1:%d", port)
@@ -159,6 +165,9 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 	}
 	if opts.AgentDialTimeout > 0 {
 		agentArgs = append(agentArgs, "--dial-timeout", opts.AgentDialTimeout.String())
+	}
+	if opts.EnableProfiling {
+		agentArgs = append(agentArgs, "--enable-profiling")
 	}
 	h.agent = startProcess(t, dir, filepath.Join(bin, "konnq-agent"), agentArgs, attempt)
 	h.AgentAdmin = fmt.Sprintf("http://127.0.0.1:%d", agentAdmin)

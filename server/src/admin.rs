@@ -3,7 +3,8 @@
 //! Health port: `/healthz` (200 `ok`), `/readyz` and its older name `/ready`
 //! (200 `ok` while an agent takes dials; 500 `no connection to any proxy
 //! agent` without one, 500 `shutting down` during graceful shutdown) and
-//! `/metrics`. Admin port: `/metrics` (and `/healthz`).
+//! `/metrics`. Admin port: `/metrics` (and `/healthz`), and with
+//! `--enable-profiling` `/debug/pprof/` (a CPU profile for `go tool pprof`).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -61,12 +62,16 @@ pub async fn serve_health(
     axum::serve(listener, app).await
 }
 
-pub async fn serve_admin(listener: TcpListener, m: Metrics) -> std::io::Result<()> {
-    let app = Router::new()
+/// Serves the admin port; `profiling`: also `/debug/pprof/` (see
+/// [`konnq_shared::profiling`]), as upstream's `--enable-profiling` does.
+pub async fn serve_admin(listener: TcpListener, m: Metrics, profiling: bool) -> std::io::Result<()> {
+    let mut app = Router::new()
         .route("/metrics", get(|State(m): State<Metrics>| async move { exposition(&m) }))
-        .route("/healthz", get(healthz))
-        .with_state(m);
-    axum::serve(listener, app).await
+        .route("/healthz", get(healthz));
+    if profiling {
+        app = app.merge(konnq_shared::profiling::routes());
+    }
+    axum::serve(listener, app.with_state(m)).await
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub struct Cli {
 
     /// Warnings for upstream flags given that have no effect (see `upstream`).
     #[arg(skip)]
-    pub no_effect: Vec<String>,
+    pub no_effect: upstream::Given,
 }
 
 fn keepalive_time_help() -> String {
@@ -96,13 +96,15 @@ impl Cli {
         mut self,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<(ServerConfig, Vec<String>)> {
-        let warnings = std::mem::take(&mut self.no_effect);
+        let given = std::mem::take(&mut self.no_effect);
+        let warnings = given.warnings();
         let config_file = self.config.clone();
         let file = match &config_file {
             Some(path) => RawServerConfig::from_file(path)?,
             None => RawServerConfig::default(),
         };
-        match file.overlay(self.into_raw(env)).validate() {
+        let checked = file.overlay(self.into_raw(env)).validate();
+        match checked.and_then(|config| given.check(config.enable_profiling).map(|()| config)) {
             Ok(config) => Ok((config, warnings)),
             Err(ConfigError::Invalid(problems)) => {
                 let lines = describe_for_cli(&problems, config_file.as_deref());
@@ -215,7 +217,7 @@ mod tests {
         let c = config(&["--delete-existing-uds-file=false", "-logtostderr=true", "-server-id=abc"]).unwrap();
         assert!(!c.delete_existing_uds_file);
         assert_eq!(c.server_id, "abc");
-        assert!(parse(&["--logtostderr"]).unwrap().no_effect.is_empty(), "true is what konnq does");
+        assert!(parse(&["--logtostderr"]).unwrap().no_effect.warnings().is_empty(), "true is what konnq does");
         assert!(parse(&["--delete-existing-uds-file=maybe"]).is_err());
         let c = config(&["--agent-port=1", "--agent-port=8132"]).unwrap();
         assert_eq!(c.agent_port, 8132, "a repeated flag: the last wins, as in Go");
@@ -333,7 +335,7 @@ mod tests {
             }
             flags += 1;
         }
-        assert_eq!(flags, 33, "declared keys that are flags");
+        assert_eq!(flags, 34, "declared keys that are flags");
         let long = parse(&["--help"]).unwrap_err().to_string();
         assert!(long.contains("(quic.keep-alive-interval); 0 = default [default: 1s]"), "{long}");
     }

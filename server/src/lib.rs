@@ -9,7 +9,8 @@
 //! - [`backend`]: the QUIC endpoint agents connect to, the agent registry and
 //!   the per-dial stream handshake.
 //! - [`auth`]: agent authentication by ServiceAccount token (TokenReview).
-//! - [`admin`]: `/healthz`, `/readyz` (and `/ready`) and `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz` (and `/ready`) and `/metrics`; with
+//!   `--enable-profiling`, `/debug/pprof/`.
 //!
 //! [`start`] takes a validated config and already bound [`Listeners`] (tests
 //! pass port 0 and temp-dir sockets) and returns a [`ServerHandle`].
@@ -160,9 +161,9 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
             error!("health server failed: {e}");
         }
     });
-    let m = metrics.clone();
+    let (m, profiling) = (metrics.clone(), cfg.enable_profiling);
     tasks.spawn(async move {
-        if let Err(e) = admin::serve_admin(listeners.admin, m).await {
+        if let Err(e) = admin::serve_admin(listeners.admin, m, profiling).await {
             error!("admin server failed: {e}");
         }
     });
@@ -170,6 +171,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         %agent_addr,
         %health_addr,
         %admin_addr,
+        profiling = cfg.enable_profiling,
         server_id = %cfg.server_id,
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "konnq-server started"

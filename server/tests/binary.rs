@@ -152,7 +152,8 @@ fn a_stale_socket_is_replaced_but_a_regular_file_is_never_removed() {
 
 #[test]
 fn upstream_flags_without_effect_are_logged_once_at_start_up() {
-    let mut server = start_server(&["--xfr-channel-size=20", "-enable-profiling", "--logtostderr=true"], |_| {});
+    let args = ["--xfr-channel-size=20", "-enable-contention-profiling", "--enable-profiling", "--logtostderr=true"];
+    let mut server = start_server(&args, |_| {});
     wait_until("the socket exists", Duration::from_secs(20), || is_socket(&server.sock));
     let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -160,8 +161,8 @@ fn upstream_flags_without_effect_are_logged_once_at_start_up() {
     let mut err = String::new();
     std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut err).unwrap();
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("has no effect")).collect();
-    assert_eq!(lines.len(), 2, "one line per flag, none for --logtostderr=true: {err}");
-    assert!(lines[0].contains("WARN") && lines[0].contains("--enable-profiling has no effect: "), "{err}");
+    assert_eq!(lines.len(), 2, "one line per flag, none for --logtostderr=true or --enable-profiling: {err}");
+    assert!(lines[0].contains("WARN") && lines[0].contains("--enable-contention-profiling has no effect: "), "{err}");
     assert!(lines[1].contains("WARN") && lines[1].contains("--xfr-channel-size has no effect: "), "{err}");
 }
 

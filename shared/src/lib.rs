@@ -13,6 +13,8 @@
 //!   (table-driven Huffman decoding, no allocation per string).
 //! - [`config`]: validated TOML/flag configuration of both binaries.
 //! - [`client`]: a Konnectivity client over a Unix socket (demo, load tests).
+//! - [`profiling`]: `/debug/pprof/` for both admin ports (`--enable-profiling`):
+//!   CPU profiles as profile.proto for `go tool pprof`.
 
 pub mod proto {
     tonic::include_proto!("_");
@@ -27,6 +29,7 @@ pub mod hpack;
 pub mod konnectivity;
 pub mod logging;
 pub mod memory;
+pub mod profiling;
 pub mod prom;
 pub mod quic;
 pub mod runtime;

@@ -26,7 +26,7 @@ const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
     ("health-server-port", Some("8134"), false),
     ("admin-server-port", Some("8133"), false),
     ("admin-bind-address", Some(""), false),
-    ("enable-profiling", None, true),
+    ("enable-profiling", None, false),
     ("enable-contention-profiling", Some("true"), true),
     ("agent-id", Some("node-1"), false),
     ("sync-interval", Some("2s"), false),
@@ -67,6 +67,7 @@ fn companions(flag: &str) -> &'static [&'static str] {
     match flag {
         "agent-cert" => &["--agent-key=/p/agent.key"],
         "agent-key" => &["--agent-cert=/p/agent.crt"],
+        "enable-contention-profiling" => &["--enable-profiling"],
         _ => &[],
     }
 }
@@ -171,6 +172,37 @@ fn agent_id_from_the_environment_when_no_flag() {
     assert_eq!(c.agent_id, "from-flag", "the flag wins");
     let (c, _) = cli(&[]).into_config_with_env(env("")).unwrap();
     assert_eq!(c.agent_id.len(), 16, "an empty variable is unset: a random id");
+}
+
+#[test]
+fn enable_profiling_applies_and_contention_profiling_needs_it_as_upstream() {
+    for (args, want) in [
+        (&[][..], false),
+        (&["--enable-profiling"][..], true),
+        (&["-enable-profiling=true"][..], true),
+        (&["--enable-profiling=1", "--enable-profiling=F"][..], false),
+    ] {
+        let (c, warnings) = config_warnings(args).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+        assert_eq!(c.enable_profiling, want, "{args:?}");
+        assert!(warnings.is_empty(), "{args:?}: {warnings:?}");
+    }
+    assert!(parse(&["--enable-profiling=sometimes"]).is_err(), "Go's bool syntax");
+    let err = config_warnings(&["--enable-contention-profiling"]).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "--enable-contention-profiling: if enable-contention-profiling is set, enable-profiling must also be set"
+        ),
+        "{err}"
+    );
+    let (_, warnings) = config_warnings(&["--enable-contention-profiling=false"]).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (c, warnings) = config_warnings(&["--enable-contention-profiling", "--enable-profiling"]).expect("valid");
+    assert!(c.enable_profiling);
+    assert_eq!(
+        warnings,
+        ["--enable-contention-profiling has no effect: konnq is not a Go program and has no block (contention) \
+          profile; --enable-profiling serves its CPU profile"]
+    );
 }
 
 #[test]

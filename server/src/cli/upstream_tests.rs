@@ -34,7 +34,7 @@ const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
     ("health-bind-address", Some(""), false),
     ("keepalive-time", Some("30s"), false),
     ("frontend-keepalive-time", Some("1h0m0s"), false),
-    ("enable-profiling", None, true),
+    ("enable-profiling", None, false),
     ("enable-contention-profiling", Some("true"), true),
     ("server-id", Some("server-0"), false),
     ("server-count", Some("3"), false),
@@ -92,6 +92,7 @@ fn companions(flag: &str) -> &'static [&'static str] {
     match flag {
         "server-cert" | "server-key" | "server-ca-cert" | "server-port" => &TCP,
         "agent-namespace" | "agent-service-account" | "authentication-audience" => &TOKEN_AUTH,
+        "enable-contention-profiling" => &["--enable-profiling"],
         _ => &[],
     }
 }
@@ -203,6 +204,37 @@ fn server_cert_and_key_with_uds_name_refused_with_upstream_reason() {
     }
     let err = config_warnings(&["--server-port=8090"]).unwrap_err().to_string();
     assert!(err.contains("--server-port: server port should be set to 0 not 8090 for UDS"), "{err}");
+}
+
+#[test]
+fn enable_profiling_applies_and_contention_profiling_needs_it_as_upstream() {
+    for (args, want) in [
+        (&[][..], false),
+        (&["--enable-profiling"][..], true),
+        (&["-enable-profiling=true"][..], true),
+        (&["--enable-profiling=1", "--enable-profiling=F"][..], false),
+    ] {
+        let (c, warnings) = config_warnings(args).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+        assert_eq!(c.enable_profiling, want, "{args:?}");
+        assert!(warnings.is_empty(), "{args:?}: {warnings:?}");
+    }
+    assert!(parse(&["--enable-profiling=sometimes"]).is_err(), "Go's bool syntax");
+    let err = config_warnings(&["--enable-contention-profiling"]).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "--enable-contention-profiling: if enable-contention-profiling is set, enable-profiling must also be set"
+        ),
+        "{err}"
+    );
+    let (_, warnings) = config_warnings(&["--enable-contention-profiling=false"]).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (c, warnings) = config_warnings(&["--enable-contention-profiling", "--enable-profiling"]).expect("valid");
+    assert!(c.enable_profiling);
+    assert_eq!(
+        warnings,
+        ["--enable-contention-profiling has no effect: konnq is not a Go program and has no block (contention) \
+          profile; --enable-profiling serves its CPU profile"]
+    );
 }
 
 #[test]

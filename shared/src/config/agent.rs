@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::identifiers::AgentIdentifiers;
 use super::settings::settings;
 use super::{
-    format_duration, non_empty_path, non_empty_string, parse_bind_address, parse_duration, parse_klog_level,
-    parse_path, parse_toml, random_id, read_toml, ConfigError, LogConfig, LogFormat, Problems, QuicConfig,
-    RawQuicConfig, DEFAULT_WORKER_THREADS,
+    format_duration, non_empty_path, non_empty_string, parse_bind_address, parse_duration, parse_go_bool,
+    parse_klog_level, parse_path, parse_toml, random_id, read_toml, ConfigError, LogConfig, LogFormat, Problems,
+    QuicConfig, RawQuicConfig, DEFAULT_WORKER_THREADS,
 };
 
 /// Validated agent configuration; see `conf/agent.toml` for every key.
@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub health_server_port: u16,
     pub admin_bind_address: IpAddr,
     pub admin_server_port: u16,
+    /// Serve `/debug/pprof/` (CPU profiles) on the admin port.
+    pub enable_profiling: bool,
     /// Reconnect backoff start.
     pub sync_interval: Duration,
     /// Reconnect backoff cap.
@@ -100,6 +102,10 @@ settings! {
         /// Admin / metrics address; empty = all.
         #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
         admin_bind_address: IpAddr = Ipv4Addr::LOCALHOST.into(),
+        /// Serve /debug/pprof/ (CPU profiles for go tool pprof) on the admin port.
+        #[arg(long, value_name = "BOOL", value_parser = parse_go_bool)]
+        #[arg(num_args = 0..=1, default_missing_value = "true")] // a Go bool: the flag alone is true
+        enable_profiling: bool = false,
         /// /healthz and /readyz port.
         #[arg(long, value_name = "PORT")]
         health_server_port: u16 = 8093,
@@ -193,6 +199,7 @@ impl RawAgentConfig {
             health_server_port,
             admin_bind_address: self.admin_bind_address.unwrap_or(d.admin_bind_address),
             admin_server_port,
+            enable_profiling: self.enable_profiling.unwrap_or(d.enable_profiling),
             sync_interval,
             sync_interval_cap,
             dial_timeout: p.positive("dial-timeout", self.dial_timeout.unwrap_or(d.dial_timeout)),

@@ -52,9 +52,12 @@ where
 }
 
 /// [`try_parse_go_style`] with upstream's no-effect flags of `tables` accepted
-/// too; also returns one warning per such flag given a value that matters
-/// upstream (see [`upstream`](super::upstream)).
-pub fn try_parse_go_style_with<P, I, T>(args: I, tables: &[&[NoEffect]]) -> Result<(P, Vec<String>), clap::Error>
+/// too; also returns those given, whose warnings are logged at start-up (see
+/// [`upstream`](super::upstream)).
+pub fn try_parse_go_style_with<P, I, T>(
+    args: I,
+    tables: &[&'static [NoEffect]],
+) -> Result<(P, upstream::Given), clap::Error>
 where
     P: clap::Parser,
     I: IntoIterator<Item = T>,
@@ -66,7 +69,7 @@ where
     let longs: Vec<&str> = longs.iter().map(String::as_str).collect();
     let matches = command.try_get_matches_from_mut(normalize_go_flags(args, &longs))?;
     let parsed = P::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
-    Ok((parsed, upstream::warnings(&matches, tables)))
+    Ok((parsed, upstream::Given::from_matches(&matches, tables)))
 }
 
 /// A listen address as upstream's `--*-bind-address` / `--health-server-host`

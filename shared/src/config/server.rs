@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub health_port: u16,
     pub admin_bind_address: IpAddr,
     pub admin_port: u16,
+    /// Serve `/debug/pprof/` (CPU profiles) on the admin port.
+    pub enable_profiling: bool,
     /// How long a dial may wait for the agent; `None` = no limit (upstream's 0).
     pub backend_dial_timeout: Option<Duration>,
     pub graceful_shutdown_timeout: Duration,
@@ -155,6 +157,10 @@ settings! {
         /// Admin / metrics address; empty = all.
         #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
         admin_bind_address: IpAddr = Ipv4Addr::LOCALHOST.into(),
+        /// Serve /debug/pprof/ (CPU profiles for go tool pprof) on the admin port.
+        #[arg(long, value_name = "BOOL", value_parser = parse_go_bool)]
+        #[arg(num_args = 0..=1, default_missing_value = "true")] // a Go bool: the flag alone is true
+        enable_profiling: bool = false,
         /// /healthz and /readyz port.
         #[arg(long, value_name = "PORT")]
         health_port: u16 = 8092,
@@ -286,6 +292,7 @@ impl RawServerConfig {
             health_port,
             admin_bind_address: self.admin_bind_address.unwrap_or(d.admin_bind_address),
             admin_port,
+            enable_profiling: self.enable_profiling.unwrap_or(d.enable_profiling),
             // 0 = no limit, upstream's meaning.
             backend_dial_timeout: Some(self.backend_dial_timeout.unwrap_or(d.backend_dial_timeout))
                 .filter(|t| !t.is_zero()),

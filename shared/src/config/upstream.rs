@@ -12,7 +12,7 @@
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-use super::{format_duration, parse_duration, parse_go_bool};
+use super::{format_duration, parse_duration, parse_go_bool, ConfigError, Problem};
 
 /// Heading of these flags in `--help` (they are left out of `-h`).
 pub const HELP_HEADING: &str = "Upstream flags accepted without effect";
@@ -180,19 +180,51 @@ pub fn register(command: Command, tables: &[&[NoEffect]]) -> Command {
     command.args(tables.iter().flat_map(|t| t.iter()).map(NoEffect::arg))
 }
 
-/// One warning per flag of `tables` given on the command line with a value
-/// that is not quiet, in table order.
-pub fn warnings(matches: &ArgMatches, tables: &[&[NoEffect]]) -> Vec<String> {
-    let loud = |e: &NoEffect| {
-        e.given(matches).is_some_and(|mut values| values.any(|v| !v.is_empty() && !e.quiet.contains(&v.as_str())))
-    };
-    tables.iter().flat_map(|t| t.iter()).filter(|e| loud(e)).map(NoEffect::warning).collect()
+/// The flags of some tables given on a command line, in table order, each
+/// with its normalised values.
+#[derive(Debug, Clone, Default)]
+pub struct Given(Vec<(&'static NoEffect, Vec<String>)>);
+
+impl Given {
+    /// The flags of `tables` in `matches`.
+    pub fn from_matches(matches: &ArgMatches, tables: &[&'static [NoEffect]]) -> Given {
+        let given = |e: &'static NoEffect| e.given(matches).map(|values| (e, values.cloned().collect()));
+        Given(tables.iter().flat_map(|t| t.iter()).filter_map(given).collect())
+    }
+
+    /// One warning per flag given a value that is not quiet, in table order.
+    pub fn warnings(&self) -> Vec<String> {
+        let loud = |(e, values): &&(&NoEffect, Vec<String>)| {
+            values.iter().any(|v| !v.is_empty() && !e.quiet.contains(&v.as_str()))
+        };
+        self.0.iter().filter(loud).map(|(e, _)| e.warning()).collect()
+    }
+
+    /// Upstream's rule, in upstream's words: contention profiling (a Go
+    /// block profile, which konnq has not) is refused without profiling.
+    pub fn check(&self, enable_profiling: bool) -> Result<(), ConfigError> {
+        if self.bool("enable-contention-profiling") == Some(true) && !enable_profiling {
+            return Err(ConfigError::Invalid(vec![Problem {
+                key: "enable-contention-profiling".to_owned(),
+                message: "if enable-contention-profiling is set, enable-profiling must also be set".to_owned(),
+            }]));
+        }
+        Ok(())
+    }
+
+    /// The value of the Go bool flag `flag`, if given (the last one, as in
+    /// Go). Upstream checks some of these against other settings.
+    pub fn bool(&self, flag: &str) -> Option<bool> {
+        let (_, values) = self.0.iter().find(|(e, _)| e.flag == flag && e.syntax == Syntax::Bool)?;
+        values.last().map(|v| v == "true")
+    }
 }
 
 const NO_LOG_FILES: &str = "konnq writes no log files; it logs to stderr";
 const ALL_TO_STDERR: &str = "konnq writes every log line to stderr";
 const LOG_FORMAT: &str = "konnq's log lines have one layout per --log-format (text or json)";
-const NO_PPROF: &str = "konnq serves no pprof endpoints (it is not a Go program)";
+const NO_CONTENTION_PROFILE: &str = "konnq is not a Go program and has no block (contention) profile; \
+                                     --enable-profiling serves its CPU profile";
 const NO_CHANNELS: &str = "konnq has no transfer channels: each connection has its own QUIC stream with flow control";
 const NO_LEASES: &str = "konnq does not use server leases yet";
 
@@ -226,8 +258,12 @@ pub const KLOG: &[NoEffect] = &[
 
 /// proxy-server's flags that konnq-server does not act on.
 pub const SERVER: &[NoEffect] = &[
-    NoEffect { flag: "enable-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
-    NoEffect { flag: "enable-contention-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
+    NoEffect {
+        flag: "enable-contention-profiling",
+        syntax: Syntax::Bool,
+        quiet: &["false"],
+        reason: NO_CONTENTION_PROFILE,
+    },
     NoEffect {
         flag: "kube-api-content-type",
         syntax: Syntax::Text,
@@ -262,8 +298,12 @@ pub const SERVER: &[NoEffect] = &[
 
 /// proxy-agent's flags that konnq-agent does not act on.
 pub const AGENT: &[NoEffect] = &[
-    NoEffect { flag: "enable-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
-    NoEffect { flag: "enable-contention-profiling", syntax: Syntax::Bool, quiet: &["false"], reason: NO_PPROF },
+    NoEffect {
+        flag: "enable-contention-profiling",
+        syntax: Syntax::Bool,
+        quiet: &["false"],
+        reason: NO_CONTENTION_PROFILE,
+    },
     NoEffect {
         flag: "probe-interval",
         syntax: Syntax::Duration,
@@ -305,10 +345,10 @@ pub const AGENT: &[NoEffect] = &[
 mod tests {
     use super::*;
 
-    fn parse(tables: &[&[NoEffect]], args: &[&str]) -> Result<Vec<String>, clap::Error> {
+    fn parse(tables: &[&'static [NoEffect]], args: &[&str]) -> Result<Vec<String>, clap::Error> {
         let command = register(Command::new("t"), tables);
         let matches = command.try_get_matches_from(std::iter::once("t").chain(args.iter().copied()))?;
-        Ok(warnings(&matches, tables))
+        Ok(Given::from_matches(&matches, tables).warnings())
     }
 
     #[test]
@@ -342,7 +382,7 @@ mod tests {
 
     #[test]
     fn values_are_checked_as_upstream_checks_them() {
-        let err = |tables: &[&[NoEffect]], arg: &str| parse(tables, &[arg]).unwrap_err().to_string();
+        let err = |tables: &[&'static [NoEffect]], arg: &str| parse(tables, &[arg]).unwrap_err().to_string();
         assert!(err(&[SERVER], "--xfr-channel-size=0").contains("must be greater than 0"));
         assert!(err(&[SERVER], "--cipher-suites=TLS_RSA_WITH_RC4_128_SHA").contains("considered as insecure"));
         assert!(err(&[SERVER], "--tls-min-version=1.2").contains("unsupported TLS version"));
@@ -352,6 +392,22 @@ mod tests {
         assert!(err(&[KLOG], "--stderrthreshold=LOUD").contains("invalid severity"));
         assert!(err(&[AGENT], "--sync-forever=yes").contains("invalid boolean"));
         assert!(err(&[AGENT], "--probe-interval=soon").contains("invalid duration"));
+    }
+
+    #[test]
+    fn bool_values_are_read_back_the_last_one_winning() {
+        let tables = [SERVER];
+        let given = |args: &[&str]| {
+            let command = register(Command::new("t").args_override_self(true), &tables);
+            let matches = command.try_get_matches_from(std::iter::once("t").chain(args.iter().copied())).unwrap();
+            Given::from_matches(&matches, &tables)
+        };
+        assert_eq!(given(&[]).bool("enable-contention-profiling"), None);
+        assert_eq!(given(&["--enable-contention-profiling"]).bool("enable-contention-profiling"), Some(true));
+        let g = given(&["--enable-contention-profiling=T", "--enable-contention-profiling=0"]);
+        assert_eq!(g.bool("enable-contention-profiling"), Some(false));
+        assert!(g.warnings().is_empty(), "false is quiet");
+        assert_eq!(given(&["--xfr-channel-size=3"]).bool("xfr-channel-size"), None, "not a bool");
     }
 
     #[test]
