@@ -77,12 +77,14 @@ pub async fn handle(
     };
     metrics.dial_duration.observe(started.elapsed().as_secs_f64());
     let _ = tcp.set_nodelay(true);
+    // Counted from the connect on: a scrape after the server has the answer
+    // sees the connection.
+    let _open = GaugeGuard::inc(&metrics.open_endpoint_connections);
     if send.write_all(&DialResult::Connected.encode()).await.is_err() {
         // The server gave up between our dial and the answer: drop the TCP connection.
         metrics.dials_abandoned.inc();
         return;
     }
-    let _open = GaugeGuard::inc(&metrics.open_endpoint_connections);
     debug!(connect_id, address = %header.address, "connected");
     pump(tcp, send, recv, connect_id, &metrics, send_clock).await;
 }
