@@ -86,9 +86,12 @@ func (s *scenarios) agentStorm(t *testing.T) {
 		"--waves=2",
 		"--deadline-secs=840",
 	})
+	hostDrops, nodeDrops := udpRcvbufErrors(t, ""), udpRcvbufErrors(t, s.k.env.net.ns)
 	start := time.Now()
 	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 	took := time.Since(start)
+	t.Logf("RESULT %s: storm of %d agents: UDP datagrams dropped for a full receive buffer: %v on the host (konnq-server's side), %v in the node's namespace (the simulated agents' side)",
+		s.m.name, n, udpRcvbufErrors(t, "")-hostDrops, udpRcvbufErrors(t, s.k.env.net.ns)-nodeDrops)
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		t.Logf("RESULT %s: storm of %d agents: %s", s.m.name, n, line)
 	}
@@ -100,4 +103,41 @@ func (s *scenarios) agentStorm(t *testing.T) {
 	if sent != float64(n) {
 		t.Fatalf("%d distinct tokens, two waves: %v TokenReviews, want %d (one per token)", n, sent, n)
 	}
+}
+
+// udpRcvbufErrors is the kernel's count of UDP datagrams dropped because a
+// socket's receive buffer was full (Udp RcvbufErrors in /proc/net/snmp), in
+// network namespace ns ("" = the host's).
+func udpRcvbufErrors(t *testing.T, ns string) float64 {
+	t.Helper()
+	argv := []string{"cat", "/proc/net/snmp"}
+	if ns != "" {
+		argv = append([]string{"ip", "netns", "exec", ns}, argv...)
+	}
+	out, err := exec.Command(argv[0], argv[1:]...).Output()
+	if err != nil {
+		t.Fatalf("%v: %v", argv, err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || fields[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = fields
+			continue
+		}
+		for i, name := range names {
+			if name == "RcvbufErrors" && i < len(fields) {
+				v, err := strconv.ParseFloat(fields[i], 64)
+				if err != nil {
+					t.Fatalf("Udp RcvbufErrors %q: %v", fields[i], err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatalf("no Udp RcvbufErrors in /proc/net/snmp of %q", ns)
+	return 0
 }

@@ -184,7 +184,13 @@ fn client_endpoint(args: &AgentsArgs) -> anyhow::Result<quinn::Endpoint> {
     // These agents take no dials: no stream credit for the server, whose
     // per-stream state quinn would otherwise allocate for each connection.
     client.transport_config(Arc::new(konnq_shared::quic::transport_config(&quic, false)?));
-    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+    // One socket carries every simulated agent: give it the receive and
+    // send buffers a real agent's socket gets (quic.udp-buffer-bytes), or
+    // synchronized keep-alive bursts overflow the kernel's default buffer.
+    let (socket, rcv, snd) = konnq_shared::quic::udp_socket("0.0.0.0:0".parse()?, quic.udp_buffer_bytes)?;
+    println!("simulated agents' UDP socket: receive buffer {rcv} B, send buffer {snd} B");
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
