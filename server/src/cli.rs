@@ -323,19 +323,8 @@ mod tests {
     #[test]
     fn help_shows_the_declared_defaults() {
         let command = <Cli as clap::CommandFactory>::command();
-        let mut flags = 0;
-        for key in RawServerConfig::keys() {
-            let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(key.key.as_str())) else {
-                continue;
-            };
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            match &key.default {
-                Some(d) => assert!(help.ends_with(&format!(" [default: {}]", d.text)), "--{}: {help}", key.key),
-                None => assert!(!help.is_empty() && !help.ends_with('.'), "--{}: {help:?}", key.key),
-            }
-            flags += 1;
-        }
-        assert_eq!(flags, 34, "declared keys that are flags");
+        let flags = konnq_shared::config::check_help_defaults(&command, &RawServerConfig::keys());
+        assert_eq!(flags, Ok(34), "declared keys that are flags");
         let long = parse(&["--help"]).unwrap_err().to_string();
         assert!(long.contains("(quic.keep-alive-interval); 0 = default [default: 1s]"), "{long}");
     }

@@ -56,7 +56,7 @@ pub use goflags::{
 pub use identifiers::AgentIdentifiers;
 pub use quic::{CongestionControl, QuicConfig, QuicDefaults, RawQuicConfig};
 pub use server::{FrontendMode, RawServerConfig, ServerConfig, ServerDefaults};
-pub use settings::{help_line, DefaultValue, KeyDoc, Shown};
+pub use settings::{check_help_defaults, help_line, DefaultValue, KeyDoc, Shown};
 pub use token_auth::{ReviewRate, TokenAuthConfig, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS};
 
 /// One configuration problem: the TOML key path it concerns and what is wrong.

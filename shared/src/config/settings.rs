@@ -118,6 +118,29 @@ macro_rules! settings {
     };
 }
 
+/// Checks that every key of `keys` that `command` has as a flag shows its
+/// declared default at the end of its help (`[default: …]`), or a help
+/// line without one; returns how many flags were checked, or the first
+/// mismatch.
+pub fn check_help_defaults(command: &clap::Command, keys: &[KeyDoc]) -> Result<usize, String> {
+    let mut flags = 0;
+    for key in keys {
+        let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(key.key.as_str())) else {
+            continue;
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let fits = match &key.default {
+            Some(d) => help.ends_with(&format!(" [default: {}]", d.text)),
+            None => !help.is_empty() && !help.ends_with('.'),
+        };
+        if !fits {
+            return Err(format!("--{}: {help:?} (declared default: {:?})", key.key, key.default));
+        }
+        flags += 1;
+    }
+    Ok(flags)
+}
+
 /// A key's declared default as [`Shown`], if it has one.
 macro_rules! shown_default {
     ($ty:ty) => {
