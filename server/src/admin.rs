@@ -62,16 +62,10 @@ pub async fn serve_health(
     axum::serve(listener, app).await
 }
 
-/// Serves the admin port; `profiling`: also `/debug/pprof/` (see
-/// [`konnq_shared::profiling`]), as upstream's `--enable-profiling` does.
+/// Serves the admin port: `/metrics`, `/healthz` and, with `profiling`,
+/// `/debug/pprof/` (see [`konnq_shared::profiling::serve_admin`]).
 pub async fn serve_admin(listener: TcpListener, m: Metrics, profiling: bool) -> std::io::Result<()> {
-    let mut app = Router::new()
-        .route("/metrics", get(|State(m): State<Metrics>| async move { exposition(&m) }))
-        .route("/healthz", get(healthz));
-    if profiling {
-        app = app.merge(konnq_shared::profiling::routes());
-    }
-    axum::serve(listener, app.with_state(m)).await
+    konnq_shared::profiling::serve_admin(listener, move || m.render(), profiling).await
 }
 
 #[cfg(test)]

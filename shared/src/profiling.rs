@@ -75,6 +75,24 @@ const NOT_SERVED: [(&str, &str); 9] = [
 ];
 
 /// The `/debug/pprof` routes, to merge into an admin router.
+/// Serves an admin port as both binaries have it: `/metrics` (the text
+/// `render` returns), `/healthz` and, with `profiling`, [`routes`], as
+/// upstream's `--enable-profiling` does.
+pub async fn serve_admin<F>(listener: tokio::net::TcpListener, render: F, profiling: bool) -> std::io::Result<()>
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    let metrics = move || {
+        let render = render.clone();
+        async move { ([(header::CONTENT_TYPE, crate::prom::CONTENT_TYPE)], render()) }
+    };
+    let mut app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok" }));
+    if profiling {
+        app = app.merge(routes());
+    }
+    axum::serve(listener, app).await
+}
+
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/debug/pprof", get(|| async { (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/debug/pprof/")]) }))
