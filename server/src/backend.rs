@@ -132,6 +132,8 @@ pub struct Backend {
     next_agent_key: AtomicU64,
     next_connect_id: AtomicU64,
     ready: watch::Sender<usize>,
+    /// True once the server shuts down: agents are told, new ones refused.
+    shutting_down: watch::Sender<bool>,
     metrics: Metrics,
     server_id: String,
     server_count: u32,
@@ -166,6 +168,7 @@ impl Backend {
             next_agent_key: AtomicU64::new(1),
             next_connect_id: AtomicU64::new(1),
             ready: watch::channel(0).0,
+            shutting_down: watch::channel(false).0,
             metrics,
             server_id,
             server_count,
@@ -336,6 +339,11 @@ impl Backend {
             .await
             .map_err(|_| AdmitError::Timeout(HANDSHAKE_TIMEOUT))??;
         let Hello { agent_id, identifiers, token } = hello;
+        if *self.shutting_down.borrow() {
+            let reason = "server shutting down";
+            reject(&conn, &mut send, codes::SHUTDOWN, reason).await;
+            return Err(AdmitError::Protocol(reason.to_owned()));
+        }
         if let Some(auth) = &self.auth {
             let deadline = tokio::time::Instant::now() + TOKEN_REVIEW_WAIT;
             match auth.check(&token, deadline).await {
@@ -351,14 +359,14 @@ impl Backend {
         let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
         let streams = Arc::new(Semaphore::new(self.max_streams));
         let agent = Arc::new(AgentConn { key, agent_id, identifiers, conn, streams, send_clock: Arc::default() });
-        Ok(Admitted { agent, _send: send, recv, token })
+        Ok(Admitted { agent, send, recv, token })
     }
 
     /// Keeps an admitted agent registered until its connection ends; with
     /// token authentication, keeps its token checked meanwhile and closes
     /// the connection once the token no longer passes.
     async fn hold(&self, admitted: Admitted) {
-        let Admitted { agent, _send, mut recv, token } = admitted;
+        let Admitted { agent, mut send, mut recv, token } = admitted;
         let remote = agent.conn.remote_address();
         info!(agent_id = %agent.agent_id, %remote, identifiers = ?agent.identifiers, "agent connected");
         let _connected = GaugeGuard::inc(&self.metrics.agent_connections);
@@ -373,8 +381,17 @@ impl Backend {
                 None => std::future::pending().await,
             }
         };
+        let tell_drain = async {
+            let _ = self.shutting_down.subscribe().wait_for(|&s| s).await;
+            match send.write_all(&Control::Drain.encode()).await {
+                Ok(()) => debug!(agent_id = %agent.agent_id, "told the agent this server is draining"),
+                Err(e) => debug!(agent_id = %agent.agent_id, "cannot tell the agent this server is draining: {e}"),
+            }
+            std::future::pending::<()>().await
+        };
         let reason = tokio::select! {
             reason = self.read_control(&agent, &mut recv, &tokens) => reason,
+            () = tell_drain => unreachable!("telling the agent about the drain never ends"),
             refused = checked => {
                 agent.conn.close(VarInt::from_u32(refused.close_code()), refused.to_string().as_bytes());
                 format!("its token no longer passes: {refused}")
@@ -447,6 +464,14 @@ impl Backend {
         });
     }
 
+    /// The server begins to shut down: every agent is told on its control
+    /// stream (it sends no new dials here and looks for another server),
+    /// and agents that connect from now on are refused. Open connections
+    /// go on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.send_replace(true);
+    }
+
     /// Closes every agent connection (graceful shutdown).
     pub fn close_all(&self, reason: &str) {
         for agent in self.agents().all() {
@@ -487,7 +512,7 @@ async fn reject(conn: &quinn::Connection, send: &mut SendStream, code: u32, reas
 struct Admitted {
     agent: Arc<AgentConn>,
     /// The control stream's send half: dropping it would finish the stream.
-    _send: SendStream,
+    send: SendStream,
     recv: RecvStream,
     /// The token the agent was admitted with (empty without token auth).
     token: String,
@@ -509,17 +534,46 @@ enum AdmitError {
     Timeout(Duration),
 }
 
-/// Builds the agent-facing QUIC endpoint on an already bound UDP socket.
+/// Shortest time between two stateless resets. A reset answers only a
+/// packet whose connection ID this server (or an earlier run of it) issued,
+/// and is smaller than that packet, so a short interval risks little; a
+/// long one would leave agents waiting after a restart (quinn's default of
+/// 20 ms answers 50 agents per second).
+const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The endpoint's connection-ID and stateless-reset keys, derived from
+/// `secret` (the agent-facing TLS key): the same across restarts. A server
+/// that restarted lost its connections; when an agent's next packet
+/// arrives, it answers with a stateless reset the agent recognises, and
+/// the agent reconnects at once instead of waiting for its idle timeout.
+fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
+    use ring::hmac;
+    let derive = |label: &[u8]| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, label), secret);
+    let reset = derive(b"konnq stateless reset key v1");
+    let cid = derive(b"konnq connection id key v1");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+    config
+        .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)))
+        .min_reset_interval(MIN_RESET_INTERVAL);
+    config
+}
+
+/// Builds the agent-facing QUIC endpoint on an already bound UDP socket;
+/// `secret` seeds the keys that must survive restarts ([`endpoint_config`]).
 pub fn endpoint(
     socket: std::net::UdpSocket,
     tls: rustls::ServerConfig,
     quic: &konnq_shared::config::QuicConfig,
+    secret: &[u8],
 ) -> Result<quinn::Endpoint, konnq_shared::quic::QuicSetupError> {
     let crypto = konnq_shared::quic::server_crypto(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(crypto);
     server.transport_config(Arc::new(konnq_shared::quic::transport_config(quic, false)?));
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
+    let endpoint = quinn::Endpoint::new(endpoint_config(secret), Some(server), socket, runtime)?;
     Ok(endpoint)
 }
 

@@ -77,8 +77,9 @@ impl ServerHandle {
     /// connections finish for up to the graceful shutdown timeout, then close
     /// every agent connection (clients get CLOSE_RSP) and return.
     pub async fn shutdown(mut self) {
-        info!("shutting down: no new frontend connections");
+        info!(agents = self.backend.agent_count(), "shutting down: no new frontend connections; telling the agents");
         self.shutdown.send_replace(true);
+        self.backend.begin_shutdown();
         let established = self.metrics.established.clone();
         let drained = async {
             while established.get() > 0 {
@@ -110,7 +111,11 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         &[konnq_shared::tls::ALPN_KONNQ],
     )
     .map_err(ServerError::ClusterTls)?;
-    let endpoint = backend::endpoint(listeners.agent_udp, tls, &cfg.quic)?;
+    let secret = std::fs::read(&cfg.cluster_tls.key).map_err(|e| {
+        ServerError::ClusterTls(konnq_shared::tls::TlsError::Read { path: cfg.cluster_tls.key.clone(), source: e })
+    })?;
+    let endpoint = backend::endpoint(listeners.agent_udp, tls, &cfg.quic, &secret)?;
+    drop(secret);
     let agent_addr = endpoint.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let auth = auth::from_config(&cfg, &metrics).await.map_err(ServerError::Kube)?;
     let backend = Backend::new(
