@@ -20,7 +20,8 @@ use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct Health {
-    connected: watch::Receiver<bool>,
+    /// Open server connections.
+    connected: watch::Receiver<usize>,
     metrics: Metrics,
 }
 
@@ -43,7 +44,7 @@ fn readiness(connected: bool, verbose: bool) -> (StatusCode, String) {
 
 async fn readyz(State(h): State<Health>, uri: Uri) -> impl IntoResponse {
     let verbose = uri.query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("verbose")));
-    let connected = *h.connected.borrow();
+    let connected = *h.connected.borrow() > 0;
     readiness(connected, verbose)
 }
 
@@ -53,7 +54,7 @@ fn exposition(m: &Metrics) -> impl IntoResponse {
 
 pub async fn serve_health(
     listener: TcpListener,
-    connected: watch::Receiver<bool>,
+    connected: watch::Receiver<usize>,
     metrics: Metrics,
 ) -> std::io::Result<()> {
     let app = Router::new()

@@ -1,33 +1,43 @@
-//! konnq-agent: keeps a QUIC connection to a konnq server and dials TCP
-//! targets for it, one QUIC stream per proxied connection.
+//! konnq-agent: holds QUIC connections to konnq servers and dials TCP
+//! targets for them, one QUIC stream per proxied connection.
 //!
-//! - [`session`]: connect (TLS 1.3, optional client certificate), identify
-//!   on the control stream, then accept dial streams until the connection
-//!   ends; reconnect forever with jittered exponential backoff.
+//! - [`sync`]: when to open another server connection (the agent holds one
+//!   to each server behind `proxy-server-host`), and the backoff.
+//! - [`pool`]: the held connections, one per server ID, each on its own
+//!   UDP socket.
+//! - [`session`]: the sync loop and each connection's life: connect (TLS
+//!   1.3, optional client certificate), identify on the control stream,
+//!   accept dial streams until the connection ends.
 //! - [`dial`]: one dial stream (header, TCP dial, answer, byte copy).
 //! - [`admin`]: `/healthz`, `/readyz` and `/ready` (connected to a server),
 //!   `/metrics`; with `--enable-profiling`, `/debug/pprof/`.
 //!
-//! One QUIC endpoint (one UDP socket) carries the agent's server connection.
-//! [`AgentHandle::rebind`] (SIGUSR1 in the binary) moves it to a new local
-//! socket; QUIC connection migration keeps every proxied connection alive
-//! when the node's address or NAT mapping changed.
+//! [`AgentHandle::rebind`] (SIGUSR1 in the binary) moves every connection to
+//! a new local socket; QUIC connection migration keeps every proxied
+//! connection alive when the node's address or NAT mapping changed.
+//! [`AgentHandle::drain`] (SIGTERM) tells the servers to send no new dials
+//! and lets the proxied connections finish.
 
 pub mod admin;
 pub mod cli;
 pub mod dial;
 pub mod metrics;
+pub mod pool;
 pub mod session;
+pub mod sync;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use konnq_shared::config::AgentConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use metrics::Metrics;
+use pool::Pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -67,63 +77,129 @@ pub struct AgentHandle {
     pub metrics: Metrics,
     pub health_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    connected: watch::Receiver<bool>,
+    pool: Arc<Pool>,
     tasks: JoinSet<()>,
-    endpoint: quinn::Endpoint,
+    draining: watch::Sender<bool>,
     udp_buffer_bytes: usize,
+    grace: Duration,
 }
 
 impl AgentHandle {
     /// Waits until the agent is (or is not) connected to a server.
     pub async fn wait_connected(&self, want: bool) {
-        let mut rx = self.connected.clone();
-        let _ = rx.wait_for(|&c| c == want).await;
+        let mut rx = self.pool.open();
+        let _ = rx.wait_for(|&n| (n > 0) == want).await;
+    }
+
+    /// Waits until the agent holds connections to exactly `n` servers.
+    pub async fn wait_servers(&self, n: usize) {
+        let mut rx = self.pool.open();
+        let _ = rx.wait_for(|&open| open == n).await;
     }
 
     pub fn is_connected(&self) -> bool {
-        *self.connected.borrow()
+        *self.pool.open().borrow() > 0
     }
 
-    /// The local address of the QUIC endpoint's UDP socket.
-    pub fn quic_local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+    /// IDs of the servers the agent holds a connection to, sorted.
+    pub fn server_ids(&self) -> Vec<String> {
+        self.pool.server_ids()
     }
 
-    /// Moves the QUIC endpoint, with every server connection and proxied
-    /// connection on it, to a new UDP socket: same local IP, new ephemeral
-    /// port, same buffer sizes. Use it after the node's address or NAT
-    /// mapping changed. Returns the new local address; on error the old
-    /// socket stays in use.
-    pub fn rebind(&self) -> Result<SocketAddr, AgentError> {
-        let (old, new) = session::rebind(&self.endpoint, self.udp_buffer_bytes)?;
-        self.metrics.socket_rebinds.inc();
-        info!(%old, %new, "moved QUIC endpoint to a new local socket");
-        Ok(new)
+    /// IDs of the servers that said they are shutting down, sorted.
+    pub fn draining_servers(&self) -> Vec<String> {
+        self.pool.draining_ids()
     }
 
-    /// Stops the agent: closes the QUIC connection (the server answers every
-    /// affected client at once) and every target connection.
+    /// The local addresses of the server connections' UDP sockets.
+    pub fn quic_local_addrs(&self) -> Vec<SocketAddr> {
+        self.pool.local_addrs()
+    }
+
+    /// Moves every server connection, with every proxied connection on it,
+    /// to a new UDP socket: same local IP, new ephemeral port, same buffer
+    /// sizes. Use it after the node's address or NAT mapping changed.
+    /// Returns the new local addresses; a socket that could not move stays
+    /// in use, and the first such error is returned after trying them all.
+    pub fn rebind(&self) -> Result<Vec<SocketAddr>, AgentError> {
+        let mut moved = Vec::new();
+        let mut failed = None;
+        for endpoint in self.pool.endpoints() {
+            match session::rebind(&endpoint, self.udp_buffer_bytes) {
+                Ok((old, new)) => {
+                    self.metrics.socket_rebinds.inc();
+                    info!(%old, %new, "moved a server connection to a new local socket");
+                    moved.push(new);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(moved),
+        }
+    }
+
+    /// Starts draining: no new server connections, and every server is
+    /// told to send this agent no new dials. Proxied connections go on.
+    pub fn drain(&self) {
+        if !self.draining.send_replace(true) {
+            info!(
+                servers = ?self.pool.server_ids(),
+                open = self.metrics.open_endpoint_connections.get(),
+                "draining: the servers send no new dials; open connections may finish"
+            );
+        }
+    }
+
+    /// Graceful stop: [`AgentHandle::drain`], then wait until no proxied
+    /// connection or dial is left, at most the graceful shutdown timeout or
+    /// until `now` resolves, then [`AgentHandle::shutdown`].
+    pub async fn drain_and_shutdown(self, now: impl std::future::Future<Output = ()>) {
+        self.drain();
+        let m = self.metrics.clone();
+        let idle = async {
+            while m.open_endpoint_connections.get() > 0 || m.pending_dials.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(self.grace, idle) => if r.is_err() {
+                warn!(open = m.open_endpoint_connections.get(), "graceful shutdown timeout reached; closing open connections");
+            },
+            _ = now => warn!(open = m.open_endpoint_connections.get(), "second signal: closing open connections now"),
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops the agent now: closes every server connection (each server
+    /// answers the affected clients at once) and every target connection.
     pub async fn shutdown(mut self) {
-        self.endpoint.close(quinn::VarInt::from_u32(konnq_shared::quic::codes::SHUTDOWN), b"agent shutting down");
+        self.draining.send_replace(true);
+        self.pool.close_all(konnq_shared::quic::codes::SHUTDOWN, b"agent shutting down");
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let endpoints = self.pool.endpoints();
+        let idle = futures::future::join_all(endpoints.iter().map(|e| e.wait_idle()));
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
         info!("agent stopped");
     }
 }
 
-/// Starts the agent: the server connection loop and the HTTP endpoints.
+/// Starts the agent: the server connections and the HTTP endpoints.
 pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle, AgentError> {
     let metrics = Metrics::new();
-    let endpoint = session::endpoint(&cfg)?;
-    let (udp_buffer_bytes, profiling) = (cfg.quic.udp_buffer_bytes, cfg.enable_profiling);
-    let (connected_tx, connected) = watch::channel(false);
+    let setup = session::ClientSetup::new(&cfg)?;
+    let (udp_buffer_bytes, profiling, grace) =
+        (setup.udp_buffer_bytes(), cfg.enable_profiling, cfg.graceful_shutdown_timeout);
     let health_addr = listeners.health.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
     let admin_addr = listeners.admin.local_addr().map_err(|e| AgentError::Quic(e.into()))?;
+    let pool = Pool::new(metrics.clone());
+    let (draining, draining_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let connector = session::Connector::new(cfg, endpoint.clone(), metrics.clone(), connected_tx)?;
-    tasks.spawn(connector.run());
-    let (rx, m) = (connected.clone(), metrics.clone());
+    let connector = session::Connector::new(cfg, setup, metrics.clone(), Arc::clone(&pool), draining_rx, None)?;
+    tasks.spawn(Arc::new(connector).run());
+    let (rx, m) = (pool.open(), metrics.clone());
     tasks.spawn(async move {
         if let Err(e) = admin::serve_health(listeners.health, rx, m).await {
             error!("health server failed: {e}");
@@ -136,31 +212,33 @@ pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle
         }
     });
     info!(%health_addr, %admin_addr, profiling, workers = tokio::runtime::Handle::current().metrics().num_workers(), "konnq-agent started");
-    Ok(AgentHandle { metrics, health_addr, admin_addr, connected, tasks, endpoint, udp_buffer_bytes })
+    Ok(AgentHandle { metrics, health_addr, admin_addr, pool, tasks, draining, udp_buffer_bytes, grace })
 }
 
-/// Runs until `shutdown` resolves; each SIGUSR1 meanwhile moves the QUIC
-/// connections to a new local UDP socket ([`AgentHandle::rebind`]).
-pub async fn run(
-    cfg: AgentConfig,
-    listeners: Listeners,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), AgentError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(AgentError::Signal)?;
+/// Runs until the first `signal` resolves, then drains
+/// ([`AgentHandle::drain_and_shutdown`]) until the next one or the graceful
+/// shutdown timeout; each SIGUSR1 meanwhile moves the server connections to
+/// new local UDP sockets ([`AgentHandle::rebind`]).
+pub async fn run<F>(cfg: AgentConfig, listeners: Listeners, mut signal: impl FnMut() -> F) -> Result<(), AgentError>
+where
+    F: std::future::Future<Output = ()>,
+{
+    use tokio::signal::unix::{signal as unix_signal, SignalKind};
+    let mut usr1 = unix_signal(SignalKind::user_defined1()).map_err(AgentError::Signal)?;
     let handle = start(cfg, listeners).await?;
-    tokio::pin!(shutdown);
+    let first = signal();
+    tokio::pin!(first);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut first => break,
             Some(()) = usr1.recv() => {
-                info!("SIGUSR1: moving the QUIC connections to a new local UDP socket");
+                info!("SIGUSR1: moving the server connections to new local UDP sockets");
                 if let Err(e) = handle.rebind() {
-                    error!("SIGUSR1: {e}; still on the old socket");
+                    error!("SIGUSR1: {e}");
                 }
             }
         }
     }
-    handle.shutdown().await;
+    handle.drain_and_shutdown(signal()).await;
     Ok(())
 }

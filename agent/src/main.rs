@@ -9,6 +9,6 @@ fn main() -> anyhow::Result<()> {
     konnq_shared::logging::warn_each(&warnings);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
         let listeners = konnq_agent::Listeners::bind(&cfg).await?;
-        konnq_agent::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-agent")
+        konnq_agent::run(cfg, listeners, konnq_shared::signal::shutdown).await.context("konnq-agent")
     })
 }

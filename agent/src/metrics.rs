@@ -39,10 +39,11 @@ pub enum Direction {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    /// Server connections open: 0 or 1 (konnq's agent holds one).
+    /// Server connections open (one per server at most).
     pub open_server_connections: Gauge,
-    /// Servers the agent tries to stay connected to: konnq's agent connects
-    /// to one, whatever the server count.
+    /// Servers the agent aims to hold a connection to: the server count the
+    /// servers report (or the server leases, see `server-count-source`);
+    /// 0 until a server has answered.
     pub known_server_count: Gauge,
     /// TCP connections to targets currently open.
     pub open_endpoint_connections: Gauge,
@@ -85,7 +86,6 @@ impl Metrics {
             connect_failures: PlainCounter::default(),
             socket_rebinds: PlainCounter::default(),
         };
-        m.known_server_count.set(1);
         let mut root = Registry::default();
         m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_agent"));
         m.register_own(root.sub_registry_with_prefix("konnq_agent"));
@@ -94,7 +94,7 @@ impl Metrics {
 
     fn register_upstream(&self, r: &mut Registry) {
         r.register("open_server_connections", "Server connections open", self.open_server_connections.clone());
-        r.register("known_server_count", "Servers the agent connects to", self.known_server_count.clone());
+        r.register("known_server_count", "Servers the agent aims to be connected to", self.known_server_count.clone());
         r.register(
             "open_endpoint_connections",
             "TCP connections to targets currently open",
@@ -216,6 +216,7 @@ mod tests {
     fn exercised() -> Metrics {
         let m = Metrics::new();
         m.open_server_connections.set(1);
+        m.known_server_count.set(3);
         m.open_endpoint_connections.inc();
         m.dial_duration.observe(0.002);
         m.dial_failed(DialFailure::Timeout);
@@ -247,7 +248,7 @@ mod tests {
         for line in [
             "konnectivity_network_proxy_agent_server_connection_failure_count{direction=\"from_server\"} 1\n",
             "konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason=\"timeout\"} 1\n",
-            "konnectivity_network_proxy_agent_known_server_count 1\n",
+            "konnectivity_network_proxy_agent_known_server_count 3\n",
             "konnectivity_network_proxy_agent_dial_duration_seconds_bucket{le=\"10\"} 1\n",
             "konnq_agent_socket_rebinds_total 1\n",
             "konnq_agent_server_connect_failures_total 1\n",

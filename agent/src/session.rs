@@ -1,6 +1,7 @@
-//! The agent's connection to a server: connect, identify on the control
-//! stream, serve dial streams until the connection ends, reconnect forever
-//! with jittered exponential backoff.
+//! The agent's server connections: the sync loop that opens them (see
+//! [`crate::sync`] for when), and each connection's life: connect on a new
+//! UDP socket, identify on the control stream, serve dial streams until the
+//! connection ends.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,47 +12,78 @@ use konnq_shared::quic::{self, codes, read_frame};
 use konnq_shared::wire::{self, Control, Hello, SecretToken};
 use quinn::VarInt;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::{Direction, Metrics};
+use crate::pool::{Duplicate, Pool};
+use crate::sync::{self, Backoff, Outcome};
 use crate::AgentError;
 
 /// How long connecting plus the Hello/Welcome exchange may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection that lasted this long resets the backoff.
+/// A connection lost after living this long is reconnected at once; one
+/// lost sooner is reconnected after the backoff (a server that accepts and
+/// then drops the agent must not be hammered).
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often a connected agent looks at its token file: kubelet rewrites a
 /// projected token at 80% of its lifetime (an hour or more), so this is
 /// early enough, and cheap.
 const TOKEN_POLL: Duration = Duration::from_secs(5);
 
-/// A connection's control stream, and the token sent in its Hello.
-type Connected = (quinn::Connection, quinn::RecvStream, quinn::SendStream, Option<String>);
+/// A new connection past the Welcome.
+struct Connected {
+    conn: quinn::Connection,
+    control: quinn::RecvStream,
+    control_send: quinn::SendStream,
+    /// The token sent in the Hello.
+    token: Option<String>,
+    server_id: String,
+    server_count: u32,
+}
 
-/// Builds the client QUIC endpoint (TLS 1.3 trusting `ca-cert`, presenting
-/// `agent-cert`/`agent-key` when given) on a dual-stack UDP socket, or an
-/// IPv4 one on hosts without IPv6. Every server connection shares it.
-pub fn endpoint(cfg: &AgentConfig) -> Result<quinn::Endpoint, AgentError> {
-    let client_cert = cfg.agent_tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-    // Upstream's --alpn-proto first (for what sits in front of the server),
-    // then konnq's own, the only one a konnq server accepts.
-    let mut alpn: Vec<&[u8]> = cfg.alpn_proto.iter().map(|p| p.as_bytes()).collect();
-    alpn.push(konnq_shared::tls::ALPN_KONNQ);
-    let tls = konnq_shared::tls::client_config(&cfg.ca_cert, client_cert, &alpn)?;
-    let mut client = quinn::ClientConfig::new(quic::client_crypto(tls)?);
-    client.transport_config(Arc::new(quic::transport_config(&cfg.quic, true)?));
-    let buffer = cfg.quic.udp_buffer_bytes;
-    let socket = match udp_socket(Ipv6Addr::UNSPECIFIED.into(), buffer) {
-        Ok(s) => s,
-        // Hosts without IPv6.
-        Err(_) => udp_socket(Ipv4Addr::UNSPECIFIED.into(), buffer)?,
-    };
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| quic::QuicSetupError::Socket(std::io::Error::other("no async runtime")))?;
-    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-        .map_err(quic::QuicSetupError::Socket)?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+/// What every server connection's endpoint is made from: the client TLS
+/// and transport configuration, and the UDP buffer size.
+#[derive(Clone)]
+pub struct ClientSetup {
+    client: quinn::ClientConfig,
+    udp_buffer_bytes: usize,
+}
+
+impl ClientSetup {
+    /// TLS 1.3 trusting `ca-cert`, presenting `agent-cert`/`agent-key` when
+    /// given; the QUIC transport settings.
+    pub fn new(cfg: &AgentConfig) -> Result<Self, AgentError> {
+        let client_cert = cfg.agent_tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        // Upstream's --alpn-proto first (for what sits in front of the server),
+        // then konnq's own, the only one a konnq server accepts.
+        let mut alpn: Vec<&[u8]> = cfg.alpn_proto.iter().map(|p| p.as_bytes()).collect();
+        alpn.push(konnq_shared::tls::ALPN_KONNQ);
+        let tls = konnq_shared::tls::client_config(&cfg.ca_cert, client_cert, &alpn)?;
+        let mut client = quinn::ClientConfig::new(quic::client_crypto(tls)?);
+        client.transport_config(Arc::new(quic::transport_config(&cfg.quic, true)?));
+        Ok(ClientSetup { client, udp_buffer_bytes: cfg.quic.udp_buffer_bytes })
+    }
+
+    /// A client endpoint on a new dual-stack UDP socket (an IPv4 one on
+    /// hosts without IPv6), with its own ephemeral port.
+    pub fn endpoint(&self) -> Result<quinn::Endpoint, AgentError> {
+        let buffer = self.udp_buffer_bytes;
+        let socket = match udp_socket(Ipv6Addr::UNSPECIFIED.into(), buffer) {
+            Ok(s) => s,
+            // Hosts without IPv6.
+            Err(_) => udp_socket(Ipv4Addr::UNSPECIFIED.into(), buffer)?,
+        };
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| quic::QuicSetupError::Socket(std::io::Error::other("no async runtime")))?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(quic::QuicSetupError::Socket)?;
+        endpoint.set_default_client_config(self.client.clone());
+        Ok(endpoint)
+    }
+
+    pub fn udp_buffer_bytes(&self) -> usize {
+        self.udp_buffer_bytes
+    }
 }
 
 /// The agent's UDP socket: `ip`, a new ephemeral port, the configured buffers.
@@ -95,32 +127,6 @@ fn identifier_pairs(ids: &AgentIdentifiers) -> Vec<(String, String)> {
     out
 }
 
-/// Jittered exponential backoff between `start` and `cap`.
-#[derive(Debug)]
-pub struct Backoff {
-    start: Duration,
-    cap: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(start: Duration, cap: Duration) -> Self {
-        Backoff { start, cap, next: start }
-    }
-
-    /// The next delay: uniformly random in [next/2, next], then `next` doubles up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        let half = base / 2;
-        half + base.mul_f64(fastrand::f64()) / 2
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.start;
-    }
-}
-
 /// Whether a server connection that ended for `reason` failed (counted as
 /// upstream counts a failed receive from the server), as opposed to being
 /// closed on purpose by the server (its shutdown, a refusal) or by us.
@@ -130,18 +136,25 @@ fn lost(reason: Option<&quinn::ConnectionError>) -> bool {
 
 pub struct Connector {
     cfg: AgentConfig,
-    endpoint: quinn::Endpoint,
+    setup: ClientSetup,
     metrics: Metrics,
-    connected: watch::Sender<bool>,
+    pool: Arc<Pool>,
     hello: Hello,
+    /// True once the agent drains: no new connections, and each server is
+    /// told on its control stream.
+    draining: watch::Receiver<bool>,
+    /// Valid server leases, when the agent counts them.
+    leases: Option<watch::Receiver<Option<usize>>>,
 }
 
 impl Connector {
     pub fn new(
         cfg: AgentConfig,
-        endpoint: quinn::Endpoint,
+        setup: ClientSetup,
         metrics: Metrics,
-        connected: watch::Sender<bool>,
+        pool: Arc<Pool>,
+        draining: watch::Receiver<bool>,
+        leases: Option<watch::Receiver<Option<usize>>>,
     ) -> Result<Self, AgentError> {
         konnq_shared::tls::server_name(cfg.tls_server_name())?;
         let hello = Hello {
@@ -149,49 +162,108 @@ impl Connector {
             identifiers: identifier_pairs(&cfg.agent_identifiers),
             token: String::new(),
         };
-        Ok(Connector { cfg, endpoint, metrics, connected, hello })
+        Ok(Connector { cfg, setup, metrics, pool, hello, draining, leases })
     }
 
-    /// Connects, serves, reconnects; never returns.
-    pub async fn run(self) {
+    /// The server count to aim for (see [`sync::target`]).
+    fn target(&self) -> Option<usize> {
+        let leases = self.leases.as_ref().and_then(|rx| *rx.borrow());
+        sync::target(false, self.pool.reported(), leases)
+    }
+
+    /// The sync loop: opens connections until the agent holds one to each
+    /// server, then watches for losses and for servers to add; returns when
+    /// the agent drains.
+    pub async fn run(self: Arc<Self>) {
         let mut backoff = Backoff::new(self.cfg.sync_interval, self.cfg.sync_interval_cap);
+        let mut draining = self.draining.clone();
         loop {
-            let began = Instant::now();
-            match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
-                Ok(Ok(conn)) => {
-                    let reason = self.serve(conn).await;
-                    warn!("disconnected from server: {reason}");
-                    if began.elapsed() >= STABLE_AFTER {
-                        backoff.reset();
-                    }
+            let target = self.target();
+            self.metrics.known_server_count.set(target.unwrap_or(0) as i64);
+            let delay = if sync::wants_more(self.pool.held(), target, self.cfg.sync_forever) {
+                let outcome = Arc::clone(&self).attempt().await;
+                sync::after(outcome, &mut backoff)
+            } else {
+                // At the count: look again after sync-interval, or sooner
+                // when a connection ends or a server drains.
+                sync::jitter(self.cfg.sync_interval * 9 / 10, self.cfg.sync_interval)
+            };
+            tokio::select! {
+                _ = until_true(&mut draining) => return,
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.pool.changed.notified() => {}
+            }
+            // Something ended: back to it soon, unless connections keep
+            // ending young.
+            let pause = match self.pool.take_loss() {
+                Some(true) => {
+                    backoff.reset();
+                    sync::after_loss(self.cfg.sync_interval)
                 }
-                Ok(Err(e)) => {
-                    self.metrics.connect_failures.inc();
-                    warn!(server = %self.target(), "cannot connect: {e}");
-                }
-                Err(_) => {
-                    self.metrics.connect_failures.inc();
-                    warn!(server = %self.target(), "cannot connect: no answer within {CONNECT_TIMEOUT:?}");
+                Some(false) => backoff.next_delay(),
+                None => Duration::ZERO,
+            };
+            if !pause.is_zero() {
+                debug!("reconnecting in {pause:?}");
+                tokio::select! {
+                    _ = until_true(&mut draining) => return,
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
-            let delay = backoff.next_delay();
-            info!("reconnecting in {delay:?}");
-            tokio::time::sleep(delay).await;
         }
     }
 
-    fn target(&self) -> String {
+    fn address(&self) -> String {
         format!("{}:{}", self.cfg.proxy_server_host, self.cfg.proxy_server_port)
     }
 
-    async fn connect(&self) -> Result<Connected, String> {
-        let addr = tokio::net::lookup_host(self.target())
+    /// One connection attempt on a new endpoint; a new server's connection
+    /// is served by its own task from here on.
+    async fn attempt(self: Arc<Self>) -> Outcome {
+        let endpoint = match self.setup.endpoint() {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.connect_failures.inc();
+                warn!("cannot connect: {e}");
+                return Outcome::Failed;
+            }
+        };
+        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&endpoint)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.metrics.connect_failures.inc();
+                warn!(server = %self.address(), "cannot connect: {e}");
+                return Outcome::Failed;
+            }
+            Err(_) => {
+                self.metrics.connect_failures.inc();
+                warn!(server = %self.address(), "cannot connect: no answer within {CONNECT_TIMEOUT:?}");
+                return Outcome::Failed;
+            }
+        };
+        let (id, count) = (connected.server_id.clone(), connected.server_count);
+        let remote = connected.conn.remote_address();
+        match self.pool.add(&id, count, endpoint, connected.conn.clone()) {
+            Ok(key) => {
+                info!(%remote, server_id = %id, server_count = count, agent_id = %self.cfg.agent_id, "connected to server");
+                tokio::spawn(self.serve(key, connected));
+                Outcome::Added
+            }
+            Err(Duplicate) => {
+                debug!(%remote, server_id = %id, "reached a server this agent is already connected to; closing");
+                connected.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent already connected to this server");
+                Outcome::Duplicate
+            }
+        }
+    }
+
+    async fn connect(&self, endpoint: &quinn::Endpoint) -> Result<Connected, String> {
+        let addr = tokio::net::lookup_host(self.address())
             .await
-            .map_err(|e| format!("resolving {}: {e}", self.target()))?
+            .map_err(|e| format!("resolving {}: {e}", self.address()))?
             .next()
-            .ok_or_else(|| format!("{} resolves to no address", self.target()))?;
-        let conn = self
-            .endpoint
+            .ok_or_else(|| format!("{} resolves to no address", self.address()))?;
+        let conn = endpoint
             .connect(addr, self.cfg.tls_server_name())
             .map_err(|e| e.to_string())?
             .await
@@ -211,8 +283,7 @@ impl Connector {
         })?;
         match Control::from_frame(kind, &body).map_err(|e| e.to_string())? {
             Control::Welcome { server_id, server_count } => {
-                info!(%addr, server_id, server_count, agent_id = %self.cfg.agent_id, "connected to server");
-                Ok((conn, recv, send, token))
+                Ok(Connected { conn, control: recv, control_send: send, token, server_id, server_count })
             }
             Control::Reject { reason } => Err(format!("server refused this agent: {reason}")),
             other => Err(format!("unexpected answer to hello: {other:?}")),
@@ -228,48 +299,50 @@ impl Connector {
         Ok(Some(token.trim().to_owned()))
     }
 
-    /// Sends the token again each time its file changes (kubelet rotates
+    /// Writes the agent's control messages: a Drain once the agent drains,
+    /// and the token again each time its file changes (kubelet rotates
     /// projected tokens), so the server keeps checking a current one.
     /// Returns only if the control stream fails.
-    async fn send_rotated_tokens(&self, control: &mut quinn::SendStream, sent: Option<String>) -> String {
-        let Some(mut sent) = sent else { return std::future::pending().await };
-        let mut failing: Option<String> = None;
+    async fn write_control(&self, control: &mut quinn::SendStream, server_id: &str, sent: Option<String>) -> String {
+        let mut draining = self.draining.clone();
+        let mut told = false;
+        let mut tokens = TokenWatch { sent, failing: None };
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_POLL, TOKEN_POLL);
         loop {
-            tokio::time::sleep(TOKEN_POLL).await;
-            let token = match self.read_token().await {
-                Ok(Some(token)) if !token.is_empty() => token,
-                Ok(_) => continue,
-                Err(e) => {
-                    // Once per distinct error: the file may be mid-rotation.
-                    if failing.as_ref() != Some(&e) {
-                        warn!("cannot read the new token, the server keeps the last one: {e}");
-                        failing = Some(e);
+            tokio::select! {
+                _ = until_true(&mut draining), if !told => {
+                    told = true;
+                    if let Err(e) = control.write_all(&Control::Drain.encode()).await {
+                        return format!("control stream: {e}");
                     }
-                    continue;
+                    info!(server_id, "told the server this agent is draining");
                 }
-            };
-            failing = None;
-            if token == sent {
-                continue;
+                _ = poll.tick(), if tokens.sent.is_some() => {
+                    let Some(token) = tokens.changed(self.read_token().await) else { continue };
+                    if let Err(e) = control.write_all(&Control::Token(SecretToken(token)).encode()).await {
+                        return format!("control stream: {e}");
+                    }
+                    info!(server_id, "service-account token changed; sent the new one to the server");
+                }
+                else => return std::future::pending().await,
             }
-            if let Err(e) = control.write_all(&Control::Token(SecretToken(token.clone())).encode()).await {
-                return format!("control stream: {e}");
-            }
-            info!("service-account token changed; sent the new one to the server");
-            sent = token;
         }
     }
 
-    /// Serves dial streams until the connection ends; returns why it ended.
-    async fn serve(&self, (conn, mut control, mut control_send, token): Connected) -> String {
-        self.metrics.open_server_connections.set(1);
-        self.connected.send_replace(true);
+    /// Serves dial streams on one server connection until it ends, then
+    /// gives its place up in the pool.
+    async fn serve(self: Arc<Self>, key: u64, c: Connected) {
+        let Connected { conn, mut control, mut control_send, token, server_id, .. } = c;
+        let began = Instant::now();
         let watch_control = async {
             loop {
                 match read_frame(&mut control, wire::MAX_CONTROL_BODY, "control message").await {
                     Ok((kind, body)) => match Control::from_frame(kind, &body) {
-                        Ok(Control::Drain) => info!("server is draining"),
-                        Ok(other) => tracing::debug!("ignoring control message {other:?}"),
+                        Ok(Control::Drain) => {
+                            info!(%server_id, "server is draining; looking for another server");
+                            self.pool.set_draining(&server_id, key);
+                        }
+                        Ok(other) => debug!("ignoring control message {other:?}"),
                         Err(e) => {
                             conn.close(VarInt::from_u32(codes::PROTOCOL), b"malformed control message");
                             return format!("malformed control message: {e}");
@@ -295,16 +368,54 @@ impl Connector {
         let reason = tokio::select! {
             r = watch_control => r,
             r = accept => r,
-            r = self.send_rotated_tokens(&mut control_send, token) => r,
+            r = self.write_control(&mut control_send, &server_id, token) => r,
         };
-        self.metrics.open_server_connections.set(0);
         if lost(conn.close_reason().as_ref()) {
             self.metrics.server_failure(Direction::FromServer);
         }
-        self.connected.send_replace(false);
-        match conn.close_reason() {
-            Some(why) => format!("{reason} ({why})"),
-            None => reason,
+        let reason = match conn.close_reason().map(|why| why.to_string()) {
+            Some(why) if why != reason => format!("{reason} ({why})"),
+            _ => reason,
+        };
+        warn!(%server_id, "disconnected from server: {reason}");
+        self.pool.remove(&server_id, key, began.elapsed() >= STABLE_AFTER);
+    }
+}
+
+/// Resolves once `rx` holds true (or its sender is gone).
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is not Send: drop it here.
+    let _ = rx.wait_for(|&v| v).await;
+}
+
+/// The token last sent, and the last error reading the file.
+struct TokenWatch {
+    sent: Option<String>,
+    failing: Option<String>,
+}
+
+impl TokenWatch {
+    /// The token to send, if `read` found a new one. A read error is logged
+    /// once per distinct error (the file may be mid-rotation): the server
+    /// keeps the last token.
+    fn changed(&mut self, read: Result<Option<String>, String>) -> Option<String> {
+        match read {
+            Ok(Some(token)) if !token.is_empty() => {
+                self.failing = None;
+                if self.sent.as_ref() == Some(&token) {
+                    return None;
+                }
+                self.sent = Some(token.clone());
+                Some(token)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                if self.failing.as_ref() != Some(&e) {
+                    warn!("cannot read the new token, the server keeps the last one: {e}");
+                    self.failing = Some(e);
+                }
+                None
+            }
         }
     }
 }
@@ -312,19 +423,6 @@ impl Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let expected_bases = [100, 200, 400, 800, 800];
-        for base in expected_bases {
-            let d = b.next_delay();
-            let base = Duration::from_millis(base);
-            assert!(d >= base / 2 && d <= base, "{d:?} outside [{:?}, {base:?}]", base / 2);
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 
     #[tokio::test]
     async fn rebind_keeps_the_ip_and_takes_a_new_port() {

@@ -1,7 +1,9 @@
 //! The konnq-agent binary on SIGUSR1: its QUIC connection moves to a new
 //! local UDP port (the server sees the same connection arrive from it), a
 //! proxied connection opened before the signal keeps working, and the agent
-//! keeps running until SIGTERM.
+//! keeps running until SIGTERM. On SIGTERM it drains: it tells the server
+//! on the control stream, its open connection carries on, and a second
+//! SIGTERM makes it exit at once.
 //!
 //! The server here is a minimal one speaking konnq's agent protocol (the
 //! Hello/Welcome exchange and one dial stream), so that the test needs only
@@ -11,7 +13,8 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use konnq_shared::wire::DialResult;
+use konnq_shared::quic::read_frame;
+use konnq_shared::wire::{self, Control, DialResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
@@ -186,7 +189,7 @@ async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
     echo(&mut proxied, b"before the move").await;
 
     agent.signal("USR1");
-    let moved = agent.log_line("moved QUIC endpoint to a new local socket").await;
+    let moved = agent.log_line("moved a server connection to a new local socket").await;
     let new_port: u16 = field(&moved, "new").rsplit(':').next().and_then(|p| p.parse().ok()).expect("new port");
     let logged_old: u16 = field(&moved, "old").rsplit(':').next().and_then(|p| p.parse().ok()).expect("old port");
     assert_eq!(logged_old, old_port, "the log names the socket the server saw: {moved}");
@@ -205,7 +208,48 @@ async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
     assert!(metrics.contains("\nkonnq_agent_socket_rebinds_total 1\n"), "{metrics}");
     assert!(metrics.contains("\nkonnq_agent_server_connect_failures_total 0\n"), "{metrics}");
 
+    // No proxied connection left: SIGTERM's drain has nothing to wait for.
+    drop((proxied, second));
     agent.signal("TERM");
     let exit = agent.exited().await;
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
+    let server = server_endpoint(&certs);
+    let port = server.local_addr().expect("server addr").port();
+    let args: Vec<String> = [
+        "--proxy-server-host=127.0.0.1".to_owned(),
+        format!("--proxy-server-port={port}"),
+        format!("--ca-cert={}", certs.ca_cert.display()),
+        "--health-bind-address=127.0.0.1".to_owned(),
+        "--health-server-port=0".to_owned(),
+        "--admin-server-port=0".to_owned(),
+        // Far longer than the test's limit: only the second signal ends it.
+        "--graceful-shutdown-timeout=10m".to_owned(),
+    ]
+    .into();
+    let mut agent = Agent::spawn(&args);
+    let (conn, _hello, _control_send, mut control) =
+        tokio::time::timeout(LIMIT, accept_agent(&server, 1)).await.expect("agent connects in time");
+    let target = echo_target().await;
+    let mut proxied = connected(dial(&conn, &target).await, &target);
+
+    agent.signal("TERM");
+    let (kind, body) = tokio::time::timeout(LIMIT, read_frame(&mut control, wire::MAX_CONTROL_BODY, "control"))
+        .await
+        .expect("a control message in time")
+        .expect("a control message");
+    assert_eq!(Control::from_frame(kind, &body).expect("valid control message"), Control::Drain);
+    agent.log_line("draining").await;
+    echo(&mut proxied, b"after the first SIGTERM").await;
+    assert!(agent.still_running(), "the agent waits for its open connection");
+
+    agent.signal("TERM");
+    let exit = agent.exited().await;
+    assert!(exit.success(), "exit status {exit:?}");
+    agent.log_line("second signal").await;
 }

@@ -137,7 +137,7 @@ async fn admit(
     start: Instant,
     deadline: Instant,
 ) -> Result<Admission, String> {
-    let mut backoff = konnq_agent::session::Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+    let mut backoff = konnq_agent::sync::Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
     let mut refusals = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline.into(), attempt(&endpoint, server, &name, &hello)).await {

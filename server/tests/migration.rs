@@ -32,15 +32,15 @@ async fn proxied_connection_survives_the_agent_moving_to_a_new_udp_socket() {
     assert!(echo_through(&mut stream, &before).await == before, "echo before the move");
 
     let conn = server_side_agent_connection(&lab, &echo).await;
-    let old = agent.quic_local_addr().expect("agent local address");
+    let [old] = agent.quic_local_addrs()[..] else { panic!("one server, one socket") };
     assert_eq!(conn.remote_address().port(), old.port(), "the server sees the agent's first socket");
     let mut agents_seen = lab.server.backend.ready_agents();
     agents_seen.mark_unchanged();
 
-    let new = agent.rebind().expect("rebind");
+    let [new] = agent.rebind().expect("rebind")[..] else { panic!("one socket moved") };
     assert_ne!(new.port(), old.port(), "a new local port");
     assert_eq!(new.ip(), old.ip(), "same local IP");
-    assert_eq!(agent.quic_local_addr().expect("agent local address"), new);
+    assert_eq!(agent.quic_local_addrs(), [new]);
 
     // Every byte of 1 MiB over the same proxied connection, after the move.
     let after = random_bytes(1024 * 1024);

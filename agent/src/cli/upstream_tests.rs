@@ -36,7 +36,7 @@ const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
     ("service-account-token-path", Some("/var/run/secrets/tokens/konnectivity-agent-token"), false),
     ("agent-identifiers", Some("host=node1&ipv4=10.0.0.5&cidr=10.0.0.0/24&default-route=true"), false),
     ("warn-on-channel-limit", None, true),
-    ("sync-forever", None, true),
+    ("sync-forever", None, false),
     ("xfr-channel-size", Some("300"), true),
     ("count-server-leases", None, true),
     ("lease-namespace", Some("konnectivity"), true),
@@ -208,8 +208,8 @@ fn enable_profiling_applies_and_contention_profiling_needs_it_as_upstream() {
 #[test]
 fn help_lists_the_flags_without_effect_under_their_own_heading() {
     let long = parse(&["--help"]).unwrap_err().to_string();
-    assert!(long.contains(upstream::HELP_HEADING) && long.contains("--sync-forever"), "{long}");
+    assert!(long.contains(upstream::HELP_HEADING) && long.contains("--xfr-channel-size"), "{long}");
     assert!(long.contains("health-server-host"), "the alias is shown: {long}");
     let short = parse(&["-h"]).unwrap_err().to_string();
-    assert!(!short.contains("--sync-forever"), "-h stays short: {short}");
+    assert!(!short.contains("--xfr-channel-size"), "-h stays short: {short}");
 }

@@ -37,6 +37,10 @@ pub struct AgentConfig {
     pub sync_interval: Duration,
     /// Reconnect backoff cap.
     pub sync_interval_cap: Duration,
+    /// Keep probing for servers after holding one connection to each.
+    pub sync_forever: bool,
+    /// How long a draining agent waits for its proxied connections to end.
+    pub graceful_shutdown_timeout: Duration,
     /// TCP dial timeout to targets.
     pub dial_timeout: Duration,
     /// Service-account token sent to the server (the path, not the secret).
@@ -123,6 +127,14 @@ settings! {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         #[serde(default, with = "humantime_serde")]
         sync_interval_cap: Duration = Duration::from_secs(10),
+        /// Keep probing for more servers after holding a connection to each known one.
+        #[arg(long, value_name = "BOOL", value_parser = parse_go_bool)]
+        #[arg(num_args = 0..=1, default_missing_value = "true")] // a Go bool: the flag alone is true
+        sync_forever: bool = false,
+        /// On SIGTERM, how long proxied connections may take to finish, e.g. 15s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        graceful_shutdown_timeout: Duration = Duration::from_secs(15),
         /// TCP dial timeout to targets, e.g. 5s.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         #[serde(default, with = "humantime_serde")]
@@ -202,6 +214,8 @@ impl RawAgentConfig {
             enable_profiling: self.enable_profiling.unwrap_or(d.enable_profiling),
             sync_interval,
             sync_interval_cap,
+            sync_forever: self.sync_forever.unwrap_or(d.sync_forever),
+            graceful_shutdown_timeout: self.graceful_shutdown_timeout.unwrap_or(d.graceful_shutdown_timeout),
             dial_timeout: p.positive("dial-timeout", self.dial_timeout.unwrap_or(d.dial_timeout)),
             service_account_token_path: non_empty_path(self.service_account_token_path),
             quic: self.quic.unwrap_or_default().check(&mut p),

@@ -310,12 +310,6 @@ pub const AGENT: &[NoEffect] = &[
         quiet: &["1s"],
         reason: "/readyz follows the QUIC connection's state as it changes",
     },
-    NoEffect {
-        flag: "sync-forever",
-        syntax: Syntax::Bool,
-        quiet: &["false"],
-        reason: "konnq-agent holds one connection, to one server, and reconnects whenever it is lost",
-    },
     NoEffect { flag: "xfr-channel-size", syntax: Syntax::PositiveInt, quiet: &["150"], reason: NO_CHANNELS },
     NoEffect { flag: "warn-on-channel-limit", syntax: Syntax::Bool, quiet: &["false"], reason: NO_CHANNELS },
     NoEffect { flag: "count-server-leases", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LEASES },
@@ -390,7 +384,7 @@ mod tests {
         assert!(err(&[SERVER], "--proxy-strategies=,").contains("cannot be empty"));
         assert!(err(&[AGENT], "--server-count-source=min").contains("'max'"));
         assert!(err(&[KLOG], "--stderrthreshold=LOUD").contains("invalid severity"));
-        assert!(err(&[AGENT], "--sync-forever=yes").contains("invalid boolean"));
+        assert!(err(&[AGENT], "--warn-on-channel-limit=yes").contains("invalid boolean"));
         assert!(err(&[AGENT], "--probe-interval=soon").contains("invalid duration"));
     }
 

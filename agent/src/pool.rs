@@ -1,0 +1,164 @@
+//! The agent's server connections, one per server ID.
+//!
+//! Each connection has its own QUIC endpoint (its own UDP socket, so its own
+//! source port): a load balancer in front of the servers spreads new 5-tuples
+//! over them, and connections that shared one socket would all land on the
+//! same server. [`Pool::rebind`] moves every endpoint to a new socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{watch, Notify};
+
+use crate::metrics::Metrics;
+
+/// One held server connection.
+struct Held {
+    /// Unique per connection: a server may be reached again after its old
+    /// connection ended, and the old one's cleanup must not remove the new.
+    key: u64,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    /// The server said it is shutting down: it sends no new dials, and the
+    /// agent looks for another server in its place.
+    draining: bool,
+}
+
+#[derive(Default)]
+struct State {
+    servers: HashMap<String, Held>,
+    next_key: u64,
+    /// The server count the last server that welcomed the agent reported.
+    reported: Option<u32>,
+    /// Connections ended since the sync loop last looked: `Some(true)` if
+    /// every one had lived long (see [`Pool::take_loss`]).
+    lost: Option<bool>,
+}
+
+/// The held connections, and what watches them.
+pub struct Pool {
+    state: Mutex<State>,
+    /// Wakes the sync loop: a connection ended or a server began draining.
+    pub changed: Notify,
+    /// Open server connections (draining ones too): readiness.
+    open: watch::Sender<usize>,
+    metrics: Metrics,
+}
+
+/// Why [`Pool::add`] did not take a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Duplicate;
+
+impl Pool {
+    pub fn new(metrics: Metrics) -> Arc<Pool> {
+        Arc::new(Pool { state: Mutex::default(), changed: Notify::new(), open: watch::channel(0).0, metrics })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update completes under the lock: a panic elsewhere cannot
+        // leave the state inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, s: &State) {
+        let n = s.servers.len();
+        self.metrics.open_server_connections.set(n as i64);
+        self.open.send_replace(n);
+    }
+
+    /// Holds `conn` to `server_id` (returning its key), unless a connection
+    /// to that server is already held.
+    pub fn add(
+        &self,
+        server_id: &str,
+        server_count: u32,
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+    ) -> Result<u64, Duplicate> {
+        let mut s = self.state();
+        s.reported = Some(server_count);
+        if s.servers.contains_key(server_id) {
+            return Err(Duplicate);
+        }
+        s.next_key += 1;
+        let key = s.next_key;
+        s.servers.insert(server_id.to_owned(), Held { key, endpoint, conn, draining: false });
+        self.publish(&s);
+        Ok(key)
+    }
+
+    /// Forgets connection `key` to `server_id`, which ended after living
+    /// long (`stable`) or not.
+    pub fn remove(&self, server_id: &str, key: u64, stable: bool) {
+        let mut s = self.state();
+        if s.servers.get(server_id).is_some_and(|h| h.key == key) {
+            s.servers.remove(server_id);
+            self.publish(&s);
+        }
+        s.lost = Some(s.lost.unwrap_or(true) && stable);
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// Whether connections ended since the last call, and if so whether
+    /// all of them had lived long.
+    pub fn take_loss(&self) -> Option<bool> {
+        self.state().lost.take()
+    }
+
+    /// Server `server_id` is draining: it no longer counts as held.
+    pub fn set_draining(&self, server_id: &str, key: u64) {
+        if let Some(h) = self.state().servers.get_mut(server_id).filter(|h| h.key == key) {
+            h.draining = true;
+        }
+        self.changed.notify_one();
+    }
+
+    /// Connections to servers that are not draining.
+    pub fn held(&self) -> usize {
+        self.state().servers.values().filter(|h| !h.draining).count()
+    }
+
+    /// The server count last reported in a Welcome.
+    pub fn reported(&self) -> Option<u32> {
+        self.state().reported
+    }
+
+    /// IDs of the servers held, sorted.
+    pub fn server_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.state().servers.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// IDs of the held servers that are draining, sorted.
+    pub fn draining_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.state().servers.iter().filter(|(_, h)| h.draining).map(|(id, _)| id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Open connections, as it changes.
+    pub fn open(&self) -> watch::Receiver<usize> {
+        self.open.subscribe()
+    }
+
+    /// Local addresses of the connections' UDP sockets.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.state().servers.values().filter_map(|h| h.endpoint.local_addr().ok()).collect()
+    }
+
+    /// The endpoints, to move or close them.
+    pub fn endpoints(&self) -> Vec<quinn::Endpoint> {
+        self.state().servers.values().map(|h| h.endpoint.clone()).collect()
+    }
+
+    /// Closes every connection with `code` and `reason`.
+    pub fn close_all(&self, code: u32, reason: &[u8]) {
+        for h in self.state().servers.values() {
+            h.conn.close(quinn::VarInt::from_u32(code), reason);
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! High availability: several servers behind one UDP load balancer (a real
+//! nginx with its stream module, as control planes put in front of their
+//! apiservers), each server with its own Unix socket as each apiserver has
+//! its own, and agents that hold a connection to every server; servers and
+//! agents that stop and come back.
+//!
+//! nginx comes from Debian's `nginx-light` and `libnginx-mod-stream`
+//! (`scripts/test.sh` installs them); without it these tests fail and say so.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use konnq_shared::certs::GeneratedCerts;
+
+const LIMIT: Duration = Duration::from_secs(20);
+const NGINX: &str = "/usr/sbin/nginx";
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// nginx as a UDP load balancer in front of `upstreams` (round robin: each
+/// new client address:port goes to the next server); killed on drop.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstreams: &[SocketAddr]) -> Nginx {
+        for needed in [NGINX, STREAM_MODULE] {
+            assert!(
+                Path::new(needed).exists(),
+                "{needed} is missing: these tests need nginx with its stream module \
+                 (apt-get install nginx-light libnginx-mod-stream; scripts/test.sh installs them)"
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let servers: String = upstreams.iter().map(|u| format!("server {u}; ")).collect();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {pid};\nerror_log stderr notice;\nload_module {STREAM_MODULE};\n\
+             events {{ worker_connections 1024; }}\n\
+             stream {{\n  upstream konnq {{ {servers}}}\n  \
+             server {{ listen {addr} udp; proxy_pass konnq; proxy_timeout 60s; }}\n}}\n",
+            pid = dir.path().join("nginx.pid").display(),
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let child = Command::new(NGINX)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg("stderr")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        Nginx { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A UDP port that was free a moment ago (nginx binds it itself).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `count` servers with one CA, IDs `server-0`.., each told the count.
+struct Servers {
+    dir: tempfile::TempDir,
+    certs: GeneratedCerts,
+    count: u32,
+    running: Vec<Option<konnq_server::ServerHandle>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Servers {
+    async fn start(count: u32) -> Servers {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
+        let mut s = Servers { dir, certs, count, running: Vec::new(), addrs: Vec::new() };
+        for i in 0..count as usize {
+            let server = s.launch(i, 0).await;
+            s.addrs.push(server.agent_addr);
+            s.running.push(Some(server));
+        }
+        s
+    }
+
+    async fn launch(&self, i: usize, port: u16) -> konnq_server::ServerHandle {
+        let dir = self.dir.path().join(format!("server-{i}"));
+        std::fs::create_dir_all(&dir).expect("server dir");
+        let mut raw = server_raw(&dir, &self.certs);
+        raw.server_id = Some(format!("server-{i}"));
+        raw.server_count = Some(self.count);
+        raw.agent_port = Some(port);
+        raw.quic = Some(quic_fast());
+        let cfg = raw.validate().expect("valid server config");
+        let listeners = konnq_server::Listeners::bind(&cfg).await.expect("bind");
+        konnq_server::start(cfg, listeners).await.expect("server starts")
+    }
+
+    fn server(&self, i: usize) -> &konnq_server::ServerHandle {
+        self.running[i].as_ref().expect("server running")
+    }
+
+    fn socket(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("server-{i}")).join("konnq.sock")
+    }
+
+    /// Restarts server `i` on its old agent port.
+    async fn restart(&mut self, i: usize) {
+        let server = self.launch(i, self.addrs[i].port()).await;
+        self.running[i] = Some(server);
+    }
+
+    fn agent_config(&self, lb: SocketAddr, id: &str) -> konnq_shared::config::RawAgentConfig {
+        let mut raw = agent_raw(&self.certs, lb);
+        raw.agent_id = Some(id.to_owned());
+        raw.quic = Some(quic_fast());
+        raw
+    }
+}
+
+fn ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("server-{i}")).collect()
+}
+
+/// A dial through server `i`'s socket to `target` echoes.
+async fn echo_via(servers: &Servers, i: usize, target: SocketAddr, what: &str) {
+    let mut client = channel(&servers.socket(i)).await;
+    let mut stream = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut stream, what.as_bytes())).await, what.as_bytes());
+}
+
+#[tokio::test]
+async fn an_agent_behind_nginx_holds_one_connection_to_each_server() {
+    let servers = Servers::start(3).await;
+    let nginx = Nginx::start(&servers.addrs);
+    let agent = start_agent(servers.agent_config(nginx.addr, "node-1")).await;
+    within(LIMIT, agent.wait_servers(3)).await;
+    assert_eq!(agent.server_ids(), ids(3));
+    assert_eq!(agent.metrics.known_server_count.get(), 3);
+    assert_eq!(agent.metrics.open_server_connections.get(), 3);
+    let sockets = agent.quic_local_addrs();
+    let ports: std::collections::HashSet<u16> = sockets.iter().map(|a| a.port()).collect();
+    assert_eq!(ports.len(), 3, "each server connection has its own UDP socket: {sockets:?}");
+
+    // Each apiserver talks to its own server; every one reaches the node.
+    let target = echo_target().await;
+    for i in 0..3 {
+        within(LIMIT, servers.server(i).wait_for_agents(1)).await;
+        echo_via(&servers, i, target, &format!("through server-{i}")).await;
+    }
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_that_stops_and_comes_back_is_rejoined() {
+    let mut servers = Servers::start(2).await;
+    let nginx = Nginx::start(&servers.addrs);
+    let agent = start_agent(servers.agent_config(nginx.addr, "node-1")).await;
+    within(LIMIT, agent.wait_servers(2)).await;
+    let target = echo_target().await;
+
+    // A transfer through server-0 is open while server-0 shuts down.
+    let mut client = channel(&servers.socket(0)).await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    let stopping = servers.running[0].take().expect("running");
+    let shutdown = tokio::spawn(stopping.shutdown());
+    // The agent hears of it on the control stream (it stops counting
+    // server-0 and looks for another), while the open connection still
+    // carries data.
+    eventually("the agent knows server-0 drains", LIMIT, || agent.draining_servers() == ["server-0"]).await;
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"during the drain")).await, b"during the drain");
+    echo_via(&servers, 1, target, "server-1 serves meanwhile").await;
+    open.close().await;
+    drop(open);
+    within(LIMIT, shutdown).await.expect("server-0 stopped");
+    within(LIMIT, agent.wait_servers(1)).await;
+    assert_eq!(agent.server_ids(), ["server-1"]);
+
+    servers.restart(0).await;
+    within(LIMIT, agent.wait_servers(2)).await;
+    assert_eq!(agent.server_ids(), ids(2));
+    echo_via(&servers, 0, target, "server-0 is back").await;
+    agent.shutdown().await;
+}
+
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_konnq-server");
+
+/// A konnq-server process (so that it can be SIGKILLed) on fixed ports;
+/// killed on drop.
+struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    fn spawn(dir: &Path, certs: &GeneratedCerts, agent_port: u16, health_port: u16) -> ServerProcess {
+        // Idle timeout 30 s: an agent that waited for it could not rejoin
+        // within the test's limit; only the stateless reset gets it back.
+        let conf = dir.join("server.toml");
+        std::fs::write(&conf, "[quic]\nkeep-alive-interval = \"200ms\"\nidle-timeout = \"30s\"\n").expect("conf");
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        let args = [
+            format!("--config={}", path(&conf)),
+            format!("--uds-name={}", path(&dir.join("konnq.sock"))),
+            "--agent-bind-address=127.0.0.1".to_owned(),
+            format!("--agent-port={agent_port}"),
+            "--health-bind-address=127.0.0.1".to_owned(),
+            format!("--health-port={health_port}"),
+            "--admin-port=0".to_owned(),
+            "--server-id=crashing".to_owned(),
+            format!("--cluster-cert={}", path(&certs.server_cert)),
+            format!("--cluster-key={}", path(&certs.server_key)),
+            format!("--cluster-ca-cert={}", path(&certs.ca_cert)),
+        ];
+        let child = Command::new(SERVER_BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn konnq-server");
+        ServerProcess { child }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of `GET /readyz` on `port`, or 0 when nothing answers.
+async fn readyz(port: u16) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return 0 };
+    let request = "GET /readyz HTTP/1.1\r\nHost: konnq\r\nConnection: close\r\n\r\n";
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response).await;
+    response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+async fn wait_ready(port: u16, what: &str) {
+    within(LIMIT, async {
+        while readyz(port).await != 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    eprintln!("{what}");
+}
+
+#[tokio::test]
+async fn an_agent_rejoins_a_killed_and_restarted_server_at_its_next_packet() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
+    let (agent_port, health_port) = (free_udp_port(), free_tcp_port());
+    let mut server = ServerProcess::spawn(dir.path(), &certs, agent_port, health_port);
+    let mut raw = agent_raw(&certs, SocketAddr::from(([127, 0, 0, 1], agent_port)));
+    raw.quic = Some(konnq_shared::config::RawQuicConfig {
+        keep_alive_interval: Some(Duration::from_millis(200)),
+        idle_timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    });
+    let agent = start_agent(raw).await;
+    wait_ready(health_port, "the agent joined the server").await;
+    assert_eq!(agent.server_ids(), ["crashing"]);
+
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
+    assert_eq!(agent.server_ids(), ["crashing"], "the agent cannot know yet: nothing answers its packets");
+    let restarted = std::time::Instant::now();
+    let _server = ServerProcess::spawn(dir.path(), &certs, agent_port, health_port);
+    wait_ready(health_port, "the agent joined the restarted server").await;
+    eprintln!("rejoined {} ms after the restart began", restarted.elapsed().as_millis());
+    assert_eq!(
+        agent.metrics.server_failures(konnq_agent::metrics::Direction::FromServer),
+        1,
+        "the old connection ended as lost"
+    );
+    agent.shutdown().await;
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Dials the agent with this ID completed (its own count).
+fn dials(agent: &konnq_agent::AgentHandle) -> f64 {
+    metric(&agent.metrics.render(), "konnectivity_network_proxy_agent_dial_duration_seconds_count")
+}
+
+#[tokio::test]
+async fn a_draining_agent_gets_no_new_dials_and_its_open_connections_finish() {
+    let lab = Lab::new().await;
+    let target = echo_target().await;
+    let grace = Duration::from_secs(120);
+    let leaving = lab.agent_with(|raw| {
+        raw.agent_id = Some("leaving".into());
+        raw.graceful_shutdown_timeout = Some(grace);
+    });
+    let leaving = leaving.await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let mut client = lab.channel().await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(dials(&leaving), 1.0);
+    let staying = lab.agent_with(|raw| raw.agent_id = Some("staying".into())).await;
+    within(LIMIT, lab.server.wait_for_agents(2)).await;
+
+    leaving.drain();
+    let mut ready = lab.server.backend.ready_agents();
+    within(LIMIT, ready.wait_for(|&n| n == 1)).await.expect("server running");
+    for i in 0..20 {
+        let mut client = lab.channel().await;
+        let mut s = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+        assert_eq!(
+            within(LIMIT, echo_through(&mut s, format!("new {i}").as_bytes())).await,
+            format!("new {i}").as_bytes()
+        );
+    }
+    assert_eq!((dials(&leaving), dials(&staying)), (1.0, 20.0), "every new dial went to the other agent");
+
+    // The open connection goes on until it ends; the agent exits then, long
+    // before its graceful shutdown timeout.
+    let payload = random_bytes(1024 * 1024);
+    let stopping = tokio::spawn(leaving.drain_and_shutdown(std::future::pending()));
+    assert!(within(LIMIT, echo_through(&mut open, &payload)).await == payload, "the open connection carries on");
+    assert!(!stopping.is_finished(), "the agent waits for its open connection");
+    open.close().await;
+    within(LIMIT, stopping).await.expect("the agent stopped once its connection ended");
+    staying.shutdown().await;
+}
