@@ -72,6 +72,10 @@ impl Listeners {
     }
 }
 
+/// A draining agent exits once its open proxied connections moved no byte
+/// for this long.
+pub const QUIET: Duration = Duration::from_secs(2);
+
 /// A running agent.
 pub struct AgentHandle {
     pub metrics: Metrics,
@@ -153,21 +157,37 @@ impl AgentHandle {
     }
 
     /// Graceful stop: [`AgentHandle::drain`], then wait until no proxied
-    /// connection or dial is left, at most the graceful shutdown timeout or
-    /// until `now` resolves, then [`AgentHandle::shutdown`].
+    /// connection or dial is left, or the ones left have moved no byte for
+    /// [`QUIET`] (idle keep-alive connections, which kube-apiserver keeps
+    /// to kubelets and would otherwise hold every agent for the whole
+    /// timeout), at most the graceful shutdown timeout or until `now`
+    /// resolves; then [`AgentHandle::shutdown`].
     pub async fn drain_and_shutdown(self, now: impl std::future::Future<Output = ()>) {
         self.drain();
         let m = self.metrics.clone();
-        let idle = async {
-            while m.open_endpoint_connections.get() > 0 || m.pending_dials.get() > 0 {
+        let settled = async {
+            let (mut moved, mut since) = (m.bytes_moved(), tokio::time::Instant::now());
+            loop {
+                if m.open_endpoint_connections.get() == 0 && m.pending_dials.get() == 0 {
+                    return "no proxied connection left";
+                }
+                if m.pending_dials.get() == 0 && since.elapsed() >= QUIET {
+                    return "the open connections are idle";
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                let now = m.bytes_moved();
+                if now != moved {
+                    (moved, since) = (now, tokio::time::Instant::now());
+                }
             }
         };
+        let open = || m.open_endpoint_connections.get();
         tokio::select! {
-            r = tokio::time::timeout(self.grace, idle) => if r.is_err() {
-                warn!(open = m.open_endpoint_connections.get(), "graceful shutdown timeout reached; closing open connections");
+            r = tokio::time::timeout(self.grace, settled) => match r {
+                Ok(why) => info!(open = open(), "drained: {why}"),
+                Err(_) => warn!(open = open(), "graceful shutdown timeout reached; closing open connections"),
             },
-            _ = now => warn!(open = m.open_endpoint_connections.get(), "second signal: closing open connections now"),
+            _ = now => warn!(open = open(), "second signal: closing open connections now"),
         }
         self.shutdown().await;
     }

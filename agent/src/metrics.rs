@@ -166,6 +166,11 @@ impl Metrics {
         self.bytes.inc_by(1, n as u64);
     }
 
+    /// Bytes proxied so far, both directions.
+    pub fn bytes_moved(&self) -> u64 {
+        self.bytes.get(0) + self.bytes.get(1)
+    }
+
     /// Prometheus text exposition (format 0.0.4, as upstream serves it).
     pub fn render(&self) -> String {
         prom::render(&self.registry)

@@ -89,14 +89,18 @@ impl Pool {
     }
 
     /// Forgets connection `key` to `server_id`, which ended after living
-    /// long (`stable`) or not.
+    /// long (`stable`) or not; one to a draining server counts as stable
+    /// (its end was announced).
     pub fn remove(&self, server_id: &str, key: u64, stable: bool) {
         let mut s = self.state();
+        // A connection to a server that said it shuts down ended as
+        // expected, however young: its replacement is wanted at once.
+        let mut expected = stable;
         if s.servers.get(server_id).is_some_and(|h| h.key == key) {
-            s.servers.remove(server_id);
+            expected |= s.servers.remove(server_id).is_some_and(|h| h.draining);
             self.publish(&s);
         }
-        s.lost = Some(s.lost.unwrap_or(true) && stable);
+        s.lost = Some(s.lost.unwrap_or(true) && expected);
         drop(s);
         self.changed.notify_one();
     }

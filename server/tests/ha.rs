@@ -340,13 +340,14 @@ async fn a_draining_agent_gets_no_new_dials_and_its_open_connections_finish() {
     }
     assert_eq!((dials(&leaving), dials(&staying)), (1.0, 20.0), "every new dial went to the other agent");
 
-    // The open connection goes on until it ends; the agent exits then, long
-    // before its graceful shutdown timeout.
+    // The open connection goes on while it moves bytes; once it has been
+    // idle for konnq_agent::QUIET, the agent exits, long before its
+    // graceful shutdown timeout, and the client is told.
     let payload = random_bytes(1024 * 1024);
     let stopping = tokio::spawn(leaving.drain_and_shutdown(std::future::pending()));
     assert!(within(LIMIT, echo_through(&mut open, &payload)).await == payload, "the open connection carries on");
-    assert!(!stopping.is_finished(), "the agent waits for its open connection");
-    open.close().await;
-    within(LIMIT, stopping).await.expect("the agent stopped once its connection ended");
+    assert!(!stopping.is_finished(), "the agent waits while its connection moves bytes");
+    within(LIMIT, stopping).await.expect("the agent stopped once its connection was idle");
+    assert!(matches!(within(LIMIT, open.next()).await, Event::Close(_)), "the client is told");
     staying.shutdown().await;
 }
