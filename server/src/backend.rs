@@ -15,6 +15,7 @@
 //! DIAL_CLS, the frontend stream going away, or the dial timeout.
 
 mod registry;
+mod unreachable;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,6 +86,8 @@ pub struct AgentConn {
     streams: Arc<Semaphore>,
     /// Send order of the dial streams on `conn` (see `ShareClock`).
     pub send_clock: Arc<konnq_shared::quic::ShareClock>,
+    /// An ICMP "port unreachable" for this agent is being checked.
+    probing: std::sync::atomic::AtomicBool,
 }
 
 /// A successful dial: the stream halves now carry raw bytes.
@@ -147,6 +150,8 @@ pub struct Backend {
     /// counts as shared by two live agents: the QUIC idle timeout, within
     /// which a restarted agent's old connection is noticed dead, plus a margin.
     conflict_grace: Duration,
+    /// `quic.keep-alive-interval`: a live agent sends at least this often.
+    keep_alive: Duration,
 }
 
 impl Backend {
@@ -176,6 +181,7 @@ impl Backend {
             max_streams,
             auth,
             conflict_grace: quic.idle_timeout + CONFLICT_MARGIN,
+            keep_alive: quic.keep_alive_interval,
         })
     }
 
@@ -358,7 +364,15 @@ impl Backend {
         send.write_all(&welcome.encode()).await.map_err(|e| AdmitError::Protocol(e.to_string()))?;
         let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
         let streams = Arc::new(Semaphore::new(self.max_streams));
-        let agent = Arc::new(AgentConn { key, agent_id, identifiers, conn, streams, send_clock: Arc::default() });
+        let agent = Arc::new(AgentConn {
+            key,
+            agent_id,
+            identifiers,
+            conn,
+            streams,
+            send_clock: Arc::default(),
+            probing: Default::default(),
+        });
         Ok(Admitted { agent, send, recv, token })
     }
 
@@ -472,6 +486,36 @@ impl Backend {
         self.shutting_down.send_replace(true);
     }
 
+    /// Checks every agent the kernel reported "port unreachable" for (see
+    /// [`unreachable`]); `errors` is a duplicate of the endpoint's socket.
+    pub async fn watch_unreachable(self: Arc<Self>, errors: std::net::UdpSocket) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        // One task: when it is aborted, the duplicate socket closes with it
+        // (a restarted server must be able to bind the port again).
+        let read = unreachable::watch(errors, tx);
+        let check = async {
+            while let Some(addr) = rx.recv().await {
+                let hit: Vec<Arc<AgentConn>> = self
+                    .agents()
+                    .all()
+                    .filter(|a| unreachable::same_peer(a.conn.remote_address(), addr))
+                    .cloned()
+                    .collect();
+                for agent in hit {
+                    if !agent.probing.swap(true, Ordering::Relaxed) {
+                        tokio::spawn(probe(agent, self.keep_alive, self.metrics.clone()));
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            result = read => if let Err(e) = result {
+                warn!("cannot read ICMP errors of the agent socket (dead agents are noticed at the idle timeout): {e}");
+            },
+            () = check => {}
+        }
+    }
+
     /// Closes every agent connection (graceful shutdown).
     pub fn close_all(&self, reason: &str) {
         for agent in self.agents().all() {
@@ -482,6 +526,28 @@ impl Backend {
     pub fn agent_count(&self) -> usize {
         self.agents().len()
     }
+}
+
+/// After an ICMP "port unreachable" for `agent`: closes its connection if
+/// nothing arrives from it for a keep-alive interval plus three round trips
+/// (a live agent sends keep-alives and acknowledges the server's packets),
+/// so every client on it is told now rather than at the idle timeout.
+async fn probe(agent: Arc<AgentConn>, keep_alive: Duration, metrics: Metrics) {
+    let before = agent.conn.stats().udp_rx.datagrams;
+    let wait = keep_alive + agent.conn.rtt() * 3 + Duration::from_millis(100);
+    tokio::time::sleep(wait).await;
+    if agent.conn.close_reason().is_none() && agent.conn.stats().udp_rx.datagrams == before {
+        metrics.agents_unreachable.inc();
+        warn!(
+            agent_id = %agent.agent_id,
+            remote = %agent.conn.remote_address(),
+            "agent unreachable: its port answered with ICMP, and nothing came from it for {wait:?}; closing"
+        );
+        agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent unreachable");
+    } else {
+        debug!(agent_id = %agent.agent_id, "ICMP port unreachable for the agent's address, but the agent is alive");
+    }
+    agent.probing.store(false, Ordering::Relaxed);
 }
 
 /// The QUIC handshake and the agent's Hello (anything else first is refused).
@@ -563,18 +629,24 @@ fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
 
 /// Builds the agent-facing QUIC endpoint on an already bound UDP socket;
 /// `secret` seeds the keys that must survive restarts ([`endpoint_config`]).
+/// Also returns a duplicate of the socket for
+/// [`Backend::watch_unreachable`]: the socket reports ICMP errors.
 pub fn endpoint(
     socket: std::net::UdpSocket,
     tls: rustls::ServerConfig,
     quic: &konnq_shared::config::QuicConfig,
     secret: &[u8],
-) -> Result<quinn::Endpoint, konnq_shared::quic::QuicSetupError> {
+) -> Result<(quinn::Endpoint, std::net::UdpSocket), konnq_shared::quic::QuicSetupError> {
     let crypto = konnq_shared::quic::server_crypto(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(crypto);
     server.transport_config(Arc::new(konnq_shared::quic::transport_config(quic, false)?));
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-    let endpoint = quinn::Endpoint::new(endpoint_config(secret), Some(server), socket, runtime)?;
-    Ok(endpoint)
+    unreachable::report_errors(&socket)?;
+    let errors = socket.try_clone()?;
+    let inner = runtime.wrap_udp_socket(socket)?;
+    let socket = Arc::new(unreachable::ErrorAwareSocket { inner });
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(endpoint_config(secret), Some(server), socket, runtime)?;
+    Ok((endpoint, errors))
 }
 
 pub fn local_addr(endpoint: &quinn::Endpoint) -> Option<SocketAddr> {

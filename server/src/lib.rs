@@ -114,7 +114,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     let secret = std::fs::read(&cfg.cluster_tls.key).map_err(|e| {
         ServerError::ClusterTls(konnq_shared::tls::TlsError::Read { path: cfg.cluster_tls.key.clone(), source: e })
     })?;
-    let endpoint = backend::endpoint(listeners.agent_udp, tls, &cfg.quic, &secret)?;
+    let (endpoint, icmp_errors) = backend::endpoint(listeners.agent_udp, tls, &cfg.quic, &secret)?;
     drop(secret);
     let agent_addr = endpoint.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let auth = auth::from_config(&cfg, &metrics).await.map_err(ServerError::Kube)?;
@@ -130,6 +130,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     let ctx = SessionCtx { backend: Arc::clone(&backend), metrics: metrics.clone() };
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&backend).serve(endpoint.clone()));
+    tasks.spawn(Arc::clone(&backend).watch_unreachable(icmp_errors));
 
     let mode = cfg.mode;
     let limits = frontend::http2::Limits {

@@ -56,6 +56,9 @@ pub struct Metrics {
     agent_auth_failures: Family<Label, PlainCounter>,
     /// Two live agent connections kept one agent ID past the reconnect grace.
     pub agent_id_conflicts: PlainCounter,
+    /// Agent connections closed because the agent's port was unreachable
+    /// (ICMP) and the agent stayed silent.
+    pub agents_unreachable: PlainCounter,
 }
 
 /// Why a dial failed: upstream's `reason` label of `dial_failure_count`.
@@ -184,6 +187,7 @@ impl Metrics {
             token_reviews: Family::default(),
             agent_auth_failures: Family::default(),
             agent_id_conflicts: PlainCounter::default(),
+            agents_unreachable: PlainCounter::default(),
         };
         let mut root = Registry::default();
         m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_server"));
@@ -255,6 +259,11 @@ impl Metrics {
             "agent_id_conflicts_total",
             "Agent connections that shared their agent ID with another live connection past the reconnect grace",
             self.agent_id_conflicts.clone(),
+        );
+        r.register(
+            "agents_unreachable_total",
+            "Agent connections closed because ICMP said the agent's port was unreachable and the agent stayed silent",
+            self.agents_unreachable.clone(),
         );
     }
 
