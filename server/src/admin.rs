@@ -1,8 +1,9 @@
 //! The HTTP endpoints, on upstream's paths with upstream's answers.
 //!
 //! Health port: `/healthz` (200 `ok`), `/readyz` and its older name `/ready`
-//! (200 `ok` while an agent takes dials; 500 `no connection to any proxy
-//! agent` without one, 500 `shutting down` during graceful shutdown) and
+//! (200 `ok` while an agent that the first proxy strategy routes to takes
+//! dials; 500 `no connection to any proxy agent` without one, 500 `shutting
+//! down` during graceful shutdown) and
 //! `/metrics`. Admin port: `/metrics` (and `/healthz`), and with
 //! `--enable-profiling` `/debug/pprof/` (a CPU profile for `go tool pprof`).
 
@@ -18,7 +19,8 @@ use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct Health {
-    ready_agents: watch::Receiver<usize>,
+    /// See [`crate::backend::Backend::routable_agents`].
+    routable_agents: watch::Receiver<usize>,
     shutting_down: watch::Receiver<bool>,
     metrics: Metrics,
 }
@@ -27,7 +29,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// What `/readyz` answers with `agents` taking dials.
+/// What `/readyz` answers with `agents` taking dials that the first proxy
+/// strategy routes to.
 fn readiness(agents: usize, shutting_down: bool) -> (StatusCode, &'static str) {
     if shutting_down {
         (StatusCode::INTERNAL_SERVER_ERROR, "shutting down")
@@ -39,7 +42,7 @@ fn readiness(agents: usize, shutting_down: bool) -> (StatusCode, &'static str) {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    let agents = *h.ready_agents.borrow();
+    let agents = *h.routable_agents.borrow();
     readiness(agents, *h.shutting_down.borrow())
 }
 
@@ -49,7 +52,7 @@ fn exposition(m: &Metrics) -> impl IntoResponse {
 
 pub async fn serve_health(
     listener: TcpListener,
-    ready_agents: watch::Receiver<usize>,
+    routable_agents: watch::Receiver<usize>,
     shutting_down: watch::Receiver<bool>,
     metrics: Metrics,
 ) -> std::io::Result<()> {
@@ -58,7 +61,7 @@ pub async fn serve_health(
         .route("/readyz", get(readyz))
         .route("/ready", get(readyz))
         .route("/metrics", get(|State(h): State<Health>| async move { exposition(&h.metrics) }))
-        .with_state(Health { ready_agents, shutting_down, metrics });
+        .with_state(Health { routable_agents, shutting_down, metrics });
     axum::serve(listener, app).await
 }
 

@@ -9,12 +9,19 @@
 //! timeout. The agent advertises enough QUIC stream credit for that many
 //! (see [`konnq_shared::quic::stream_credit`]), so `open_bi` does not wait.
 //!
+//! Which agent takes a dial follows `proxy-strategies` ([`strategy`]): the
+//! strategies are tried in order, and the dial goes to a random agent among
+//! those the first one with any finds, preferring agents with a free stream
+//! slot. The server is ready (`/readyz`) while the first strategy finds at
+//! least one agent, as upstream's.
+//!
 //! Abandoning a dial is done by dropping its future: the stream is wrapped in
 //! a [`StreamGuard`] whose `Drop` resets both halves, so the agent aborts the
 //! dial (or closes the TCP connection it produced) whatever the reason —
 //! DIAL_CLS, the frontend stream going away, or the dial timeout.
 
 mod registry;
+pub mod strategy;
 mod unreachable;
 
 use std::net::SocketAddr;
@@ -22,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use konnq_shared::config::{ProxyStrategies, ProxyStrategy};
 use konnq_shared::quic::{codes, read_frame, FrameError};
 use konnq_shared::wire::{self, Control, DialHeader, DialResult, Hello};
 use quinn::{RecvStream, SendStream, VarInt};
@@ -31,6 +39,7 @@ use tracing::{debug, info, warn};
 use konnq_shared::gauge::GaugeGuard;
 
 use self::registry::Registry;
+use self::strategy::{Destination, Reach};
 use crate::auth::{AuthError, Authenticator, TOKEN_REVIEW_WAIT};
 use crate::metrics::{DialFailure, Metrics};
 
@@ -80,6 +89,8 @@ pub struct AgentConn {
     key: u64,
     pub agent_id: String,
     pub identifiers: Vec<(String, String)>,
+    /// What the identifiers say the agent can reach, for routing.
+    pub reach: Reach,
     pub conn: quinn::Connection,
     /// One permit per dial stream the server may have open on `conn`;
     /// closed when the agent disconnects, failing the dials still waiting.
@@ -137,6 +148,10 @@ pub struct Backend {
     ready: watch::Sender<usize>,
     /// True once the server shuts down: agents are told, new ones refused.
     shutting_down: watch::Sender<bool>,
+    /// Agents that take dials and that the first proxy strategy routes to.
+    routable: watch::Sender<usize>,
+    /// `--proxy-strategies`, tried in order.
+    strategies: ProxyStrategies,
     metrics: Metrics,
     server_id: String,
     server_count: u32,
@@ -157,23 +172,27 @@ pub struct Backend {
 impl Backend {
     /// From `quic`: `max-concurrent-streams`, the dial streams one agent
     /// connection may carry at once, and `idle-timeout`. `auth`: token
-    /// authentication.
+    /// authentication. The ready-agent gauges of every strategy are set (to
+    /// 0) from here on, as upstream's are from its start.
     pub fn new(
         server_id: String,
         server_count: u32,
         dial_timeout: Option<Duration>,
+        strategies: ProxyStrategies,
         quic: &konnq_shared::config::QuicConfig,
         metrics: Metrics,
         auth: Option<Authenticator>,
     ) -> Arc<Self> {
         let max_streams =
             usize::try_from(quic.max_concurrent_streams).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
-        Arc::new(Backend {
+        let backend = Arc::new(Backend {
             agents: Mutex::new(Registry::default()),
             next_agent_key: AtomicU64::new(1),
             next_connect_id: AtomicU64::new(1),
             ready: watch::channel(0).0,
             shutting_down: watch::channel(false).0,
+            routable: watch::channel(0).0,
+            strategies,
             metrics,
             server_id,
             server_count,
@@ -182,12 +201,20 @@ impl Backend {
             auth,
             conflict_grace: quic.idle_timeout + CONFLICT_MARGIN,
             keep_alive: quic.keep_alive_interval,
-        })
+        });
+        backend.publish(&backend.agents());
+        backend
     }
 
-    /// Number of agents that take dials; watch it to wait for readiness.
+    /// Number of agents that take dials; watch it to wait for agents.
     pub fn ready_agents(&self) -> watch::Receiver<usize> {
         self.ready.subscribe()
+    }
+
+    /// Number of agents that take dials and that the first proxy strategy
+    /// routes to: the server is ready while it is above 0.
+    pub fn routable_agents(&self) -> watch::Receiver<usize> {
+        self.routable.subscribe()
     }
 
     fn agents(&self) -> std::sync::MutexGuard<'_, Registry<Arc<AgentConn>>> {
@@ -196,10 +223,15 @@ impl Backend {
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Updates the ready-agent counts: in total and per strategy.
     fn publish(&self, agents: &Registry<Arc<AgentConn>>) {
-        let n = agents.ready().count();
-        self.metrics.set_ready_backends(n);
-        self.ready.send_replace(n);
+        let ready: Vec<&Arc<AgentConn>> = agents.ready().collect();
+        let routable = |s: ProxyStrategy| ready.iter().filter(|a| a.reach.serves(s)).count();
+        let by_strategy: Vec<(ProxyStrategy, usize)> =
+            self.strategies.as_slice().iter().map(|&s| (s, routable(s))).collect();
+        self.metrics.set_ready_backends(ready.len(), &by_strategy);
+        self.ready.send_replace(ready.len());
+        self.routable.send_replace(routable(self.strategies.first()));
     }
 
     /// Registers `agent`; returns the connections with its agent ID that it
@@ -223,17 +255,24 @@ impl Backend {
         self.publish(&agents);
     }
 
-    /// A random agent among those taking dials, preferring those with a
+    /// The agent for a dial to `address`: a random one among those taking
+    /// dials that the proxy strategies find for it, preferring those with a
     /// free stream slot.
-    fn pick(&self) -> Option<Arc<AgentConn>> {
-        let agents = self.agents();
-        let ready: Vec<_> = agents.ready().collect();
-        let free: Vec<_> = ready.iter().copied().filter(|a| a.streams.available_permits() > 0).collect();
-        let pool = if free.is_empty() { ready } else { free };
-        if pool.is_empty() {
-            return None;
-        }
-        Some(Arc::clone(pool[fastrand::usize(..pool.len())]))
+    fn pick(&self, address: &str) -> Option<Arc<AgentConn>> {
+        let dest = Destination::of(address);
+        let (strategy, agent) = {
+            let agents = self.agents();
+            let ready: Vec<&Arc<AgentConn>> = agents.ready().collect();
+            let draining: Vec<&Arc<AgentConn>> = agents.draining().collect();
+            let strategies = self.strategies.as_slice();
+            // Draining agents only when no other one will do, as upstream's.
+            let (strategy, found) = strategy::route(strategies, &dest, &ready, |a| &a.reach)
+                .or_else(|| strategy::route(strategies, &dest, &draining, |a| &a.reach))?;
+            let agent = strategy::choose(found, |a| a.streams.available_permits() > 0, |n| fastrand::usize(..n))?;
+            (strategy, Arc::clone(agent))
+        };
+        debug!(address, %strategy, agent_id = %agent.agent_id, "dial routed");
+        Some(agent)
     }
 
     /// A dial bounded by `--backend-dial-timeout`, counted in the pending
@@ -269,7 +308,7 @@ impl Backend {
         address: &str,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Dialed, DialError> {
-        let agent = self.pick().ok_or(DialError::NoAgent)?;
+        let agent = self.pick(address).ok_or(DialError::NoAgent)?;
         let slot = self.stream_slot(&agent, deadline).await?;
         let backend_err = |reason: String| DialError::Backend { agent: agent.agent_id.clone(), reason };
         let connect_id = self.next_connect_id.fetch_add(1, Ordering::Relaxed);
@@ -364,10 +403,15 @@ impl Backend {
         send.write_all(&welcome.encode()).await.map_err(|e| AdmitError::Protocol(e.to_string()))?;
         let key = self.next_agent_key.fetch_add(1, Ordering::Relaxed);
         let streams = Arc::new(Semaphore::new(self.max_streams));
+        let (reach, unused) = Reach::from_identifiers(&identifiers);
+        if !unused.is_empty() {
+            warn!(%agent_id, ?unused, "agent identifiers that konnq cannot route by are ignored");
+        }
         let agent = Arc::new(AgentConn {
             key,
             agent_id,
             identifiers,
+            reach,
             conn,
             streams,
             send_clock: Arc::default(),

@@ -224,17 +224,18 @@ mod tests {
     }
 
     #[test]
-    fn proxy_strategies_other_than_default_warn_and_run() {
-        let (_, warnings) = config_warnings(&["--proxy-strategies=default", "--kubeconfig="]).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let (_, warnings) = config_warnings(&["--proxy-strategies=destHost,default", "--kubeconfig=/k"]).unwrap();
-        assert_eq!(
-            warnings,
-            ["--proxy-strategies has no effect: konnq routes every dial to a random ready agent \
-              (upstream's \"default\" strategy)"]
-        );
+    fn proxy_strategies_are_a_setting_checked_as_upstream_checks_them() {
+        use konnq_shared::config::ProxyStrategy as P;
+        let (c, warnings) = config_warnings(&["--proxy-strategies=destHost,defaultRoute,default"]).unwrap();
+        assert!(warnings.is_empty(), "a setting, not a flag without effect: {warnings:?}");
+        assert_eq!(c.proxy_strategies.as_slice(), [P::DestHost, P::DefaultRoute, P::Default]);
+        assert_eq!(config(&[]).unwrap().proxy_strategies.as_slice(), [P::Default]);
+        let c = config(&["--proxy-strategies=default", "-proxy-strategies", "destHost"]).unwrap();
+        assert_eq!(c.proxy_strategies.as_slice(), [P::DestHost], "a repeated flag: the last wins, as in Go");
         let err = parse(&["--proxy-strategies=nearest"]).unwrap_err().to_string();
-        assert!(err.contains("unknown proxy strategy: nearest"), "{err}");
+        assert!(err.contains("--proxy-strategies") && err.contains("unknown proxy strategy: nearest"), "{err}");
+        let err = parse(&["--proxy-strategies=,"]).unwrap_err().to_string();
+        assert!(err.contains("proxy strategies cannot be empty"), "{err}");
     }
 
     /// The args of the official konnectivity-server static pod, verbatim.
@@ -324,7 +325,7 @@ mod tests {
     fn help_shows_the_declared_defaults() {
         let command = <Cli as clap::CommandFactory>::command();
         let flags = konnq_shared::config::check_help_defaults(&command, &RawServerConfig::keys());
-        assert_eq!(flags, Ok(34), "declared keys that are flags");
+        assert_eq!(flags, Ok(35), "declared keys that are flags");
         let long = parse(&["--help"]).unwrap_err().to_string();
         assert!(long.contains("(quic.keep-alive-interval); 0 = default [default: 1s]"), "{long}");
     }

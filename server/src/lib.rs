@@ -122,6 +122,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         cfg.server_id.clone(),
         cfg.server_count,
         cfg.backend_dial_timeout,
+        cfg.proxy_strategies.clone(),
         &cfg.quic,
         metrics.clone(),
         auth,
@@ -161,7 +162,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     }
     let health_addr = listeners.health.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let admin_addr = listeners.admin.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
-    let (ready, down, m) = (backend.ready_agents(), shutdown_rx.clone(), metrics.clone());
+    let (ready, down, m) = (backend.routable_agents(), shutdown_rx.clone(), metrics.clone());
     tasks.spawn(async move {
         if let Err(e) = admin::serve_health(listeners.health, ready, down, m).await {
             error!("health server failed: {e}");

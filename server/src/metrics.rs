@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use konnq_shared::config::ProxyStrategy;
 use konnq_shared::prom::{self, CounterSet, Histogram, PlainCounter};
 use konnq_shared::proto::PacketType;
 use prometheus_client::metrics::family::Family;
@@ -24,9 +25,8 @@ const LATENCY_BUCKETS: [f64; 9] = [0.000001, 0.00001, 0.0001, 0.005, 0.025, 0.1,
 pub struct Metrics {
     registry: Arc<Registry>,
     ready_backend_connections: Gauge,
+    /// By `proxy_strategy`: one series per configured strategy.
     ready_backends: Family<Label, Gauge>,
-    /// `ready_backends{proxy_strategy="default"}`, konnq's only strategy.
-    ready_backends_default: Gauge,
     grpc_connections: Family<Label, Gauge>,
     /// Dials sent to an agent and not yet answered.
     pub pending_dials: Gauge,
@@ -168,7 +168,6 @@ impl Metrics {
         let m = Metrics {
             registry: Arc::default(),
             ready_backend_connections: Gauge::default(),
-            ready_backends_default: child(&ready_backends, ("proxy_strategy", "default")),
             ready_backends,
             proxy_streams: child(&grpc_connections, ("service_method", "Proxy")),
             agent_connections: child(&grpc_connections, ("service_method", "Connect")),
@@ -203,7 +202,7 @@ impl Metrics {
         );
         r.register(
             "ready_backends",
-            "Agents connected and taking dials, by proxy strategy",
+            "Agents connected and taking dials that each proxy strategy routes to",
             self.ready_backends.clone(),
         );
         r.register("pending_backend_dials", "Dials waiting for an agent's answer", self.pending_dials.clone());
@@ -267,15 +266,23 @@ impl Metrics {
         );
     }
 
-    /// Agents that take dials: both upstream gauges.
-    pub fn set_ready_backends(&self, n: usize) {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        self.ready_backend_connections.set(n);
-        self.ready_backends_default.set(n);
+    /// Agents that take dials (`ready_backend_connections`), and of those
+    /// the ones each configured strategy routes to (`ready_backends`).
+    pub fn set_ready_backends(&self, connections: usize, by_strategy: &[(ProxyStrategy, usize)]) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.ready_backend_connections.set(count(connections));
+        for &(strategy, n) in by_strategy {
+            self.ready_backends.get_or_create(&[("proxy_strategy", strategy.name())]).set(count(n));
+        }
     }
 
     pub fn ready_backends(&self) -> i64 {
         self.ready_backend_connections.get()
+    }
+
+    /// `ready_backends{proxy_strategy}`; `None` if the strategy is not configured.
+    pub fn ready_backends_of(&self, strategy: ProxyStrategy) -> Option<i64> {
+        self.ready_backends.get(&[("proxy_strategy", strategy.name())]).map(|g| g.get())
     }
 
     pub fn dial_failed(&self, why: DialFailure) {
@@ -447,7 +454,7 @@ mod tests {
     /// Every family gets a sample, through the calls the server makes.
     fn exercised() -> Metrics {
         let m = Metrics::new();
-        m.set_ready_backends(2);
+        m.set_ready_backends(2, &[(ProxyStrategy::Default, 2)]);
         m.pending_dials.inc();
         m.established.inc();
         m.proxy_streams.inc();
@@ -503,13 +510,27 @@ mod tests {
 
     #[test]
     fn gauges_that_upstream_sets_at_start_are_there_from_the_start() {
+        // The backend sets `ready_backends` of every configured strategy as
+        // it starts (see `Backend::new`).
         let text = Metrics::new().render();
+        assert!(text.contains("konnectivity_network_proxy_server_ready_backend_connections 0\n"), "{text}");
+        assert!(!text.contains("dial_failure_count"), "no failure yet, no series: {text}");
+    }
+
+    #[test]
+    fn ready_backends_has_one_series_per_configured_strategy() {
+        let m = Metrics::new();
+        m.set_ready_backends(3, &[(ProxyStrategy::DestHost, 1), (ProxyStrategy::Default, 3)]);
+        let text = m.render();
         for line in [
-            "konnectivity_network_proxy_server_ready_backend_connections 0\n",
-            "konnectivity_network_proxy_server_ready_backends{proxy_strategy=\"default\"} 0\n",
+            "konnectivity_network_proxy_server_ready_backend_connections 3\n",
+            "konnectivity_network_proxy_server_ready_backends{proxy_strategy=\"destHost\"} 1\n",
+            "konnectivity_network_proxy_server_ready_backends{proxy_strategy=\"default\"} 3\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        assert!(!text.contains("dial_failure_count"), "no failure yet, no series: {text}");
+        assert!(!text.contains("defaultRoute"), "not configured, no series: {text}");
+        assert_eq!(m.ready_backends_of(ProxyStrategy::DestHost), Some(1));
+        assert_eq!(m.ready_backends_of(ProxyStrategy::DefaultRoute), None);
     }
 }

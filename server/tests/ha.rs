@@ -428,3 +428,20 @@ async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout
     eprintln!("the client was told {} ms after the agent's socket closed", killed.elapsed().as_millis());
     assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_lone_draining_agent_still_takes_dials() {
+    let lab = Lab::new().await;
+    let target = echo_target().await;
+    let agent = lab.agent_with(|raw| raw.graceful_shutdown_timeout = Some(Duration::from_secs(120))).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    agent.drain();
+    let mut ready = lab.server.backend.ready_agents();
+    within(LIMIT, ready.wait_for(|&n| n == 0)).await.expect("server running");
+    // No other agent: as upstream's, the server falls back to the draining one.
+    let mut client = lab.channel().await;
+    let mut s = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut s, b"last resort")).await, b"last resort");
+    assert_eq!(dials(&agent), 1.0);
+    agent.shutdown().await;
+}

@@ -78,6 +78,12 @@ impl<T> Registry<T> {
         self.entries.iter().filter(|e| e.takes_dials()).map(|e| &e.value)
     }
 
+    /// The draining connections that are their agent ID's newest: they
+    /// take a dial only when no ready one can.
+    pub fn draining(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().filter(|e| e.draining && !e.superseded).map(|e| &e.value)
+    }
+
     /// Every registered connection.
     pub fn all(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|e| &e.value)
@@ -136,5 +142,8 @@ mod tests {
         r.remove(3);
         assert_eq!(ready(&r), ["a1"], "the draining one stays out");
         assert_eq!(r.all().count(), 2);
+        assert_eq!(r.draining().copied().collect::<Vec<_>>(), ["b1"], "the last resort");
+        r.insert(4, "node-b", "b3");
+        assert!(r.draining().next().is_none(), "a superseded draining connection is no resort");
     }
 }

@@ -45,7 +45,7 @@ const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
     ("kubeconfig-burst", Some("40"), false),
     ("kube-api-content-type", Some("application/json"), true),
     ("authentication-audience", Some("system:konnectivity-server"), false),
-    ("proxy-strategies", Some("destHost,defaultRoute,default"), true),
+    ("proxy-strategies", Some("destHost,defaultRoute,default"), false),
     ("cipher-suites", Some("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"), true),
     ("tls-min-version", Some("VersionTLS12"), true),
     ("xfr-channel-size", Some("20"), true),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::proxy_strategies::ProxyStrategies;
 use super::settings::{settings, DefaultValue, Shown};
 use super::token_auth::{RawTokenAuth, TokenAuthConfig};
 use super::{
@@ -80,6 +81,9 @@ pub struct ServerConfig {
     pub admin_port: u16,
     /// Serve `/debug/pprof/` (CPU profiles) on the admin port.
     pub enable_profiling: bool,
+    /// How a dial's agent is chosen: strategies tried in order; `/readyz`
+    /// follows the first.
+    pub proxy_strategies: ProxyStrategies,
     /// How long a dial may wait for the agent; `None` = no limit (upstream's 0).
     pub backend_dial_timeout: Option<Duration>,
     pub graceful_shutdown_timeout: Duration,
@@ -173,6 +177,9 @@ settings! {
         /// Number of servers behind the load balancer.
         #[arg(long, value_name = "N")]
         server_count: u32 = 1,
+        /// How a dial's agent is chosen, tried in order: destHost, defaultRoute, default.
+        #[arg(long, value_name = "LIST")]
+        proxy_strategies: ProxyStrategies = ProxyStrategies::default(),
         /// How long a dial waits for the agent, e.g. 10s; 0 = no limit.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         #[serde(default, with = "humantime_serde")]
@@ -293,6 +300,7 @@ impl RawServerConfig {
             admin_bind_address: self.admin_bind_address.unwrap_or(d.admin_bind_address),
             admin_port,
             enable_profiling: self.enable_profiling.unwrap_or(d.enable_profiling),
+            proxy_strategies: self.proxy_strategies.unwrap_or(d.proxy_strategies),
             // 0 = no limit, upstream's meaning.
             backend_dial_timeout: Some(self.backend_dial_timeout.unwrap_or(d.backend_dial_timeout))
                 .filter(|t| !t.is_zero()),

@@ -79,8 +79,6 @@ pub enum Syntax {
     CipherSuites,
     /// VersionTLS10 ... VersionTLS13, or empty.
     TlsVersion,
-    /// Comma-separated: default, destHost, defaultRoute; at least one.
-    ProxyStrategies,
     /// `default`, `max` or empty.
     ServerCountSource,
 }
@@ -135,7 +133,6 @@ impl Syntax {
                     "unsupported TLS version {s:?}, supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13"
                 )),
             },
-            Syntax::ProxyStrategies => proxy_strategies(s),
             Syntax::ServerCountSource => match s {
                 "" | "default" | "max" => Ok(s.to_owned()),
                 _ => Err(format!("must be one of '', 'default', 'max', got {s}")),
@@ -149,7 +146,7 @@ impl Syntax {
             Syntax::Int | Syntax::PositiveInt => "N",
             Syntax::Duration => "DURATION",
             Syntax::Severity => "SEVERITY",
-            Syntax::CipherSuites | Syntax::ProxyStrategies => "LIST",
+            Syntax::CipherSuites => "LIST",
             Syntax::TlsVersion => "VERSION",
             Syntax::Text | Syntax::ServerCountSource => "VALUE",
         }
@@ -162,17 +159,6 @@ fn severity(s: &str) -> Result<String, String> {
     }
     let n: i32 = s.parse().map_err(|_| format!("invalid severity {s:?} (INFO, WARNING, ERROR, FATAL or a number)"))?;
     Ok(usize::try_from(n).ok().and_then(|i| SEVERITIES.get(i)).map_or_else(|| n.to_string(), |n| (*n).to_owned()))
-}
-
-fn proxy_strategies(s: &str) -> Result<String, String> {
-    let strategies: Vec<&str> = s.split(',').filter(|p| !p.is_empty()).collect();
-    if let Some(bad) = strategies.iter().find(|p| !["default", "destHost", "defaultRoute"].contains(p)) {
-        return Err(format!("unknown proxy strategy: {bad}"));
-    }
-    if strategies.is_empty() {
-        return Err("proxy strategies cannot be empty".to_owned());
-    }
-    Ok(strategies.join(","))
 }
 
 /// Adds every flag of `tables` to `command`.
@@ -269,12 +255,6 @@ pub const SERVER: &[NoEffect] = &[
         syntax: Syntax::Text,
         quiet: &["application/vnd.kubernetes.protobuf"],
         reason: "konnq sends its TokenReviews as JSON",
-    },
-    NoEffect {
-        flag: "proxy-strategies",
-        syntax: Syntax::ProxyStrategies,
-        quiet: &["default"],
-        reason: "konnq routes every dial to a random ready agent (upstream's \"default\" strategy)",
     },
     NoEffect {
         flag: "cipher-suites",
@@ -380,8 +360,6 @@ mod tests {
         assert!(err(&[SERVER], "--xfr-channel-size=0").contains("must be greater than 0"));
         assert!(err(&[SERVER], "--cipher-suites=TLS_RSA_WITH_RC4_128_SHA").contains("considered as insecure"));
         assert!(err(&[SERVER], "--tls-min-version=1.2").contains("unsupported TLS version"));
-        assert!(err(&[SERVER], "--proxy-strategies=closest").contains("unknown proxy strategy: closest"));
-        assert!(err(&[SERVER], "--proxy-strategies=,").contains("cannot be empty"));
         assert!(err(&[AGENT], "--server-count-source=min").contains("'max'"));
         assert!(err(&[KLOG], "--stderrthreshold=LOUD").contains("invalid severity"));
         assert!(err(&[AGENT], "--warn-on-channel-limit=yes").contains("invalid boolean"));

@@ -47,6 +47,7 @@ fn defaults() {
     assert_eq!(c.token_auth, None);
     assert_eq!((c.health_bind_address, c.health_port), (IpAddr::from([0, 0, 0, 0]), 8092));
     assert_eq!((c.admin_bind_address, c.admin_port), (IpAddr::from([127, 0, 0, 1]), 8095));
+    assert_eq!(c.proxy_strategies, ProxyStrategies::default());
     assert_eq!(c.backend_dial_timeout, Some(Duration::from_secs(10)));
     assert_eq!(c.graceful_shutdown_timeout, Duration::from_secs(15));
     assert_eq!(c.frontend_keepalive_time, Duration::from_secs(30));
@@ -208,6 +209,23 @@ fn log_format_from_toml_and_its_bad_values() {
     assert_eq!(with("log-format = \"text\"").unwrap().log.format, LogFormat::Text);
     let err = with("log-format = \"xml\"").unwrap_err().to_string();
     assert!(err.contains("log-format = \"xml\"") && err.contains("`text` or `json`"), "{err}");
+}
+
+#[test]
+fn proxy_strategies_from_toml_and_their_bad_values() {
+    use crate::config::ProxyStrategy as P;
+    let with = |line: &str| ServerConfig::from_toml_str(&format!("{line}\n{MINIMAL}"));
+    let strategies = |line: &str| with(line).unwrap().proxy_strategies.as_slice().to_vec();
+    assert_eq!(strategies(""), [P::Default]);
+    assert_eq!(strategies("proxy-strategies = \"destHost,default\""), [P::DestHost, P::Default]);
+    assert_eq!(strategies("proxy-strategies = [\"defaultRoute\", \"destHost\"]"), [P::DefaultRoute, P::DestHost]);
+    let err = with("proxy-strategies = \"destHost,nearest\"").unwrap_err().to_string();
+    assert!(err.contains("proxy-strategies") && err.contains("unknown proxy strategy: nearest"), "{err}");
+    let err = with("proxy-strategies = []").unwrap_err().to_string();
+    assert!(err.contains("proxy strategies cannot be empty"), "{err}");
+    let flags = RawServerConfig { proxy_strategies: Some("destHost".parse().unwrap()), ..Default::default() };
+    let file = RawServerConfig::from_toml_str("proxy-strategies = \"defaultRoute\"").unwrap();
+    assert_eq!(file.overlay(flags).proxy_strategies.map(|p| p.as_slice().to_vec()), Some(vec![P::DestHost]));
 }
 
 #[test]
