@@ -49,6 +49,7 @@ func (s *scenarios) run(t *testing.T) {
 	t.Run("Faults", s.faults)
 	if s.m == modes[0] {
 		t.Run("AgentStorm", s.agentStorm)
+		t.Run("Leases", s.leases)
 	}
 	// Last: in the last mode it deletes the agent's ServiceAccount.
 	t.Run("AgentAuth", func(t *testing.T) { s.agentAuth(t, s.m == modes[len(modes)-1]) })

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod cli;
 pub mod dial;
+pub mod leases;
 pub mod metrics;
 pub mod pool;
 pub mod session;
@@ -51,6 +52,8 @@ pub enum AgentError {
     Rebind(#[from] session::RebindError),
     #[error("listening for SIGUSR1: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("server lease counting: {0}")]
+    Leases(#[from] konnq_shared::kube::KubeSetupError),
 }
 
 /// The agent's bound sockets (health and admin HTTP).
@@ -82,6 +85,8 @@ pub struct AgentHandle {
     pub health_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pool: Arc<Pool>,
+    /// Valid server Leases counted (`None`: not counting, or not yet counted).
+    pub server_leases: Option<watch::Receiver<Option<usize>>>,
     tasks: JoinSet<()>,
     draining: watch::Sender<bool>,
     udp_buffer_bytes: usize,
@@ -217,7 +222,9 @@ pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle
     let pool = Pool::new(metrics.clone());
     let (draining, draining_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let connector = session::Connector::new(cfg, setup, metrics.clone(), Arc::clone(&pool), draining_rx, None)?;
+    let server_leases = leases::spawn(&cfg, &metrics, &mut tasks).await?;
+    let connector =
+        session::Connector::new(cfg, setup, metrics.clone(), Arc::clone(&pool), draining_rx, server_leases.clone())?;
     tasks.spawn(Arc::new(connector).run());
     let (rx, m) = (pool.open(), metrics.clone());
     tasks.spawn(async move {
@@ -232,7 +239,7 @@ pub async fn start(cfg: AgentConfig, listeners: Listeners) -> Result<AgentHandle
         }
     });
     info!(%health_addr, %admin_addr, profiling, workers = tokio::runtime::Handle::current().metrics().num_workers(), "konnq-agent started");
-    Ok(AgentHandle { metrics, health_addr, admin_addr, pool, tasks, draining, udp_buffer_bytes, grace })
+    Ok(AgentHandle { metrics, health_addr, admin_addr, pool, server_leases, tasks, draining, udp_buffer_bytes, grace })
 }
 
 /// Runs until the first `signal` resolves, then drains

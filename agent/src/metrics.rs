@@ -6,6 +6,7 @@
 //! reason. konnq's own are `konnq_agent_*`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use konnq_shared::prom::{self, CounterSet, Histogram, PlainCounter};
 use prometheus_client::metrics::family::Family;
@@ -13,9 +14,21 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Label = [(&'static str, &'static str); 1];
+/// `http_response_code` of an answer from kube-apiserver.
+type CodeLabel = [(&'static str, String); 1];
+/// `http_response_code` and `reason` of an answer from kube-apiserver.
+type CodeReasonLabels = [(&'static str, String); 2];
 
 /// Upstream's agent latency buckets, from 5 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 7] = [0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 30.0];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(&LATENCY_BUCKETS)
+}
+
+fn code_reason(code: u16, reason: &str) -> CodeReasonLabels {
+    [("http_response_code", code.to_string()), ("reason", reason.to_owned())]
+}
 
 /// Why a target dial failed: upstream's `reason` label of
 /// `endpoint_dial_failure_total`.
@@ -61,6 +74,9 @@ pub struct Metrics {
     pub connect_failures: PlainCounter,
     /// Moves of the QUIC endpoint to a new local UDP socket.
     pub socket_rebinds: PlainCounter,
+    lease_lists: Family<CodeReasonLabels, PlainCounter>,
+    lease_watches: Family<CodeReasonLabels, PlainCounter>,
+    lease_list_latency: Family<CodeLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -85,6 +101,9 @@ impl Metrics {
             bytes: CounterSet::new([[("direction", "to_target")], [("direction", "to_server")]]),
             connect_failures: PlainCounter::default(),
             socket_rebinds: PlainCounter::default(),
+            lease_lists: Family::default(),
+            lease_watches: Family::default(),
+            lease_list_latency: Family::new_with_constructor(latency_histogram),
         };
         let mut root = Registry::default();
         m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_agent"));
@@ -110,6 +129,21 @@ impl Metrics {
             "server_connection_failure_count",
             "Failures to send to or receive from the server, by direction",
             self.server_failures.family(),
+        );
+        r.register(
+            "lease_lists_total",
+            "Server lease lists sent to kube-apiserver, by HTTP response code and reason",
+            self.lease_lists.clone(),
+        );
+        r.register(
+            "lease_watches_total",
+            "Server lease watches sent to kube-apiserver, by HTTP response code and reason",
+            self.lease_watches.clone(),
+        );
+        r.register(
+            "lease_list_latency_seconds",
+            "Latency of server lease lists, by HTTP response code",
+            self.lease_list_latency.clone(),
         );
     }
 
@@ -171,6 +205,24 @@ impl Metrics {
         self.bytes.get(0) + self.bytes.get(1)
     }
 
+    /// A server lease list was answered with HTTP `code` and `reason` (200
+    /// and "" when it succeeded) after `latency`. A request that got no
+    /// answer is not counted.
+    pub fn lease_listed(&self, code: u16, reason: &str, latency: Duration) {
+        self.lease_lists.get_or_create(&code_reason(code, reason)).inc();
+        self.lease_list_latency.get_or_create(&[("http_response_code", code.to_string())]).observe_duration(latency);
+    }
+
+    /// A server lease watch was answered (see [`Metrics::lease_listed`]).
+    pub fn lease_watched(&self, code: u16, reason: &str) {
+        self.lease_watches.get_or_create(&code_reason(code, reason)).inc();
+    }
+
+    /// Lease lists answered with `code` and `reason`.
+    pub fn lease_lists(&self, code: u16, reason: &str) -> u64 {
+        self.lease_lists.get(&code_reason(code, reason)).map_or(0, |c| c.get())
+    }
+
     /// Prometheus text exposition (format 0.0.4, as upstream serves it).
     pub fn render(&self) -> String {
         prom::render(&self.registry)
@@ -200,6 +252,21 @@ mod tests {
         Expected { name: "konnectivity_network_proxy_agent_open_server_connections", kind: "gauge", labels: &[] },
         Expected { name: "konnectivity_network_proxy_agent_known_server_count", kind: "gauge", labels: &[] },
         Expected { name: "konnectivity_network_proxy_agent_open_endpoint_connections", kind: "gauge", labels: &[] },
+        Expected {
+            name: "konnectivity_network_proxy_agent_lease_lists_total",
+            kind: "counter",
+            labels: &[("http_response_code", &[]), ("reason", &[])],
+        },
+        Expected {
+            name: "konnectivity_network_proxy_agent_lease_watches_total",
+            kind: "counter",
+            labels: &[("http_response_code", &[]), ("reason", &[])],
+        },
+        Expected {
+            name: "konnectivity_network_proxy_agent_lease_list_latency_seconds",
+            kind: "histogram",
+            labels: &[("http_response_code", &[])],
+        },
     ];
 
     /// Upstream v0.36.0's agent metrics konnq does not expose, and why.
@@ -209,12 +276,6 @@ mod tests {
             "no packets between agent and server: each proxied connection is a QUIC stream of raw bytes",
         ),
         ("konnectivity_network_proxy_agent_stream_errors_total", "no gRPC stream to the server (see above)"),
-        (
-            "konnectivity_network_proxy_agent_lease_lists_total",
-            "no server counting from leases (--count-server-leases)",
-        ),
-        ("konnectivity_network_proxy_agent_lease_watches_total", "no server counting from leases"),
-        ("konnectivity_network_proxy_agent_lease_list_latency_seconds", "no server counting from leases"),
     ];
 
     /// Every family gets a sample, through the calls the agent makes.
@@ -235,6 +296,9 @@ mod tests {
         m.bytes_to_server(2);
         m.connect_failures.inc();
         m.socket_rebinds.inc();
+        m.lease_listed(200, "", Duration::from_millis(4));
+        m.lease_listed(403, "Forbidden", Duration::from_millis(2));
+        m.lease_watched(200, "");
         m
     }
 
@@ -257,6 +321,9 @@ mod tests {
             "konnectivity_network_proxy_agent_dial_duration_seconds_bucket{le=\"10\"} 1\n",
             "konnq_agent_socket_rebinds_total 1\n",
             "konnq_agent_server_connect_failures_total 1\n",
+            "konnectivity_network_proxy_agent_lease_lists_total{http_response_code=\"403\",reason=\"Forbidden\"} 1\n",
+            "konnectivity_network_proxy_agent_lease_watches_total{http_response_code=\"200\",reason=\"\"} 1\n",
+            "konnectivity_network_proxy_agent_lease_list_latency_seconds_bucket{le=\"0.005\",http_response_code=\"200\"} 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

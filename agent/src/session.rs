@@ -165,10 +165,11 @@ impl Connector {
         Ok(Connector { cfg, setup, metrics, pool, hello, draining, leases })
     }
 
-    /// The server count to aim for (see [`sync::target`]).
+    /// The server count to aim for (see [`crate::leases::target_server_count`]).
     fn target(&self) -> Option<usize> {
         let leases = self.leases.as_ref().and_then(|rx| *rx.borrow());
-        sync::target(false, self.pool.reported(), leases)
+        let target = crate::leases::target_server_count(self.cfg.server_count_source, self.pool.reported(), leases);
+        target.map(|n| n as usize)
     }
 
     /// The sync loop: opens connections until the agent holds one to each

@@ -28,19 +28,6 @@ pub enum Outcome {
     Failed,
 }
 
-/// The server count to aim for, as upstream's `--server-count-source`
-/// decides it: `max` takes the larger of what the servers report and how
-/// many server leases are valid, `default` the leases when they are
-/// counted, else what the servers report. `None` = nothing known yet.
-pub fn target(source_max: bool, reported: Option<u32>, leases: Option<usize>) -> Option<usize> {
-    let reported = reported.map(|n| n as usize);
-    match (reported, leases) {
-        (r, Some(l)) if source_max => Some(r.map_or(l, |r| r.max(l))),
-        (_, Some(l)) => Some(l),
-        (r, None) => r,
-    }
-}
-
 /// Whether the agent should open another connection now: holding `held`
 /// connections to servers that are not draining, aiming for `target`.
 /// With nothing known yet it connects (to learn the count).
@@ -120,21 +107,6 @@ mod tests {
         assert!(!wants_more(3, Some(3), false));
         assert!(!wants_more(4, Some(3), false), "more than the count (the count went down)");
         assert!(wants_more(3, Some(3), true), "sync-forever keeps probing");
-    }
-
-    #[test]
-    fn target_follows_the_server_count_source() {
-        // Not counting leases: what the servers report.
-        assert_eq!(target(false, Some(3), None), Some(3));
-        assert_eq!(target(true, Some(3), None), Some(3));
-        assert_eq!(target(false, None, None), None);
-        // default: the leases win when counted.
-        assert_eq!(target(false, Some(3), Some(2)), Some(2));
-        assert_eq!(target(false, None, Some(2)), Some(2));
-        // max: the larger.
-        assert_eq!(target(true, Some(3), Some(2)), Some(3));
-        assert_eq!(target(true, Some(1), Some(2)), Some(2));
-        assert_eq!(target(true, None, Some(2)), Some(2));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`backend`]: the QUIC endpoint agents connect to, the agent registry and
 //!   the per-dial stream handshake.
 //! - [`auth`]: agent authentication by ServiceAccount token (TokenReview).
+//! - [`leases`]: the lease controller (`--enable-lease-controller`): this
+//!   server's Lease, renewed, and expired server Leases deleted.
 //! - [`admin`]: `/healthz`, `/readyz` (and `/ready`) and `/metrics`; with
 //!   `--enable-profiling`, `/debug/pprof/`.
 //!
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod frontend;
+pub mod leases;
 pub mod listeners;
 pub mod metrics;
 
@@ -49,6 +52,8 @@ pub enum ServerError {
     Quic(#[from] konnq_shared::quic::QuicSetupError),
     #[error("agent token authentication: {0}")]
     Kube(auth::KubeSetupError),
+    #[error("lease controller: {0}")]
+    Leases(konnq_shared::kube::KubeSetupError),
 }
 
 /// A running server.
@@ -64,6 +69,7 @@ pub struct ServerHandle {
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
     grace: std::time::Duration,
+    leases: Option<leases::LeaseController>,
 }
 
 impl ServerHandle {
@@ -73,9 +79,10 @@ impl ServerHandle {
         let _ = rx.wait_for(|&count| count >= n).await;
     }
 
-    /// Graceful shutdown: stop accepting, report not-ready, let established
-    /// connections finish for up to the graceful shutdown timeout, then close
-    /// every agent connection (clients get CLOSE_RSP) and return.
+    /// Graceful shutdown: stop accepting, report not-ready, delete this
+    /// server's Lease, let established connections finish for up to the
+    /// graceful shutdown timeout, then close every agent connection (clients
+    /// get CLOSE_RSP) and return.
     pub async fn shutdown(mut self) {
         info!(agents = self.backend.agent_count(), "shutting down: no new frontend connections; telling the agents");
         self.shutdown.send_replace(true);
@@ -86,7 +93,13 @@ impl ServerHandle {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         };
-        if tokio::time::timeout(self.grace, drained).await.is_err() {
+        let lease_deleted = async {
+            if let Some(leases) = self.leases.take() {
+                leases.stop().await;
+            }
+        };
+        let (drain, ()) = tokio::join!(tokio::time::timeout(self.grace, drained), lease_deleted);
+        if drain.is_err() {
             warn!(open = established.get(), "graceful shutdown timeout reached; closing open connections");
         }
         self.backend.close_all("server shutting down");
@@ -174,6 +187,11 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
             error!("admin server failed: {e}");
         }
     });
+    // Last: a failure above leaves no Lease behind.
+    let leases = match &cfg.lease_controller {
+        Some(lc) => Some(leases::from_config(lc, &cfg.server_id, &metrics).await.map_err(ServerError::Leases)?),
+        None => None,
+    };
     info!(
         %agent_addr,
         %health_addr,
@@ -195,6 +213,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         tasks,
         endpoint,
         grace: cfg.graceful_shutdown_timeout,
+        leases,
     })
 }
 

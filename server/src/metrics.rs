@@ -7,6 +7,7 @@
 //! `konnq_server_*`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use konnq_shared::config::ProxyStrategy;
 use konnq_shared::prom::{self, CounterSet, Histogram, PlainCounter};
@@ -16,9 +17,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Label = [(&'static str, &'static str); 1];
+/// `http_status_code` of an answer from kube-apiserver.
+type CodeLabel = [(&'static str, String); 1];
+/// `http_status_code` and `reason` of an answer from kube-apiserver.
+type CodeReasonLabels = [(&'static str, String); 2];
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Upstream's server latency buckets, from 1 µs to 12.5 s.
 const LATENCY_BUCKETS: [f64; 9] = [0.000001, 0.00001, 0.0001, 0.005, 0.025, 0.1, 0.5, 2.5, 12.5];
+
+/// client_golang's default buckets (`prometheus.DefBuckets`), which
+/// upstream's lease latency histograms keep.
+const DEFAULT_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn lease_latency_histogram() -> Histogram {
+    Histogram::new(&DEFAULT_BUCKETS)
+}
 
 /// Every metric the server exports. Cheap to clone (all handles are shared).
 #[derive(Clone)]
@@ -59,6 +73,12 @@ pub struct Metrics {
     /// Agent connections closed because the agent's port was unreachable
     /// (ICMP) and the agent stayed silent.
     pub agents_unreachable: PlainCounter,
+    /// Expired Leases the lease garbage collector deleted.
+    pub culled_leases: PlainCounter,
+    lease_lists: Family<CodeReasonLabels, PlainCounter>,
+    lease_list_latency: HistogramFamily<CodeLabel>,
+    lease_deletes: Family<CodeReasonLabels, PlainCounter>,
+    lease_delete_latency: HistogramFamily<CodeLabel>,
 }
 
 /// Why a dial failed: upstream's `reason` label of `dial_failure_count`.
@@ -187,6 +207,11 @@ impl Metrics {
             agent_auth_failures: Family::default(),
             agent_id_conflicts: PlainCounter::default(),
             agents_unreachable: PlainCounter::default(),
+            culled_leases: PlainCounter::default(),
+            lease_lists: Family::default(),
+            lease_list_latency: Family::new_with_constructor(lease_latency_histogram),
+            lease_deletes: Family::default(),
+            lease_delete_latency: Family::new_with_constructor(lease_latency_histogram),
         };
         let mut root = Registry::default();
         m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_server"));
@@ -229,6 +254,31 @@ impl Metrics {
             "stream_errors_total",
             "Frontend stream errors by segment, gRPC code and packet type",
             self.stream_errors.clone(),
+        );
+        r.register(
+            "culled_leases_count",
+            "Expired leases the lease garbage collector deleted",
+            self.culled_leases.clone(),
+        );
+        r.register(
+            "lease_list_total",
+            "Lease lists by the lease garbage collector, by HTTP status code and reason",
+            self.lease_lists.clone(),
+        );
+        r.register(
+            "lease_list_latency_seconds",
+            "Latency of the lease garbage collector's lease lists, by HTTP status code",
+            self.lease_list_latency.clone(),
+        );
+        r.register(
+            "lease_delete_total",
+            "Lease deletions by the lease garbage collector, by HTTP status code and reason",
+            self.lease_deletes.clone(),
+        );
+        r.register(
+            "lease_delete_latency_seconds",
+            "Latency of the lease garbage collector's lease deletions, by HTTP status code",
+            self.lease_delete_latency.clone(),
         );
     }
 
@@ -348,6 +398,35 @@ impl Metrics {
         self.agent_auth_failures.get(&[("reason", reason)]).map_or(0, |c| c.get())
     }
 
+    /// The garbage collector's Lease list was answered with HTTP `code` and
+    /// `reason` (200 and "" when it succeeded) after `latency`. A request
+    /// that got no answer is not counted (upstream's rule).
+    pub fn lease_listed(&self, code: u16, reason: &str, latency: Duration) {
+        let labels = [("http_status_code", code.to_string()), ("reason", reason.to_owned())];
+        self.lease_lists.get_or_create(&labels).inc();
+        self.lease_list_latency.get_or_create(&[("http_status_code", code.to_string())]).observe_duration(latency);
+    }
+
+    /// Lease lists answered with `code` and `reason`.
+    pub fn lease_lists(&self, code: u16, reason: &str) -> u64 {
+        let labels = [("http_status_code", code.to_string()), ("reason", reason.to_owned())];
+        self.lease_lists.get(&labels).map_or(0, |c| c.get())
+    }
+
+    /// The garbage collector's deletion of an expired Lease was answered
+    /// (see [`Metrics::lease_listed`]).
+    pub fn lease_deleted(&self, code: u16, reason: &str, latency: Duration) {
+        let labels = [("http_status_code", code.to_string()), ("reason", reason.to_owned())];
+        self.lease_deletes.get_or_create(&labels).inc();
+        self.lease_delete_latency.get_or_create(&[("http_status_code", code.to_string())]).observe_duration(latency);
+    }
+
+    /// Lease deletions answered with `code` and `reason`.
+    pub fn lease_deletes(&self, code: u16, reason: &str) -> u64 {
+        let labels = [("http_status_code", code.to_string()), ("reason", reason.to_owned())];
+        self.lease_deletes.get(&labels).map_or(0, |c| c.get())
+    }
+
     /// Prometheus text exposition (format 0.0.4, as upstream serves it).
     pub fn render(&self) -> String {
         prom::render(&self.registry)
@@ -412,6 +491,27 @@ mod tests {
             kind: "counter",
             labels: &[("segment", SEGMENTS), ("code", GRPC_CODES), ("packet_type", PACKET_TYPE_NAMES)],
         },
+        Expected { name: "konnectivity_network_proxy_server_culled_leases_count", kind: "counter", labels: &[] },
+        Expected {
+            name: "konnectivity_network_proxy_server_lease_list_total",
+            kind: "counter",
+            labels: &[("http_status_code", &[]), ("reason", &[])],
+        },
+        Expected {
+            name: "konnectivity_network_proxy_server_lease_list_latency_seconds",
+            kind: "histogram",
+            labels: &[("http_status_code", &[])],
+        },
+        Expected {
+            name: "konnectivity_network_proxy_server_lease_delete_total",
+            kind: "counter",
+            labels: &[("http_status_code", &[]), ("reason", &[])],
+        },
+        Expected {
+            name: "konnectivity_network_proxy_server_lease_delete_latency_seconds",
+            kind: "histogram",
+            labels: &[("http_status_code", &[])],
+        },
     ];
 
     const SEGMENTS: &[&str] = &["from_client", "to_client", "from_agent", "to_agent"];
@@ -438,18 +538,11 @@ mod tests {
     ];
 
     /// Upstream v0.36.0's server metrics konnq does not expose, and why.
-    const UPSTREAM_NOT_EXPOSED: &[(&str, &str)] = &[
-        (
-            "konnectivity_network_proxy_server_full_receive_channels",
-            "no per-stream receive channel: a slow side is pushed back by HTTP/2 and QUIC flow control, \
+    const UPSTREAM_NOT_EXPOSED: &[(&str, &str)] = &[(
+        "konnectivity_network_proxy_server_full_receive_channels",
+        "no per-stream receive channel: a slow side is pushed back by HTTP/2 and QUIC flow control, \
              and nothing waits on a full channel",
-        ),
-        ("konnectivity_network_proxy_server_culled_leases_count", "no lease controller (--enable-lease-controller)"),
-        ("konnectivity_network_proxy_server_lease_delete_latency_seconds", "no lease controller"),
-        ("konnectivity_network_proxy_server_lease_delete_total", "no lease controller"),
-        ("konnectivity_network_proxy_server_lease_list_latency_seconds", "no lease controller"),
-        ("konnectivity_network_proxy_server_lease_list_total", "no lease controller"),
-    ];
+    )];
 
     /// Every family gets a sample, through the calls the server makes.
     fn exercised() -> Metrics {
@@ -474,6 +567,10 @@ mod tests {
         m.token_review_queue.set(1);
         m.token_reviewed("authenticated");
         m.agent_auth_failed("no_token");
+        m.culled_leases.inc();
+        m.lease_listed(200, "", Duration::from_millis(3));
+        m.lease_listed(403, "Forbidden", Duration::from_millis(2));
+        m.lease_deleted(409, "Conflict", Duration::from_millis(4));
         m
     }
 
@@ -502,6 +599,11 @@ mod tests {
             "konnectivity_network_proxy_server_frontend_write_duration_seconds_bucket{le=\"1e-05\"} 0\n",
             "konnq_server_bytes_total{direction=\"to_client\"} 20\n",
             "konnq_server_token_review_queue 1\n",
+            "konnectivity_network_proxy_server_culled_leases_count 1\n",
+            "konnectivity_network_proxy_server_lease_list_total{http_status_code=\"403\",reason=\"Forbidden\"} 1\n",
+            "konnectivity_network_proxy_server_lease_list_total{http_status_code=\"200\",reason=\"\"} 1\n",
+            "konnectivity_network_proxy_server_lease_list_latency_seconds_bucket{le=\"0.005\",http_status_code=\"200\"} 1\n",
+            "konnectivity_network_proxy_server_lease_delete_latency_seconds_bucket{le=\"10\",http_status_code=\"409\"} 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
@@ -514,6 +616,7 @@ mod tests {
         // it starts (see `Backend::new`).
         let text = Metrics::new().render();
         assert!(text.contains("konnectivity_network_proxy_server_ready_backend_connections 0\n"), "{text}");
+        assert!(text.contains("konnectivity_network_proxy_server_culled_leases_count 0\n"), "{text}");
         assert!(!text.contains("dial_failure_count"), "no failure yet, no series: {text}");
     }
 

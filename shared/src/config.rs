@@ -35,6 +35,7 @@ mod agent;
 mod duration;
 mod goflags;
 mod identifiers;
+mod leases;
 mod proxy_strategies;
 mod quic;
 mod server;
@@ -55,6 +56,7 @@ pub use goflags::{
     normalize_go_flags, parse_bind_address, parse_klog_level, parse_path, try_parse_go_style, try_parse_go_style_with,
 };
 pub use identifiers::AgentIdentifiers;
+pub use leases::{LeaseControllerConfig, LeaseCountConfig, ServerCountSource};
 pub use proxy_strategies::{ProxyStrategies, ProxyStrategy};
 pub use quic::{CongestionControl, QuicConfig, QuicDefaults, RawQuicConfig};
 pub use server::{FrontendMode, RawServerConfig, ServerConfig, ServerDefaults};

@@ -12,6 +12,9 @@
 //! - [`hpack`]: the HPACK decoder of the server's HTTP/2 frontend
 //!   (table-driven Huffman decoding, no allocation per string).
 //! - [`config`]: validated TOML/flag configuration of both binaries.
+//! - [`kube`]: the kube-apiserver client (kubeconfig or in-cluster) and how
+//!   its failures are told; [`leases`]: server Leases (names, labels,
+//!   validity), sans-IO.
 //! - [`client`]: a Konnectivity client over a Unix socket (demo, load tests).
 //! - [`profiling`]: `/debug/pprof/` for both admin ports (`--enable-profiling`):
 //!   CPU profiles as profile.proto for `go tool pprof`.
@@ -27,6 +30,8 @@ pub mod config;
 pub mod gauge;
 pub mod hpack;
 pub mod konnectivity;
+pub mod kube;
+pub mod leases;
 pub mod logging;
 pub mod memory;
 pub mod profiling;

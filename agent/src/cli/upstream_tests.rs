@@ -38,11 +38,11 @@ const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
     ("warn-on-channel-limit", None, true),
     ("sync-forever", None, false),
     ("xfr-channel-size", Some("300"), true),
-    ("count-server-leases", None, true),
-    ("lease-namespace", Some("konnectivity"), true),
-    ("lease-label", Some("app=konnectivity-server"), true),
-    ("server-count-source", Some("max"), true),
-    ("kubeconfig", Some("/etc/kubernetes/agent.conf"), true),
+    ("count-server-leases", None, false),
+    ("lease-namespace", Some("konnectivity"), false),
+    ("lease-label", Some("app=konnectivity-server"), false),
+    ("server-count-source", Some("max"), false),
+    ("kubeconfig", Some("/etc/kubernetes/agent.conf"), false),
     ("kube-api-content-type", Some("application/json"), true),
     // klog
     ("log-dir", Some("/var/log/konnectivity"), true),
@@ -212,4 +212,31 @@ fn help_lists_the_flags_without_effect_under_their_own_heading() {
     assert!(long.contains("health-server-host"), "the alias is shown: {long}");
     let short = parse(&["-h"]).unwrap_err().to_string();
     assert!(!short.contains("--xfr-channel-size"), "-h stays short: {short}");
+}
+
+#[test]
+fn lease_flags_mean_what_they_mean_upstream() {
+    use konnq_shared::config::ServerCountSource;
+    let (c, _) = config_warnings(&[]).expect("valid");
+    assert_eq!((c.lease_counting, c.server_count_source), (None, ServerCountSource::Default), "off by default");
+    let (c, warnings) = config_warnings(&[
+        "--count-server-leases",
+        "--lease-namespace=konnectivity",
+        "--lease-label=app=konnectivity-server,tier=control-plane",
+        "--server-count-source=max",
+        "--kubeconfig=/etc/kubernetes/agent.conf",
+    ])
+    .expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let counting = c.lease_counting.expect("counting");
+    assert_eq!(counting.namespace, "konnectivity");
+    assert_eq!(konnq_shared::leases::selector(&counting.labels), "app=konnectivity-server,tier=control-plane");
+    assert_eq!(counting.kubeconfig, Some(PathBuf::from("/etc/kubernetes/agent.conf")));
+    assert_eq!(c.server_count_source, ServerCountSource::Max);
+    let (c, _) = config_warnings(&["--server-count-source="]).expect("valid");
+    assert_eq!(c.server_count_source, ServerCountSource::Default, "upstream's empty value");
+    let err = parse(&["--ca-cert=/ca", "--server-count-source=min"]).unwrap_err().to_string();
+    assert!(err.contains("must be one of '', 'default', 'max', got min"), "{err}");
+    let err = config_warnings(&["--count-server-leases", "--lease-label=app"]).unwrap_err().to_string();
+    assert!(err.contains("--lease-label: invalid label format: app"), "{err}");
 }

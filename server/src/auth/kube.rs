@@ -1,34 +1,19 @@
 //! [`KubeReviewer`]: the TokenReview API (`authentication.k8s.io/v1`) through
-//! the `kube` client.
-//!
-//! Credentials come from `--kubeconfig` (upstream's manifests embed a client
-//! certificate with CN `system:konnectivity-server`, often with an RSA PKCS#1
-//! key, plus `certificate-authority-data`) or, when it is empty, from the
-//! pod's in-cluster ServiceAccount. TLS is rustls with ring, like the rest of
-//! konnq. Requests are JSON (`--kube-api-content-type` is not used) and are
-//! not retried: the rate limit and the agent's reconnect backoff pace retries.
+//! the `kube` client of [`konnq_shared::kube`] (credentials from
+//! `--kubeconfig` or the in-cluster ServiceAccount; upstream's manifests
+//! embed a client certificate with CN `system:konnectivity-server`).
+//! Requests are JSON (`--kube-api-content-type` is not used) and are not
+//! retried: the rate limit and the agent's reconnect backoff pace retries.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use konnq_shared::kube::{client, describe, KubeSetupError};
 use kube::api::PostParams;
-use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
-use kube::{Api, Client, Config};
+use kube::Api;
 
 use super::{ReviewError, ReviewOutcome, TokenReviewer};
-
-/// Why the kube client could not be set up (at start-up). The display
-/// carries the whole cause, so no source chain is kept.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeSetupError {
-    #[error("kubeconfig {}: {error}", path.display())]
-    Kubeconfig { path: PathBuf, error: KubeconfigError },
-    #[error("no --kubeconfig and no in-cluster config: {0}")]
-    InCluster(InClusterError),
-    #[error("kube client: {0}")]
-    Client(kube::Error),
-}
 
 pub struct KubeReviewer {
     api: Api<TokenReview>,
@@ -38,19 +23,7 @@ pub struct KubeReviewer {
 impl KubeReviewer {
     /// Loads the credentials and builds the client (no request is made).
     pub async fn new(kubeconfig: Option<&Path>, audience: &str) -> Result<KubeReviewer, KubeSetupError> {
-        let mut config = match kubeconfig {
-            Some(path) => {
-                let err = |error| KubeSetupError::Kubeconfig { path: path.to_owned(), error };
-                let file = Kubeconfig::read_from(path).map_err(err)?;
-                Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(err)?
-            }
-            None => Config::incluster().map_err(KubeSetupError::InCluster)?,
-        };
-        config.default_retry = false;
-        // kube's TLS takes the process-wide rustls provider: make it ring,
-        // konnq's only one, whatever else the dependency tree enables.
-        let _already_set = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::try_from(config).map_err(KubeSetupError::Client)?;
+        let client = client(kubeconfig).await?;
         Ok(KubeReviewer { api: Api::all(client), audience: audience.to_owned() })
     }
 
@@ -59,7 +32,8 @@ impl KubeReviewer {
             spec: TokenReviewSpec { token: token.to_owned(), audiences: Some(vec![self.audience.clone()]) },
             ..Default::default()
         };
-        let answer = self.api.create(&PostParams::default(), &review).await.map_err(failure)?;
+        let answer =
+            self.api.create(&PostParams::default(), &review).await.map_err(|e| ReviewError::Failed(describe(&e)))?;
         Ok(outcome(answer.status.unwrap_or_default(), &self.audience))
     }
 }
@@ -85,28 +59,6 @@ fn outcome(status: TokenReviewStatus, audience: &str) -> ReviewOutcome {
         Some(username) if !username.is_empty() => ReviewOutcome::Authenticated { username },
         _ => ReviewOutcome::Rejected("authenticated without a username".to_owned()),
     }
-}
-
-/// A failed request, with kube-apiserver's own words when it answered.
-fn failure(e: kube::Error) -> ReviewError {
-    let text = match &e {
-        kube::Error::Api(status) => {
-            let words = [status.reason.as_str(), status.message.as_str()].into_iter().filter(|w| !w.is_empty());
-            let words: Vec<&str> = words.collect();
-            format!("kube-apiserver answered {}: {}", status.code, words.join(": "))
-        }
-        other => {
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
-    };
-    ReviewError::Failed(text)
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 
-pub use self::kube::{KubeReviewer, KubeSetupError};
+pub use self::kube::KubeReviewer;
+pub use konnq_shared::kube::KubeSetupError;
 pub use live::MIN_RECHECK;
 pub use review::{CachingReviewer, Priority};
 

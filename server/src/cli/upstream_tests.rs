@@ -49,9 +49,9 @@ const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
     ("cipher-suites", Some("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"), true),
     ("tls-min-version", Some("VersionTLS12"), true),
     ("xfr-channel-size", Some("20"), true),
-    ("enable-lease-controller", None, true),
-    ("lease-namespace", Some("konnectivity"), true),
-    ("lease-label", Some("app=konnectivity-server"), true),
+    ("enable-lease-controller", None, false),
+    ("lease-namespace", Some("konnectivity"), false),
+    ("lease-label", Some("app=konnectivity-server"), false),
     ("graceful-shutdown-timeout", Some("0s"), false),
     ("backend-dial-timeout", Some("0"), false),
     ("warn-on-channel-limit", Some("false"), true),
@@ -244,4 +244,26 @@ fn help_lists_the_flags_without_effect_under_their_own_heading() {
     assert!(long.contains("--xfr-channel-size"), "{long}");
     let short = parse(&["-h"]).unwrap_err().to_string();
     assert!(!short.contains("--xfr-channel-size"), "-h stays short: {short}");
+}
+
+#[test]
+fn lease_flags_mean_what_they_mean_upstream() {
+    let (c, _) = config_warnings(&[]).expect("valid");
+    assert_eq!(c.lease_controller, None, "off by default");
+    let (c, warnings) = config_warnings(&[
+        "--enable-lease-controller",
+        "--lease-namespace=konnectivity",
+        "--lease-label=app=konnectivity-server",
+        "--kubeconfig=/etc/kubernetes/konnectivity-server.conf",
+    ])
+    .expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let leases = c.lease_controller.expect("on");
+    assert_eq!(leases.namespace, "konnectivity");
+    assert_eq!(konnq_shared::leases::selector(&leases.labels), "app=konnectivity-server");
+    assert_eq!(leases.kubeconfig.as_deref(), Some(std::path::Path::new("/etc/kubernetes/konnectivity-server.conf")));
+    let err = config_warnings(&["--enable-lease-controller", "--lease-label="]).unwrap_err().to_string();
+    assert!(err.contains("--lease-label: empty string provided"), "upstream's words: {err}");
+    let (c, _) = config_warnings(&["--enable-lease-controller=false", "--lease-label="]).expect("unchecked when off");
+    assert_eq!(c.lease_controller, None);
 }

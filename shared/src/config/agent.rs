@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::identifiers::AgentIdentifiers;
+use super::leases::{LeaseCountConfig, RawLeases, ServerCountSource};
 use super::settings::settings;
 use super::{
     format_duration, non_empty_path, non_empty_string, parse_bind_address, parse_duration, parse_go_bool,
@@ -45,6 +46,10 @@ pub struct AgentConfig {
     pub dial_timeout: Duration,
     /// Service-account token sent to the server (the path, not the secret).
     pub service_account_token_path: Option<PathBuf>,
+    /// `Some`: count the valid server Leases.
+    pub lease_counting: Option<LeaseCountConfig>,
+    /// How the lease count and the servers' announced count combine.
+    pub server_count_source: ServerCountSource,
     pub quic: QuicConfig,
     pub log: LogConfig,
     /// Tokio worker threads; 0 = one per CPU.
@@ -139,6 +144,22 @@ settings! {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         #[serde(default, with = "humantime_serde")]
         dial_timeout: Duration = Duration::from_secs(5),
+        /// Count the valid server Leases to know how many servers there are.
+        #[arg(long, value_name = "BOOL", value_parser = parse_go_bool)]
+        #[arg(num_args = 0..=1, default_missing_value = "true")] // a Go bool: the flag alone is true
+        count_server_leases: bool = false,
+        /// Namespace of the server Leases.
+        #[arg(long, value_name = "NAMESPACE")]
+        lease_namespace: String = "kube-system".into(),
+        /// Labels of the server Leases to count: comma-separated key=value pairs.
+        #[arg(long, value_name = "LABELS")]
+        lease_label: String = "k8s-app=konnectivity-server".into(),
+        /// Server count to aim for: default (the lease count when counting, else the servers' count) or max (the larger).
+        #[arg(long, value_name = "SOURCE")]
+        server_count_source: ServerCountSource = ServerCountSource::Default,
+        /// kubeconfig for counting leases; empty = in-cluster config.
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        kubeconfig: PathBuf,
         /// Runtime worker threads; 0 = one per CPU.
         #[arg(long, value_name = "N")]
         worker_threads: u16 = DEFAULT_WORKER_THREADS,
@@ -198,6 +219,13 @@ impl RawAgentConfig {
         if health_server_port != 0 && health_server_port == admin_server_port {
             p.push("admin-server-port", format!("port {admin_server_port} is already used by health-server-port"));
         }
+        let lease_counting = RawLeases {
+            enabled: self.count_server_leases.unwrap_or(d.count_server_leases),
+            namespace: self.lease_namespace.unwrap_or(d.lease_namespace),
+            label: self.lease_label.unwrap_or(d.lease_label),
+            kubeconfig: self.kubeconfig,
+        }
+        .counting(&mut p);
         let config = AgentConfig {
             agent_id: non_empty_string(self.agent_id).unwrap_or_else(random_id),
             agent_identifiers,
@@ -218,6 +246,8 @@ impl RawAgentConfig {
             graceful_shutdown_timeout: self.graceful_shutdown_timeout.unwrap_or(d.graceful_shutdown_timeout),
             dial_timeout: p.positive("dial-timeout", self.dial_timeout.unwrap_or(d.dial_timeout)),
             service_account_token_path: non_empty_path(self.service_account_token_path),
+            lease_counting,
+            server_count_source: self.server_count_source.unwrap_or(d.server_count_source),
             quic: self.quic.unwrap_or_default().check(&mut p),
             log: LogConfig { verbosity: self.v.unwrap_or(d.v), format: self.log_format.unwrap_or(d.log_format) },
             worker_threads: p.worker_threads(self.worker_threads.unwrap_or(d.worker_threads)),

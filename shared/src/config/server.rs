@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::leases::{LeaseControllerConfig, RawLeases};
 use super::proxy_strategies::ProxyStrategies;
 use super::settings::{settings, DefaultValue, Shown};
 use super::token_auth::{RawTokenAuth, TokenAuthConfig};
@@ -75,6 +76,8 @@ pub struct ServerConfig {
     pub cluster_tls: TlsFiles,
     /// `Some`: agents must present a ServiceAccount token (TokenReview).
     pub token_auth: Option<TokenAuthConfig>,
+    /// `Some`: publish this server's Lease and delete expired ones.
+    pub lease_controller: Option<LeaseControllerConfig>,
     pub health_bind_address: IpAddr,
     pub health_port: u16,
     pub admin_bind_address: IpAddr,
@@ -213,7 +216,7 @@ settings! {
         /// Audience agents' tokens must carry (required with token authentication).
         #[arg(long, value_name = "AUDIENCE")]
         authentication_audience: String,
-        /// kubeconfig for TokenReviews; empty = in-cluster config.
+        /// kubeconfig for kube-apiserver (TokenReviews, leases); empty = in-cluster config.
         #[arg(long, value_name = "FILE", value_parser = parse_path)]
         kubeconfig: PathBuf,
         /// TokenReviews per second; 0 = 5, negative = no limit.
@@ -228,6 +231,16 @@ settings! {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         #[serde(default, with = "humantime_serde")]
         token_review_cache_ttl: Duration = Duration::from_secs(120),
+        /// Publish this server's Lease and delete expired server Leases (upstream's lease controller).
+        #[arg(long, value_name = "BOOL", value_parser = parse_go_bool)]
+        #[arg(num_args = 0..=1, default_missing_value = "true")] // a Go bool: the flag alone is true
+        enable_lease_controller: bool = false,
+        /// Namespace of the server Leases.
+        #[arg(long, value_name = "NAMESPACE")]
+        lease_namespace: String = "kube-system".into(),
+        /// Labels of the server Leases: comma-separated key=value pairs.
+        #[arg(long, value_name = "LABELS")]
+        lease_label: String = "k8s-app=konnectivity-server".into(),
         /// Accepted for upstream parity and ignored: TokenReviews are sent as JSON.
         // TOML only: the flag is in upstream::SERVER, with its warning.
         #[arg(skip)]
@@ -265,6 +278,13 @@ impl RawServerConfig {
             key: p.required_path("cluster-key", self.cluster_key),
             ca: non_empty_path(self.cluster_ca_cert),
         };
+        let lease_controller = RawLeases {
+            enabled: self.enable_lease_controller.unwrap_or(d.enable_lease_controller),
+            namespace: self.lease_namespace.unwrap_or(d.lease_namespace),
+            label: self.lease_label.unwrap_or(d.lease_label),
+            kubeconfig: self.kubeconfig.clone(),
+        }
+        .controller(&mut p);
         let token_auth = RawTokenAuth {
             agent_namespace: self.agent_namespace,
             agent_service_account: self.agent_service_account,
@@ -295,6 +315,7 @@ impl RawServerConfig {
             agent_port: self.agent_port.unwrap_or(d.agent_port),
             cluster_tls,
             token_auth,
+            lease_controller,
             health_bind_address: self.health_bind_address.unwrap_or(d.health_bind_address),
             health_port,
             admin_bind_address: self.admin_bind_address.unwrap_or(d.admin_bind_address),

@@ -4,9 +4,9 @@
 //!
 //! Upstream's rule: token authentication is on as soon as any of
 //! `agent-namespace`, `agent-service-account` or `authentication-audience` is
-//! set, and then all three are required. The kube client keys (`kubeconfig`,
-//! `kubeconfig-qps`, `kubeconfig-burst`, `kube-api-content-type`) only matter
-//! while it is on.
+//! set, and then all three are required. The rate keys (`kubeconfig-qps`,
+//! `kubeconfig-burst`) only matter while it is on; `kubeconfig` is also the
+//! lease controller's (`leases.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;

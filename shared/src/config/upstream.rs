@@ -79,8 +79,6 @@ pub enum Syntax {
     CipherSuites,
     /// VersionTLS10 ... VersionTLS13, or empty.
     TlsVersion,
-    /// `default`, `max` or empty.
-    ServerCountSource,
 }
 
 /// Names Go's `tls.CipherSuites()` has returned (the ones upstream accepts):
@@ -133,10 +131,6 @@ impl Syntax {
                     "unsupported TLS version {s:?}, supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13"
                 )),
             },
-            Syntax::ServerCountSource => match s {
-                "" | "default" | "max" => Ok(s.to_owned()),
-                _ => Err(format!("must be one of '', 'default', 'max', got {s}")),
-            },
         }
     }
 
@@ -148,7 +142,7 @@ impl Syntax {
             Syntax::Severity => "SEVERITY",
             Syntax::CipherSuites => "LIST",
             Syntax::TlsVersion => "VERSION",
-            Syntax::Text | Syntax::ServerCountSource => "VALUE",
+            Syntax::Text => "VALUE",
         }
     }
 }
@@ -212,7 +206,6 @@ const LOG_FORMAT: &str = "konnq's log lines have one layout per --log-format (te
 const NO_CONTENTION_PROFILE: &str = "konnq is not a Go program and has no block (contention) profile; \
                                      --enable-profiling serves its CPU profile";
 const NO_CHANNELS: &str = "konnq has no transfer channels: each connection has its own QUIC stream with flow control";
-const NO_LEASES: &str = "konnq does not use server leases yet";
 
 /// klog's flags, registered by both binaries (`-v` is a konnq setting).
 pub const KLOG: &[NoEffect] = &[
@@ -254,7 +247,7 @@ pub const SERVER: &[NoEffect] = &[
         flag: "kube-api-content-type",
         syntax: Syntax::Text,
         quiet: &["application/vnd.kubernetes.protobuf"],
-        reason: "konnq sends its TokenReviews as JSON",
+        reason: "konnq sends its requests to kube-apiserver (TokenReviews, Leases) as JSON",
     },
     NoEffect {
         flag: "cipher-suites",
@@ -271,9 +264,6 @@ pub const SERVER: &[NoEffect] = &[
     },
     NoEffect { flag: "xfr-channel-size", syntax: Syntax::PositiveInt, quiet: &["10"], reason: NO_CHANNELS },
     NoEffect { flag: "warn-on-channel-limit", syntax: Syntax::Bool, quiet: &["true"], reason: NO_CHANNELS },
-    NoEffect { flag: "enable-lease-controller", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LEASES },
-    NoEffect { flag: "lease-namespace", syntax: Syntax::Text, quiet: &["kube-system"], reason: NO_LEASES },
-    NoEffect { flag: "lease-label", syntax: Syntax::Text, quiet: &["k8s-app=konnectivity-server"], reason: NO_LEASES },
 ];
 
 /// proxy-agent's flags that konnq-agent does not act on.
@@ -292,26 +282,11 @@ pub const AGENT: &[NoEffect] = &[
     },
     NoEffect { flag: "xfr-channel-size", syntax: Syntax::PositiveInt, quiet: &["150"], reason: NO_CHANNELS },
     NoEffect { flag: "warn-on-channel-limit", syntax: Syntax::Bool, quiet: &["false"], reason: NO_CHANNELS },
-    NoEffect { flag: "count-server-leases", syntax: Syntax::Bool, quiet: &["false"], reason: NO_LEASES },
-    NoEffect { flag: "lease-namespace", syntax: Syntax::Text, quiet: &["kube-system"], reason: NO_LEASES },
-    NoEffect { flag: "lease-label", syntax: Syntax::Text, quiet: &["k8s-app=konnectivity-server"], reason: NO_LEASES },
-    NoEffect {
-        flag: "server-count-source",
-        syntax: Syntax::ServerCountSource,
-        quiet: &["default"],
-        reason: "konnq-agent connects to one server and does not count servers",
-    },
-    NoEffect {
-        flag: "kubeconfig",
-        syntax: Syntax::Text,
-        quiet: &[],
-        reason: "konnq-agent reads no leases, so it sends no requests to kube-apiserver",
-    },
     NoEffect {
         flag: "kube-api-content-type",
         syntax: Syntax::Text,
         quiet: &["application/vnd.kubernetes.protobuf"],
-        reason: "konnq-agent sends no requests to kube-apiserver",
+        reason: "konnq-agent lists server Leases as JSON",
     },
 ];
 
@@ -360,7 +335,6 @@ mod tests {
         assert!(err(&[SERVER], "--xfr-channel-size=0").contains("must be greater than 0"));
         assert!(err(&[SERVER], "--cipher-suites=TLS_RSA_WITH_RC4_128_SHA").contains("considered as insecure"));
         assert!(err(&[SERVER], "--tls-min-version=1.2").contains("unsupported TLS version"));
-        assert!(err(&[AGENT], "--server-count-source=min").contains("'max'"));
         assert!(err(&[KLOG], "--stderrthreshold=LOUD").contains("invalid severity"));
         assert!(err(&[AGENT], "--warn-on-channel-limit=yes").contains("invalid boolean"));
         assert!(err(&[AGENT], "--probe-interval=soon").contains("invalid duration"));
