@@ -158,23 +158,27 @@ async fn http_get(addr: &str, path: &str) -> String {
     body
 }
 
+/// The agent's arguments for `server`, on ephemeral local ports, plus `extra`.
+fn agent_args(server: &quinn::Endpoint, certs: &konnq_shared::certs::GeneratedCerts, extra: &[&str]) -> Vec<String> {
+    let port = server.local_addr().expect("server addr").port();
+    let mut args = vec![
+        "--proxy-server-host=127.0.0.1".to_owned(),
+        format!("--proxy-server-port={port}"),
+        format!("--ca-cert={}", certs.ca_cert.display()),
+        "--health-bind-address=127.0.0.1".to_owned(),
+        "--health-server-port=0".to_owned(),
+        "--admin-server-port=0".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 #[tokio::test]
 async fn sigusr1_moves_the_quic_connection_and_the_agent_keeps_running() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
     let server = server_endpoint(&certs);
-    let port = server.local_addr().expect("server addr").port();
-    let args: Vec<String> = [
-        "--proxy-server-host=127.0.0.1".to_owned(),
-        format!("--proxy-server-port={port}"),
-        format!("--ca-cert={}", certs.ca_cert.display()),
-        "--agent-id=sigusr1-test".to_owned(),
-        "--health-bind-address=127.0.0.1".to_owned(),
-        "--health-server-port=0".to_owned(),
-        "--admin-server-port=0".to_owned(),
-        "--sync-interval=100ms".to_owned(),
-    ]
-    .into();
+    let args = agent_args(&server, &certs, &["--agent-id=sigusr1-test", "--sync-interval=100ms"]);
     let mut agent = Agent::spawn(&args);
     let started = agent.log_line("konnq-agent started").await;
     let admin = field(&started, "admin_addr").to_owned();
@@ -220,18 +224,8 @@ async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = konnq_shared::certs::generate(&dir.path().join("pki"), &[]).expect("certs");
     let server = server_endpoint(&certs);
-    let port = server.local_addr().expect("server addr").port();
-    let args: Vec<String> = [
-        "--proxy-server-host=127.0.0.1".to_owned(),
-        format!("--proxy-server-port={port}"),
-        format!("--ca-cert={}", certs.ca_cert.display()),
-        "--health-bind-address=127.0.0.1".to_owned(),
-        "--health-server-port=0".to_owned(),
-        "--admin-server-port=0".to_owned(),
-        // Far longer than the test's limit: only the second signal ends it.
-        "--graceful-shutdown-timeout=10m".to_owned(),
-    ]
-    .into();
+    // Far longer than the test's limit: only the second signal ends it.
+    let args = agent_args(&server, &certs, &["--graceful-shutdown-timeout=10m"]);
     let mut agent = Agent::spawn(&args);
     let (conn, _hello, _control_send, mut control) =
         tokio::time::timeout(LIMIT, accept_agent(&server, 1)).await.expect("agent connects in time");

@@ -10,13 +10,11 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
 use konnq_shared::config::ProxyStrategy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const LIMIT: Duration = Duration::from_secs(15);
 /// Dials per check: with two agents, a strategy that did not tell them apart
@@ -40,22 +38,6 @@ async fn agent(lab: &Lab, id: &str, identifiers: &str) -> konnq_agent::AgentHand
     within(LIMIT, agent.wait_connected(true)).await;
     within(LIMIT, lab.server.wait_for_agents(before + 1)).await;
     agent
-}
-
-/// A TCP echo server on `ip` (any 127.0.0.0/8 address is on loopback).
-async fn echo_on(ip: &str) -> SocketAddr {
-    let ip: IpAddr = ip.parse().expect("an address");
-    let listener = TcpListener::bind((ip, 0)).await.expect("bind echo");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 /// Dials `address` [`DIALS`] times through the gRPC frontend, each time

@@ -287,7 +287,14 @@ impl Stream {
 
 /// A TCP echo server on loopback; runs until the test ends.
 pub async fn echo_target() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    echo_on("127.0.0.1").await
+}
+
+/// A TCP echo server on `ip` (any 127.0.0.0/8 address is on loopback);
+/// runs until the test ends.
+pub async fn echo_on(ip: &str) -> SocketAddr {
+    let ip: std::net::IpAddr = ip.parse().expect("an address");
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind echo");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
