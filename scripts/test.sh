@@ -12,10 +12,10 @@ if ! command -v ip >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq iproute2
 fi
 
-# The HA tests put a real UDP load balancer in front of the servers: nginx
-# with its stream module, from Debian's packages.
+# The HA tests and the roll benchmark's smoke run put a real load balancer in
+# front of the servers: nginx with its stream module, from Debian's packages.
 if [ ! -x /usr/sbin/nginx ] || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
-    echo "== installing nginx-light and libnginx-mod-stream (needed by server/tests/ha.rs)"
+    echo "== installing nginx-light and libnginx-mod-stream (needed by server/tests/ha.rs and loadtest/tests/roll_smoke.rs)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream
 fi
 

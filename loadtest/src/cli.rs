@@ -1,5 +1,6 @@
-//! Command line: `run`, `smoke`, and the hidden subcommands the runner uses
-//! for its own child processes (`target`, `builtin-server`, `builtin-agent`).
+//! Command line: `run`, `smoke`, `lab`, `roll`, `agents`, and the hidden
+//! subcommands the runner uses for its own child processes (`target`,
+//! `builtin-server`, `builtin-agent`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -24,6 +25,11 @@ pub enum Command {
     /// Lossy-link lab (needs root): konnq and upstream with the agent across an
     /// impaired link; writes lab.json, lab-summary.txt and SVG charts to --out.
     Lab(Box<crate::lab::LabArgs>),
+    /// Rolling restarts and crashes: 3 servers behind nginx, 3 agents, one
+    /// client per server; agents then servers restarted one at a time, then
+    /// a server and an agent SIGKILLed; every dial recorded. Writes
+    /// results.json, summary.txt, dials.csv and logs/ to --out.
+    Roll(Box<crate::roll::RollArgs>),
     /// CI smoke run: konnq only, every scenario at a tiny size, a few seconds;
     /// fails unless every scenario produced figures.
     Smoke(SmokeArgs),

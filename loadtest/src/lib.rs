@@ -17,6 +17,8 @@
 //! - Thin drivers: [`conn`] (the client frontends), [`peers`] (server and
 //!   agent processes), [`target`] (the target process), [`upstream`] (go
 //!   build), [`scenarios`], [`runner`].
+//! - [`roll`]: rolling restarts and crashes of three servers behind nginx
+//!   and three agents, every dial recorded.
 //! - [`builtin`]: konnq-server / konnq-agent from the linked libraries, so
 //!   the smoke test needs no other package's binaries.
 
@@ -31,6 +33,7 @@ pub mod peers;
 pub mod procfs;
 pub mod progress;
 pub mod report;
+pub mod roll;
 pub mod runner;
 pub mod scenarios;
 pub mod schedule;

@@ -25,6 +25,10 @@ fn main() -> anyhow::Result<()> {
             let settings = args.settings()?;
             runtime()?.block_on(konnq_loadtest::lab::main(settings, argv))
         }
+        Command::Roll(args) => {
+            let settings = args.settings()?;
+            runtime()?.block_on(konnq_loadtest::roll::main(settings, argv))
+        }
         Command::Agents(args) => runtime()?.block_on(konnq_loadtest::agents::main(args)),
         Command::Smoke(args) => {
             let settings = args.settings()?;

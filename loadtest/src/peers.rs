@@ -106,12 +106,13 @@ pub struct Peer {
     pub agent_port: u16,
 }
 
-struct Ports {
-    agent: u16,
-    health: u16,
-    admin: u16,
-    agent_health: u16,
-    agent_admin: u16,
+/// The TCP/UDP ports of one server and one agent.
+pub(crate) struct Ports {
+    pub agent: u16,
+    pub health: u16,
+    pub admin: u16,
+    pub agent_health: u16,
+    pub agent_admin: u16,
 }
 
 impl Ports {
@@ -135,8 +136,19 @@ fn path(p: &Path) -> String {
 }
 
 fn server_args(kind: PeerKind, env: &Env, socket: &Path, p: &Ports) -> Vec<String> {
+    let mut a = server_common_args(env, socket, p);
+    match kind {
+        PeerKind::Konnq => a.extend([s("--graceful-shutdown-timeout"), s("1s")]),
+        _ => a.extend([s("--server-port"), s("0"), s("--server-count"), s("1")]),
+    }
+    a
+}
+
+/// The server flags both peers share: the socket, the ports (all on
+/// loopback, or the lab's address for agents) and the certificates.
+pub(crate) fn server_common_args(env: &Env, socket: &Path, p: &Ports) -> Vec<String> {
     let c = &env.certs;
-    let mut a = vec![
+    vec![
         s("--uds-name"),
         path(socket),
         s("--mode"),
@@ -159,21 +171,19 @@ fn server_args(kind: PeerKind, env: &Env, socket: &Path, p: &Ports) -> Vec<Strin
         path(&c.server_key),
         s("--cluster-ca-cert"),
         path(&c.ca_cert),
-    ];
-    match kind {
-        PeerKind::Konnq => a.extend([s("--graceful-shutdown-timeout"), s("1s")]),
-        _ => a.extend([s("--server-port"), s("0"), s("--server-count"), s("1")]),
-    }
-    a
+    ]
 }
 
-fn agent_args(kind: PeerKind, env: &Env, p: &Ports) -> Vec<String> {
+/// An agent's flags: it connects to `server_port` (the server's agent port,
+/// or a load balancer's) and serves its endpoints on `p.agent_health` and
+/// `p.agent_admin`.
+pub(crate) fn agent_args(kind: PeerKind, env: &Env, server_port: u16, p: &Ports) -> Vec<String> {
     let c = &env.certs;
     let mut a = vec![
         s("--proxy-server-host"),
         env.agent_facing_ip(),
         s("--proxy-server-port"),
-        s(p.agent),
+        s(server_port),
         s("--ca-cert"),
         path(&c.ca_cert),
         s("--agent-cert"),
@@ -223,7 +233,7 @@ impl Peer {
             None => (bins.server.clone(), bins.agent.clone()),
         };
         let mut server = ChildProc::spawn(&format!("{} server", kind.name()), &server_prog, &server_a, &log("server"))?;
-        let mut agent_a = agent_args(kind, env, &ports);
+        let mut agent_a = agent_args(kind, env, ports.agent, &ports);
         agent_a.extend(bins.agent_flags.iter().cloned());
         let agent = ChildProc::spawn(&format!("{} agent", kind.name()), &agent_prog, &agent_a, &log("agent"));
         let mut agent = match agent {
@@ -383,7 +393,7 @@ mod tests {
         assert_eq!(flag(&a, "--mode"), Some("grpc"));
         assert_eq!(flag(&a, "--uds-name"), Some("/s/u.sock"));
         assert_eq!(flag(&a, "--cluster-ca-cert"), Some("/c/ca.crt"));
-        let g = agent_args(PeerKind::Upstream, &env(), &ports());
+        let g = agent_args(PeerKind::Upstream, &env(), 1, &ports());
         assert_eq!(flag(&g, "--health-server-host"), Some("127.0.0.1"));
         assert_eq!(flag(&g, "--proxy-server-port"), Some("1"));
     }
@@ -395,7 +405,7 @@ mod tests {
             assert_eq!(flag(&a, f), Some("127.0.0.1"), "{f}");
         }
         assert_eq!(flag(&a, "--server-port"), None);
-        let g = agent_args(PeerKind::Konnq, &env(), &ports());
+        let g = agent_args(PeerKind::Konnq, &env(), 1, &ports());
         assert_eq!(flag(&g, "--health-bind-address"), Some("127.0.0.1"));
         assert_eq!(flag(&g, "--agent-key"), Some("/c/agent.key"));
     }
