@@ -48,6 +48,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refusal waits for the agent to receive the Reject message
 /// before the connection is closed.
 const REJECT_LINGER: Duration = Duration::from_secs(1);
+/// Beyond two round trips, how long a new agent connection waits before it
+/// takes dials, for the agent to close it if it already holds this server.
+const SETTLE_MARGIN: Duration = Duration::from_millis(50);
 /// How long past the QUIC idle timeout an agent's superseded connection may
 /// live before the two connections count as two agents with one ID.
 const CONFLICT_MARGIN: Duration = Duration::from_secs(1);
@@ -426,6 +429,15 @@ impl Backend {
     async fn hold(&self, admitted: Admitted) {
         let Admitted { agent, mut send, mut recv, token } = admitted;
         let remote = agent.conn.remote_address();
+        // An agent that already holds a connection to this server closes the
+        // new one as soon as it reads the welcome: give it that long before
+        // the connection takes dials (or supersedes one with its agent ID).
+        let settle = agent.conn.rtt() * 2 + SETTLE_MARGIN;
+        if tokio::time::timeout(settle, agent.conn.closed()).await.is_ok() {
+            let why = agent.conn.close_reason().map(|r| r.to_string()).unwrap_or_default();
+            debug!(agent_id = %agent.agent_id, %remote, "agent closed its new connection at once: {why}");
+            return;
+        }
         info!(agent_id = %agent.agent_id, %remote, identifiers = ?agent.identifiers, "agent connected");
         let _connected = GaugeGuard::inc(&self.metrics.agent_connections);
         let older = self.register(&agent);

@@ -80,17 +80,18 @@ impl ServerHandle {
     }
 
     /// Graceful shutdown: stop accepting, report not-ready, delete this
-    /// server's Lease, let established connections finish for up to the
-    /// graceful shutdown timeout, then close every agent connection (clients
-    /// get CLOSE_RSP) and return.
+    /// server's Lease, let established connections and dials still waiting
+    /// for their agent's answer finish for up to the graceful shutdown
+    /// timeout, then close every agent connection (clients get CLOSE_RSP)
+    /// and return.
     pub async fn shutdown(mut self) {
         info!(agents = self.backend.agent_count(), "shutting down: no new frontend connections; telling the agents");
         self.shutdown.send_replace(true);
         self.backend.begin_shutdown();
-        let established = self.metrics.established.clone();
+        let (established, pending) = (self.metrics.established.clone(), self.metrics.pending_dials.clone());
         let drained = async {
-            while established.get() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            while established.get() > 0 || pending.get() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         };
         let lease_deleted = async {
