@@ -79,6 +79,10 @@ impl Listeners {
 /// for this long.
 pub const QUIET: Duration = Duration::from_secs(2);
 
+/// Beyond two round trips, how long a draining agent waits for dials the
+/// servers sent before they read its drain notice.
+const DRAIN_SETTLE_MARGIN: Duration = Duration::from_millis(100);
+
 /// A running agent.
 pub struct AgentHandle {
     pub metrics: Metrics,
@@ -170,7 +174,11 @@ impl AgentHandle {
     pub async fn drain_and_shutdown(self, now: impl std::future::Future<Output = ()>) {
         self.drain();
         let m = self.metrics.clone();
+        // A dial a server sent before it read the drain notice arrives up to
+        // a round trip after the notice went out: wait for those first.
+        let in_flight = self.pool.max_rtt() * 2 + DRAIN_SETTLE_MARGIN;
         let settled = async {
+            tokio::time::sleep(in_flight).await;
             let (mut moved, mut since) = (m.bytes_moved(), tokio::time::Instant::now());
             loop {
                 if m.open_endpoint_connections.get() == 0 && m.pending_dials.get() == 0 {

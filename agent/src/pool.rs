@@ -159,6 +159,11 @@ impl Pool {
         self.state().servers.values().map(|h| h.endpoint.clone()).collect()
     }
 
+    /// The longest round-trip time of the held connections.
+    pub fn max_rtt(&self) -> std::time::Duration {
+        self.state().servers.values().map(|h| h.conn.rtt()).max().unwrap_or_default()
+    }
+
     /// Closes every connection with `code` and `reason`.
     pub fn close_all(&self, code: u32, reason: &[u8]) {
         for h in self.state().servers.values() {

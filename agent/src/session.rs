@@ -181,9 +181,11 @@ impl Connector {
         loop {
             let target = self.target();
             self.metrics.known_server_count.set(target.unwrap_or(0) as i64);
-            let delay = if sync::wants_more(self.pool.held(), target, self.cfg.sync_forever) {
+            let held = self.pool.held();
+            let delay = if sync::wants_more(held, target, self.cfg.sync_forever) {
+                let below_count = target.is_none_or(|t| held < t);
                 let outcome = Arc::clone(&self).attempt().await;
-                sync::after(outcome, &mut backoff)
+                sync::after(outcome, below_count, self.cfg.sync_interval, &mut backoff)
             } else {
                 // At the count: look again after sync-interval, or sooner
                 // when a connection ends or a server drains.
@@ -244,7 +246,10 @@ impl Connector {
         };
         let (id, count) = (connected.server_id.clone(), connected.server_count);
         let remote = connected.conn.remote_address();
-        match self.pool.add(&id, count, endpoint, connected.conn.clone()) {
+        let added = self.pool.add(&id, count, endpoint, connected.conn.clone());
+        // The count the server reported may have changed the target.
+        self.metrics.known_server_count.set(self.target().unwrap_or(0) as i64);
+        match added {
             Ok(key) => {
                 info!(%remote, server_id = %id, server_count = count, agent_id = %self.cfg.agent_id, "connected to server");
                 tokio::spawn(self.serve(key, connected));

@@ -6,9 +6,9 @@
 //! its Welcome, so the agent keeps connecting until it holds connections to
 //! that many *distinct* servers; a connection that reaches a server it
 //! already holds is closed at once. As upstream's agent does:
-//! - below the count, it connects again (at once after a new server, after
-//!   a backoff from `sync-interval` ×1.5 up to `sync-interval-cap` after a
-//!   failure or a duplicate);
+//! - below the count, it connects again: at once after a new server, after
+//!   about `sync-interval` after a duplicate, after a backoff from
+//!   `sync-interval` ×1.5 up to `sync-interval-cap` after a failure;
 //! - at the count it only looks again every `sync-interval`, unless
 //!   `sync-forever` keeps it probing (at the backoff's pace) for servers
 //!   that were added;
@@ -68,12 +68,17 @@ pub fn jitter(lo: Duration, hi: Duration) -> Duration {
 
 /// How long to wait after an attempt before the next one, when the agent
 /// still wants more connections.
-pub fn after(outcome: Outcome, backoff: &mut Backoff) -> Duration {
+/// A duplicate below the count says only that the load balancer picked a
+/// server already held: try again after about `sync_interval` without
+/// growing the backoff, as upstream's agent does (growing it made finding a
+/// restarted server take several times longer).
+pub fn after(outcome: Outcome, below_count: bool, sync_interval: Duration, backoff: &mut Backoff) -> Duration {
     match outcome {
         Outcome::Added => {
             backoff.reset();
             Duration::ZERO
         }
+        Outcome::Duplicate if below_count => jitter(sync_interval / 2, sync_interval),
         Outcome::Duplicate | Outcome::Failed => backoff.next_delay(),
     }
 }
@@ -111,13 +116,20 @@ mod tests {
 
     #[test]
     fn a_new_server_means_try_again_at_once_a_failure_backs_off() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
-        let first = after(Outcome::Failed, &mut b);
-        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1), "{first:?}");
-        let second = after(Outcome::Duplicate, &mut b);
-        assert!(second >= Duration::from_millis(750) && second <= Duration::from_millis(1500), "{second:?}");
-        assert_eq!(after(Outcome::Added, &mut b), Duration::ZERO);
-        assert!(after(Outcome::Failed, &mut b) <= Duration::from_secs(1), "Added reset the backoff");
+        let second = Duration::from_secs(1);
+        let mut b = Backoff::new(second, Duration::from_secs(10));
+        let first = after(Outcome::Failed, true, second, &mut b);
+        assert!(first >= Duration::from_millis(500) && first <= second, "{first:?}");
+        let again = after(Outcome::Failed, true, second, &mut b);
+        assert!(again >= Duration::from_millis(750) && again <= Duration::from_millis(1500), "{again:?}");
+        for _ in 0..5 {
+            let d = after(Outcome::Duplicate, true, second, &mut b);
+            assert!(d >= Duration::from_millis(500) && d <= second, "below the count: {d:?}");
+        }
+        let probing = after(Outcome::Duplicate, false, second, &mut b);
+        assert!(probing >= Duration::from_millis(1125) && probing <= Duration::from_millis(2250), "{probing:?}");
+        assert_eq!(after(Outcome::Added, true, second, &mut b), Duration::ZERO);
+        assert!(after(Outcome::Failed, true, second, &mut b) <= second, "Added reset the backoff");
         for _ in 0..100 {
             assert!(after_loss(Duration::from_secs(1)) <= Duration::from_millis(250));
         }

@@ -174,6 +174,11 @@ async fn a_server_that_stops_and_comes_back_is_rejoined() {
     let nginx = Nginx::start(&servers.addrs);
     let agent = start_agent(servers.agent_config(nginx.addr, "node-1")).await;
     within(LIMIT, agent.wait_servers(2)).await;
+    for i in 0..2 {
+        // The agent counts a server at its welcome; the server takes dials
+        // on the connection a moment later (see Backend::hold).
+        within(LIMIT, servers.server(i).wait_for_agents(1)).await;
+    }
     let target = echo_target().await;
 
     // A transfer through server-0 is open while server-0 shuts down.
@@ -196,6 +201,7 @@ async fn a_server_that_stops_and_comes_back_is_rejoined() {
     servers.restart(0).await;
     within(LIMIT, agent.wait_servers(2)).await;
     assert_eq!(agent.server_ids(), ids(2));
+    within(LIMIT, servers.server(0).wait_for_agents(1)).await;
     echo_via(&servers, 0, target, "server-0 is back").await;
     agent.shutdown().await;
 }
@@ -443,5 +449,38 @@ async fn a_lone_draining_agent_still_takes_dials() {
     let mut s = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
     assert_eq!(within(LIMIT, echo_through(&mut s, b"last resort")).await, b"last resort");
     assert_eq!(dials(&agent), 1.0);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_shutting_down_waits_for_dials_its_agent_has_not_answered() {
+    // A target whose accept queue is full: the agent's TCP connect hangs
+    // until its own dial timeout (2 s in agent_raw), and the dial stays
+    // pending on the agent until then.
+    let lab = Lab::with(|raw| raw.graceful_shutdown_timeout = Some(Duration::from_secs(20))).await;
+    let agent = lab.agent().await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let hang = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    hang.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    hang.listen(0).expect("listen");
+    let hang_addr = hang.local_addr().expect("addr").as_socket().expect("inet");
+    let _fill: Vec<_> = (0..2)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&hang_addr, Duration::from_millis(300)).ok())
+        .collect();
+    let mut client = lab.channel().await;
+    let mut pending = Stream::open(&mut client, &hang_addr.to_string(), 7).await;
+    eventually("the dial is pending on the agent", LIMIT, || agent.metrics.pending_dials.get() == 1).await;
+
+    let Lab { server, dir: _dir, .. } = lab;
+    let stopping = tokio::spawn(server.shutdown());
+    // The answer is the agent's own (its dial timed out), not the end of
+    // its connection.
+    match within(LIMIT, pending.next()).await {
+        Event::DialRsp { random: 7, connect_id: 0, error } => {
+            assert!(!error.contains("connection lost") && !error.contains("closed"), "{error}")
+        }
+        other => panic!("expected DIAL_RSP, got {other:?}"),
+    }
+    within(LIMIT, stopping).await.expect("the server stopped");
     agent.shutdown().await;
 }
