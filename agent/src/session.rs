@@ -183,7 +183,7 @@ impl Connector {
             self.metrics.known_server_count.set(target.unwrap_or(0) as i64);
             let held = self.pool.held();
             let delay = if sync::wants_more(held, target, self.cfg.sync_forever) {
-                let below_count = target.is_none_or(|t| held < t);
+                let below_count = sync::wants_more(held, target, false);
                 let outcome = Arc::clone(&self).attempt().await;
                 sync::after(outcome, below_count, self.cfg.sync_interval, &mut backoff)
             } else {

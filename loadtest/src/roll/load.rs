@@ -392,7 +392,7 @@ mod tests {
         assert!(err.starts_with("timeout "), "{err}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_paused_client_counts_what_it_does_not_send() {
         let dir = tempfile::tempdir().unwrap();
         let s = LoadSettings {
