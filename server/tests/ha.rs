@@ -358,50 +358,6 @@ async fn a_draining_agent_gets_no_new_dials_and_its_open_connections_finish() {
     staying.shutdown().await;
 }
 
-/// A UDP relay between one agent and the server, as if it were the agent's
-/// socket; [`Relay::kill`] closes both of its sockets, so the server's next
-/// packet to it is answered by the kernel with ICMP "port unreachable", as
-/// for an agent process that died.
-struct Relay {
-    addr: SocketAddr,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Relay {
-    async fn start(server: SocketAddr) -> Relay {
-        use tokio::net::UdpSocket;
-        let front = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-        let back = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-        back.connect(server).await.expect("connect");
-        let addr = front.local_addr().expect("addr");
-        let agent = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
-        let mut tasks = tokio::task::JoinSet::new();
-        let (f, b, a) = (front.clone(), back.clone(), agent.clone());
-        tasks.spawn(async move {
-            let mut buf = vec![0u8; 65536];
-            while let Ok((n, from)) = f.recv_from(&mut buf).await {
-                *a.lock().expect("lock") = Some(from);
-                let _ = b.send(&buf[..n]).await;
-            }
-        });
-        tasks.spawn(async move {
-            let mut buf = vec![0u8; 65536];
-            while let Ok(n) = back.recv(&mut buf).await {
-                let to = *agent.lock().expect("lock");
-                if let Some(to) = to {
-                    let _ = front.send_to(&buf[..n], to).await;
-                }
-            }
-        });
-        Relay { addr, tasks }
-    }
-
-    async fn kill(mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
 #[tokio::test]
 async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout() {
     // Idle timeout 30 s: only the ICMP check can close the connection

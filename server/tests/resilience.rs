@@ -3,51 +3,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UdpSocket;
-
-/// A UDP relay between one agent and the server. `cut` makes it drop every
-/// packet both ways: to the server the agent is then exactly as gone as a
-/// killed process on a dead node (no close frame ever arrives).
-struct Relay {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-}
-
-async fn relay(server: SocketAddr) -> Relay {
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    back.connect(server).await.unwrap();
-    let addr = front.local_addr().unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    let peer = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
-    let (f, b, c, p) = (front.clone(), back.clone(), cut.clone(), peer.clone());
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = f.recv_from(&mut buf).await {
-            *p.lock().unwrap() = Some(from);
-            if !c.load(Ordering::SeqCst) {
-                let _ = b.send(&buf[..n]).await;
-            }
-        }
-    });
-    let c = cut.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = back.recv(&mut buf).await {
-            let to = *peer.lock().unwrap();
-            if let (Some(to), false) = (to, c.load(Ordering::SeqCst)) {
-                let _ = front.send_to(&buf[..n], to).await;
-            }
-        }
-    });
-    Relay { addr, cut }
-}
 
 async fn http_status(addr: SocketAddr, path: &str) -> u16 {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect health port");
@@ -62,7 +22,7 @@ async fn agent_lost_mid_transfer_closes_every_client_and_a_new_agent_is_used() {
     // Detection bound: the QUIC idle timeout (1.5 s here; keep-alive 300 ms).
     let idle = Duration::from_millis(1500);
     let lab = Lab::with(|raw| raw.quic = Some(quic_fast())).await;
-    let relay = relay(lab.server.agent_addr).await;
+    let relay = Relay::start(lab.server.agent_addr).await;
     let agent = lab
         .agent_with(|raw| {
             raw.proxy_server_port = Some(relay.addr.port());

@@ -393,3 +393,57 @@ pub async fn raw_agent(lab: &Lab, hello: konnq_shared::wire::Hello, client_cert:
     let answer = Control::from_frame(kind, &body).expect("answer decodes");
     RawAgent { answer, conn, endpoint, control: (send, recv) }
 }
+
+/// A UDP relay between one agent and the server, standing for the agent's
+/// socket as the server sees it. Setting `cut` drops every packet both
+/// ways: to the server the agent is then as gone as a killed process on a
+/// dead node (no close frame, no ICMP). [`Relay::kill`] closes both sockets
+/// instead, so the server's next packet is answered by the kernel with ICMP
+/// "port unreachable", as for an agent process that died on a live node.
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Relay {
+    pub async fn start(server: SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+        use tokio::net::UdpSocket;
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        back.connect(server).await.expect("connect");
+        let addr = front.local_addr().expect("addr");
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let agent = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let mut tasks = tokio::task::JoinSet::new();
+        let (f, b, a, c) = (front.clone(), back.clone(), agent.clone(), cut.clone());
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+                *a.lock().expect("lock") = Some(from);
+                if !c.load(Ordering::SeqCst) {
+                    let _ = b.send(&buf[..n]).await;
+                }
+            }
+        });
+        let c = cut.clone();
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = back.recv(&mut buf).await {
+                let to = *agent.lock().expect("lock");
+                if let (Some(to), false) = (to, c.load(Ordering::SeqCst)) {
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+        Relay { addr, cut, tasks }
+    }
+
+    /// Closes both sockets (see the type).
+    pub async fn kill(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
