@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use konnq_shared::config::{ProxyStrategies, ProxyStrategy};
 use konnq_shared::quic::{codes, read_frame, FrameError};
 use konnq_shared::wire::{self, Control, DialHeader, DialResult, Hello};
@@ -54,6 +55,14 @@ const SETTLE_MARGIN: Duration = Duration::from_millis(50);
 /// How long past the QUIC idle timeout an agent's superseded connection may
 /// live before the two connections count as two agents with one ID.
 const CONFLICT_MARGIN: Duration = Duration::from_secs(1);
+
+/// How many acknowledgements an unreachable agent is asked for (one lost
+/// request or answer does not cut a live agent).
+const PROBES: u32 = 3;
+
+/// Beyond a round trip, how long an answer to a probe may take: the peer's
+/// acknowledgement delay (25 ms by default) and scheduling.
+const ACK_MARGIN: Duration = Duration::from_millis(50);
 
 /// Why a dial did not produce a connection. The text of each variant is what
 /// the client sees in DIAL_RSP.error.
@@ -584,25 +593,40 @@ impl Backend {
     }
 }
 
-/// After an ICMP "port unreachable" for `agent`: closes its connection if
-/// nothing arrives from it for a keep-alive interval plus three round trips
-/// (a live agent sends keep-alives and acknowledges the server's packets),
-/// so every client on it is told now rather than at the idle timeout.
+/// After an ICMP "port unreachable" for `agent`: asks the agent for an
+/// acknowledgement (an empty QUIC DATAGRAM frame is ack-eliciting) up to
+/// [`PROBES`] times, one round trip plus [`ACK_MARGIN`] apart, and closes
+/// its connection if nothing at all arrives from it meanwhile, so every
+/// client on it is told now rather than at the idle timeout. A peer that
+/// takes no datagrams is given a keep-alive interval instead (a live agent
+/// sends at least its keep-alives).
 async fn probe(agent: Arc<AgentConn>, keep_alive: Duration, metrics: Metrics) {
     let before = agent.conn.stats().udp_rx.datagrams;
-    let wait = keep_alive + agent.conn.rtt() * 3 + Duration::from_millis(100);
-    tokio::time::sleep(wait).await;
-    if agent.conn.close_reason().is_none() && agent.conn.stats().udp_rx.datagrams == before {
+    let heard = || agent.conn.close_reason().is_some() || agent.conn.stats().udp_rx.datagrams != before;
+    let mut waited = Duration::ZERO;
+    for _ in 0..PROBES {
+        let wait = match agent.conn.send_datagram(Bytes::new()) {
+            Ok(()) => agent.conn.rtt() + ACK_MARGIN,
+            Err(_) => keep_alive + agent.conn.rtt() * 3 + ACK_MARGIN,
+        };
+        tokio::time::sleep(wait).await;
+        waited += wait;
+        if heard() {
+            break;
+        }
+    }
+    if heard() {
+        debug!(agent_id = %agent.agent_id, "ICMP port unreachable for the agent's address, but the agent is alive");
+    } else {
         metrics.agents_unreachable.inc();
         warn!(
             agent_id = %agent.agent_id,
             remote = %agent.conn.remote_address(),
-            "agent unreachable: its port answered with ICMP, and nothing came from it for {wait:?}; closing"
+            "agent unreachable: its port answered with ICMP, and nothing came from it for {waited:?}; closing"
         );
         agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent unreachable");
-    } else {
-        debug!(agent_id = %agent.agent_id, "ICMP port unreachable for the agent's address, but the agent is alive");
     }
+    metrics.agents_unreachable_checks.inc();
     agent.probing.store(false, Ordering::Relaxed);
 }
 

@@ -73,6 +73,9 @@ pub struct Metrics {
     /// Agent connections closed because the agent's port was unreachable
     /// (ICMP) and the agent stayed silent.
     pub agents_unreachable: PlainCounter,
+    /// ICMP "port unreachable" reports for an agent's address that were
+    /// checked, whatever the outcome.
+    pub agents_unreachable_checks: PlainCounter,
     /// Expired Leases the lease garbage collector deleted.
     pub culled_leases: PlainCounter,
     lease_lists: Family<CodeReasonLabels, PlainCounter>,
@@ -207,6 +210,7 @@ impl Metrics {
             agent_auth_failures: Family::default(),
             agent_id_conflicts: PlainCounter::default(),
             agents_unreachable: PlainCounter::default(),
+            agents_unreachable_checks: PlainCounter::default(),
             culled_leases: PlainCounter::default(),
             lease_lists: Family::default(),
             lease_list_latency: Family::new_with_constructor(lease_latency_histogram),
@@ -313,6 +317,11 @@ impl Metrics {
             "agents_unreachable_total",
             "Agent connections closed because ICMP said the agent's port was unreachable and the agent stayed silent",
             self.agents_unreachable.clone(),
+        );
+        r.register(
+            "agents_unreachable_checks_total",
+            "ICMP port-unreachable reports for an agent's address that were checked (a live agent answers; a silent one is closed)",
+            self.agents_unreachable_checks.clone(),
         );
     }
 

@@ -392,6 +392,64 @@ async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout
 }
 
 #[tokio::test]
+async fn a_forged_icmp_for_a_live_agent_cuts_nothing() {
+    let lab = Lab::new().await;
+    let agent = lab.agent().await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"before")).await, b"before");
+
+    let agent_port = agent.quic_local_addrs()[0].port();
+    let agent_addr = SocketAddr::from(([127, 0, 0, 1], agent_port));
+    forge_port_unreachable(lab.server.agent_addr, agent_addr);
+    within(LIMIT, async {
+        while lab.metric("konnq_server_agents_unreachable_checks_total").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 0.0, "the agent answered");
+    assert_eq!(lab.server.backend.agent_count(), 1);
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"after")).await, b"after");
+}
+
+/// Sends the server's UDP socket at `server` an ICMP "port unreachable" as
+/// if its last datagram to `agent` had found the port closed (a raw socket:
+/// needs root, as the test suite runs).
+fn forge_port_unreachable(server: SocketAddr, agent: SocketAddr) {
+    let (SocketAddr::V4(server), SocketAddr::V4(agent)) = (server, agent) else {
+        panic!("IPv4 addresses expected: {server} {agent}");
+    };
+    let mut quoted = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
+    quoted.extend(server.ip().octets());
+    quoted.extend(agent.ip().octets());
+    let sum = checksum(&quoted);
+    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+    quoted.extend(server.port().to_be_bytes());
+    quoted.extend(agent.port().to_be_bytes());
+    quoted.extend([0, 8, 0, 0]);
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend(quoted);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::ICMPV4))
+        .expect("a raw ICMP socket (the test suite runs as root)");
+    let to = SocketAddr::from((*server.ip(), 0));
+    raw.send_to(&icmp, &to.into()).expect("send ICMP");
+}
+
+/// The Internet checksum (RFC 1071).
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[tokio::test]
 async fn a_lone_draining_agent_still_takes_dials() {
     let lab = Lab::new().await;
     let target = echo_target().await;

@@ -4,11 +4,11 @@
 //! packet to that UDP port with ICMP "port unreachable". QUIC ignores ICMP
 //! by design (anyone on the path can forge it), so on its own the server
 //! would notice only at `quic.idle-timeout`. Here the ICMP only starts a
-//! check: the backend closes the agent's connection if nothing at all
-//! arrives from the agent for a keep-alive interval plus three round trips
-//! after it (a live agent sends at least its keep-alives and acknowledges
-//! the server's packets), and every client on that connection is told at
-//! once. A forged ICMP for a live agent changes nothing.
+//! check: the backend asks the agent for an acknowledgement, up to three
+//! times a round trip (plus 50 ms) apart, and closes the agent's connection
+//! if nothing at all arrives from it meanwhile; every client on that
+//! connection is told at once. A forged ICMP for a live agent changes
+//! nothing.
 //!
 //! Two parts:
 //! - [`ErrorAwareSocket`] wraps quinn's UDP socket: with `IP_RECVERR` set,
