@@ -177,6 +177,7 @@ impl Connector {
     /// the agent drains.
     pub async fn run(self: Arc<Self>) {
         let mut backoff = Backoff::new(self.cfg.sync_interval, self.cfg.sync_interval_cap);
+        let mut quick = sync::QUICK_RETRIES;
         let mut draining = self.draining.clone();
         loop {
             let target = self.target();
@@ -185,7 +186,13 @@ impl Connector {
             let delay = if sync::wants_more(held, target, self.cfg.sync_forever) {
                 let below_count = sync::wants_more(held, target, false);
                 let outcome = Arc::clone(&self).attempt().await;
-                sync::after(outcome, below_count, self.cfg.sync_interval, &mut backoff)
+                let delay = sync::after(outcome, below_count, quick > 0, self.cfg.sync_interval, &mut backoff);
+                match outcome {
+                    Outcome::Added => quick = sync::QUICK_RETRIES,
+                    Outcome::Duplicate if below_count => quick = quick.saturating_sub(1),
+                    _ => {}
+                }
+                delay
             } else {
                 // At the count: look again after sync-interval, or sooner
                 // when a connection ends or a server drains.
@@ -201,6 +208,7 @@ impl Connector {
             let pause = match self.pool.take_loss() {
                 Some(true) => {
                     backoff.reset();
+                    quick = sync::QUICK_RETRIES;
                     sync::after_loss(self.cfg.sync_interval)
                 }
                 Some(false) => backoff.next_delay(),

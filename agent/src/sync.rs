@@ -9,6 +9,11 @@
 //! - below the count, it connects again: at once after a new server, after
 //!   about `sync-interval` after a duplicate, after a backoff from
 //!   `sync-interval` ×1.5 up to `sync-interval-cap` after a failure;
+//! - except that right after it lost a connection or found a new server,
+//!   its first [`QUICK_RETRIES`] duplicates are retried after a tenth of
+//!   that: a server that restarted is found in a few hundred milliseconds
+//!   instead of seconds, and an agent whose count cannot be reached (a
+//!   server down for good) soon falls back to upstream's pace;
 //! - at the count it only looks again every `sync-interval`, unless
 //!   `sync-forever` keeps it probing (at the backoff's pace) for servers
 //!   that were added;
@@ -27,6 +32,11 @@ pub enum Outcome {
     /// No connection: handshake failure, refusal, timeout.
     Failed,
 }
+
+/// How many duplicates below the count are retried quickly after a loss
+/// or a new server: with three servers behind a round-robin load balancer,
+/// enough that a restarted one is all but certainly reached.
+pub const QUICK_RETRIES: u32 = 6;
 
 /// Whether the agent should open another connection now: holding `held`
 /// connections to servers that are not draining, aiming for `target`.
@@ -71,13 +81,21 @@ pub fn jitter(lo: Duration, hi: Duration) -> Duration {
 /// A duplicate below the count says only that the load balancer picked a
 /// server already held: try again after about `sync_interval` without
 /// growing the backoff, as upstream's agent does (growing it made finding a
-/// restarted server take several times longer).
-pub fn after(outcome: Outcome, below_count: bool, sync_interval: Duration, backoff: &mut Backoff) -> Duration {
+/// restarted server take several times longer), or after a tenth of that
+/// while `quick` (see [`QUICK_RETRIES`]).
+pub fn after(
+    outcome: Outcome,
+    below_count: bool,
+    quick: bool,
+    sync_interval: Duration,
+    backoff: &mut Backoff,
+) -> Duration {
     match outcome {
         Outcome::Added => {
             backoff.reset();
             Duration::ZERO
         }
+        Outcome::Duplicate if below_count && quick => jitter(sync_interval / 20, sync_interval / 10),
         Outcome::Duplicate if below_count => jitter(sync_interval / 2, sync_interval),
         Outcome::Duplicate | Outcome::Failed => backoff.next_delay(),
     }
@@ -118,18 +136,26 @@ mod tests {
     fn a_new_server_means_try_again_at_once_a_failure_backs_off() {
         let second = Duration::from_secs(1);
         let mut b = Backoff::new(second, Duration::from_secs(10));
-        let first = after(Outcome::Failed, true, second, &mut b);
+        let first = after(Outcome::Failed, true, false, second, &mut b);
         assert!(first >= Duration::from_millis(500) && first <= second, "{first:?}");
-        let again = after(Outcome::Failed, true, second, &mut b);
-        assert!(again >= Duration::from_millis(750) && again <= Duration::from_millis(1500), "{again:?}");
+        let again = after(Outcome::Failed, true, true, second, &mut b);
+        assert!(
+            again >= Duration::from_millis(750) && again <= Duration::from_millis(1500),
+            "quick is for duplicates only: {again:?}"
+        );
         for _ in 0..5 {
-            let d = after(Outcome::Duplicate, true, second, &mut b);
+            let d = after(Outcome::Duplicate, true, false, second, &mut b);
             assert!(d >= Duration::from_millis(500) && d <= second, "below the count: {d:?}");
+            let d = after(Outcome::Duplicate, true, true, second, &mut b);
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100), "quick: {d:?}");
         }
-        let probing = after(Outcome::Duplicate, false, second, &mut b);
-        assert!(probing >= Duration::from_millis(1125) && probing <= Duration::from_millis(2250), "{probing:?}");
-        assert_eq!(after(Outcome::Added, true, second, &mut b), Duration::ZERO);
-        assert!(after(Outcome::Failed, true, second, &mut b) <= second, "Added reset the backoff");
+        let probing = after(Outcome::Duplicate, false, true, second, &mut b);
+        assert!(
+            probing >= Duration::from_millis(1125) && probing <= Duration::from_millis(2250),
+            "at the count: {probing:?}"
+        );
+        assert_eq!(after(Outcome::Added, true, false, second, &mut b), Duration::ZERO);
+        assert!(after(Outcome::Failed, true, false, second, &mut b) <= second, "Added reset the backoff");
         for _ in 0..100 {
             assert!(after_loss(Duration::from_secs(1)) <= Duration::from_millis(250));
         }
