@@ -54,6 +54,31 @@ pub enum ServerError {
     Kube(auth::KubeSetupError),
     #[error("lease controller: {0}")]
     Leases(konnq_shared::kube::KubeSetupError),
+    #[error("stateless-reset-key-file {}: {reason}", path.display())]
+    ResetKey { path: PathBuf, reason: String },
+}
+
+/// Shortest secret accepted in `stateless-reset-key-file`.
+const MIN_RESET_SECRET: usize = 32;
+
+/// The secret the QUIC reset and connection-ID keys are derived from: the
+/// shared file when one is given (servers behind one load balancer can then
+/// reset each other's connections), else the cluster TLS key.
+fn reset_secret(cfg: &ServerConfig) -> Result<Vec<u8>, ServerError> {
+    let Some(path) = &cfg.stateless_reset_key else {
+        return std::fs::read(&cfg.cluster_tls.key).map_err(|e| {
+            ServerError::ClusterTls(konnq_shared::tls::TlsError::Read { path: cfg.cluster_tls.key.clone(), source: e })
+        });
+    };
+    let fail = |reason: String| ServerError::ResetKey { path: path.clone(), reason };
+    let secret = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    if secret.len() < MIN_RESET_SECRET {
+        return Err(fail(format!(
+            "{} bytes; at least {MIN_RESET_SECRET} random bytes are needed (e.g. head -c 32 /dev/urandom)",
+            secret.len()
+        )));
+    }
+    Ok(secret)
 }
 
 /// A running server.
@@ -125,9 +150,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         &[konnq_shared::tls::ALPN_KONNQ],
     )
     .map_err(ServerError::ClusterTls)?;
-    let secret = std::fs::read(&cfg.cluster_tls.key).map_err(|e| {
-        ServerError::ClusterTls(konnq_shared::tls::TlsError::Read { path: cfg.cluster_tls.key.clone(), source: e })
-    })?;
+    let secret = reset_secret(&cfg)?;
     let (endpoint, icmp_errors) = backend::endpoint(listeners.agent_udp, tls, &cfg.quic, &secret)?;
     drop(secret);
     let agent_addr = endpoint.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
@@ -263,4 +286,32 @@ pub async fn run(
     signal.await;
     handle.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_reset_key(dir: &std::path::Path, key: &[u8]) -> ServerConfig {
+        let path = dir.join("reset.key");
+        std::fs::write(&path, key).expect("write key");
+        konnq_shared::config::RawServerConfig {
+            uds_name: Some(dir.join("s.sock")),
+            cluster_cert: Some(dir.join("c.crt")),
+            cluster_key: Some(dir.join("c.key")),
+            stateless_reset_key_file: Some(path),
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid config")
+    }
+
+    #[test]
+    fn a_reset_key_file_replaces_the_cluster_key_and_must_be_long_enough() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = [7u8; 32];
+        assert_eq!(reset_secret(&with_reset_key(dir.path(), &key)).expect("32 bytes"), key);
+        let err = reset_secret(&with_reset_key(dir.path(), b"short")).expect_err("5 bytes");
+        assert!(err.to_string().contains("reset.key: 5 bytes; at least 32"), "{err}");
+    }
 }

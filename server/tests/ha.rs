@@ -392,6 +392,57 @@ async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout
 }
 
 #[tokio::test]
+async fn an_agent_sent_to_a_server_with_another_tls_key_is_reset_through_the_shared_key() {
+    // Two servers with their own CAs and keys (as kubeadm gives each
+    // control-plane node its own), one reset key file; the agent trusts
+    // both. The relay stands for a load balancer that moves the agent's
+    // flow from one server to the other.
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki: Vec<GeneratedCerts> = (0..2)
+        .map(|i| konnq_shared::certs::generate(&dir.path().join(format!("pki-{i}")), &[]).expect("certs"))
+        .collect();
+    let bundle = dir.path().join("cas.crt");
+    let cas: Vec<String> = pki.iter().map(|p| std::fs::read_to_string(&p.ca_cert).expect("ca")).collect();
+    std::fs::write(&bundle, cas.concat()).expect("write bundle");
+    let reset_key = dir.path().join("reset.key");
+    std::fs::write(&reset_key, random_bytes(32)).expect("write reset key");
+    // Idle timeout 30 s: only a stateless reset ends the moved connection
+    // within the test's limit.
+    let quic = konnq_shared::config::RawQuicConfig {
+        keep_alive_interval: Some(Duration::from_millis(300)),
+        idle_timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let mut servers = Vec::new();
+    for (i, certs) in pki.iter().enumerate() {
+        let home = dir.path().join(format!("server-{i}"));
+        std::fs::create_dir_all(&home).expect("server dir");
+        let mut raw = server_raw(&home, certs);
+        raw.server_id = Some(format!("server-{i}"));
+        raw.cluster_ca_cert = Some(bundle.clone());
+        raw.stateless_reset_key_file = Some(reset_key.clone());
+        raw.quic = Some(quic.clone());
+        let cfg = raw.validate().expect("valid server config");
+        let listeners = konnq_server::Listeners::bind(&cfg).await.expect("bind");
+        servers.push(konnq_server::start(cfg, listeners).await.expect("server starts"));
+    }
+    let relay = Relay::start(servers[0].agent_addr).await;
+    let mut raw = agent_raw(&pki[0], relay.addr);
+    raw.ca_cert = Some(bundle.clone());
+    raw.quic = Some(quic);
+    let agent = start_agent(raw).await;
+    within(LIMIT, agent.wait_servers(1)).await;
+    assert_eq!(agent.server_ids(), ["server-0"]);
+
+    relay.point_at(servers[1].agent_addr).await;
+    let moved = std::time::Instant::now();
+    eventually("the agent is on server-1", LIMIT, || agent.server_ids() == ["server-1"]).await;
+    eprintln!("on server-1 {} ms after the flow moved", moved.elapsed().as_millis());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_forged_icmp_for_a_live_agent_cuts_nothing() {
     let lab = Lab::new().await;
     let agent = lab.agent().await;

@@ -403,6 +403,7 @@ pub async fn raw_agent(lab: &Lab, hello: konnq_shared::wire::Hello, client_cert:
 pub struct Relay {
     pub addr: SocketAddr,
     pub cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    back: std::sync::Arc<tokio::net::UdpSocket>,
     tasks: tokio::task::JoinSet<()>,
 }
 
@@ -428,17 +429,23 @@ impl Relay {
                 }
             }
         });
-        let c = cut.clone();
+        let (c, b) = (cut.clone(), back.clone());
         tasks.spawn(async move {
             let mut buf = vec![0u8; 65536];
-            while let Ok(n) = back.recv(&mut buf).await {
+            while let Ok(n) = b.recv(&mut buf).await {
                 let to = *agent.lock().expect("lock");
                 if let (Some(to), false) = (to, c.load(Ordering::SeqCst)) {
                     let _ = front.send_to(&buf[..n], to).await;
                 }
             }
         });
-        Relay { addr, cut, tasks }
+        Relay { addr, cut, back, tasks }
+    }
+
+    /// Forwards to `server` from now on, from the same socket (as a load
+    /// balancer that sends a flow to another backend).
+    pub async fn point_at(&self, server: SocketAddr) {
+        self.back.connect(server).await.expect("connect");
     }
 
     /// Closes both sockets (see the type).

@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub agent_port: u16,
     /// QUIC TLS towards agents; `ca: Some` means agents must present a client cert.
     pub cluster_tls: TlsFiles,
+    /// `Some`: the secret that seeds the QUIC stateless-reset and
+    /// connection-ID keys; `None`: they are derived from the cluster key.
+    pub stateless_reset_key: Option<PathBuf>,
     /// `Some`: agents must present a ServiceAccount token (TokenReview).
     pub token_auth: Option<TokenAuthConfig>,
     /// `Some`: publish this server's Lease and delete expired ones.
@@ -158,6 +161,9 @@ settings! {
         /// CA of agents' client certificates; set = mTLS required.
         #[arg(long, value_name = "FILE", value_parser = parse_path)]
         cluster_ca_cert: PathBuf,
+        /// Secret (32+ bytes) shared by the servers behind one load balancer, for QUIC resets; empty = from --cluster-key.
+        #[arg(long, value_name = "FILE", value_parser = parse_path)]
+        stateless_reset_key_file: PathBuf,
         /// Admin / metrics port.
         #[arg(long, value_name = "PORT")]
         admin_port: u16 = 8095,
@@ -314,6 +320,7 @@ impl RawServerConfig {
             agent_bind_address: self.agent_bind_address.unwrap_or(d.agent_bind_address),
             agent_port: self.agent_port.unwrap_or(d.agent_port),
             cluster_tls,
+            stateless_reset_key: non_empty_path(self.stateless_reset_key_file),
             token_auth,
             lease_controller,
             health_bind_address: self.health_bind_address.unwrap_or(d.health_bind_address),
