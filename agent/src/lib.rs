@@ -137,7 +137,7 @@ impl AgentHandle {
     pub fn rebind(&self) -> Result<Vec<SocketAddr>, AgentError> {
         let mut moved = Vec::new();
         let mut failed = None;
-        for endpoint in self.pool.endpoints() {
+        for endpoint in self.pool.udp_endpoints() {
             match session::rebind(&endpoint, self.udp_buffer_bytes) {
                 Ok((old, new)) => {
                     self.metrics.socket_rebinds.inc();

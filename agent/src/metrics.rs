@@ -74,6 +74,10 @@ pub struct Metrics {
     pub connect_failures: PlainCounter,
     /// Moves of the QUIC endpoint to a new local UDP socket.
     pub socket_rebinds: PlainCounter,
+    /// Server connections open, by transport (quic, tcp).
+    server_connections: Family<Label, Gauge>,
+    /// Times the agent fell back to TCP: no QUIC answer over UDP in time.
+    pub tcp_fallbacks: PlainCounter,
     lease_lists: Family<CodeReasonLabels, PlainCounter>,
     lease_watches: Family<CodeReasonLabels, PlainCounter>,
     lease_list_latency: Family<CodeLabel, Histogram, fn() -> Histogram>,
@@ -101,10 +105,15 @@ impl Metrics {
             bytes: CounterSet::new([[("direction", "to_target")], [("direction", "to_server")]]),
             connect_failures: PlainCounter::default(),
             socket_rebinds: PlainCounter::default(),
+            server_connections: Family::default(),
+            tcp_fallbacks: PlainCounter::default(),
             lease_lists: Family::default(),
             lease_watches: Family::default(),
             lease_list_latency: Family::new_with_constructor(latency_histogram),
         };
+        for transport in ["quic", "tcp"] {
+            m.connections_on(transport);
+        }
         let mut root = Registry::default();
         m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_agent"));
         m.register_own(root.sub_registry_with_prefix("konnq_agent"));
@@ -166,6 +175,21 @@ impl Metrics {
             "Moves of the QUIC endpoint to a new local UDP socket (SIGUSR1)",
             self.socket_rebinds.clone(),
         );
+        r.register(
+            "server_connections",
+            "Server connections open, by transport: quic (over UDP) or tcp (QUIC datagrams over TCP, where UDP is blocked)",
+            self.server_connections.clone(),
+        );
+        r.register(
+            "tcp_fallbacks_total",
+            "Times no QUIC handshake over UDP completed within transport-fallback-after and the agent used TCP",
+            self.tcp_fallbacks.clone(),
+        );
+    }
+
+    /// The open-connection gauge of `transport` ("quic", "tcp").
+    pub fn connections_on(&self, transport: &'static str) -> Gauge {
+        self.server_connections.get_or_create(&[("transport", transport)]).clone()
     }
 
     pub fn dial_failed(&self, why: DialFailure) {

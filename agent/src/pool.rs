@@ -20,6 +20,7 @@ struct Held {
     key: u64,
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
+    transport: Transport,
     /// The server said it is shutting down: it sends no new dials, and the
     /// agent looks for another server in its place.
     draining: bool,
@@ -46,6 +47,24 @@ pub struct Pool {
     metrics: Metrics,
 }
 
+/// What carries a connection's QUIC datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    /// Framed over one TCP connection (where UDP is blocked).
+    Tcp,
+}
+
+impl Transport {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
 /// Why [`Pool::add`] did not take a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Duplicate;
@@ -64,6 +83,10 @@ impl Pool {
     fn publish(&self, s: &State) {
         let n = s.servers.len();
         self.metrics.open_server_connections.set(n as i64);
+        for t in [Transport::Udp, Transport::Tcp] {
+            let on = s.servers.values().filter(|h| h.transport == t).count();
+            self.metrics.connections_on(t.label()).set(on as i64);
+        }
         self.open.send_replace(n);
     }
 
@@ -75,6 +98,7 @@ impl Pool {
         server_count: u32,
         endpoint: quinn::Endpoint,
         conn: quinn::Connection,
+        transport: Transport,
     ) -> Result<u64, Duplicate> {
         let mut s = self.state();
         s.reported = Some(server_count);
@@ -83,7 +107,7 @@ impl Pool {
         }
         s.next_key += 1;
         let key = s.next_key;
-        s.servers.insert(server_id.to_owned(), Held { key, endpoint, conn, draining: false });
+        s.servers.insert(server_id.to_owned(), Held { key, endpoint, conn, transport, draining: false });
         self.publish(&s);
         Ok(key)
     }
@@ -149,14 +173,25 @@ impl Pool {
         self.open.subscribe()
     }
 
-    /// Local addresses of the connections' UDP sockets.
+    /// Local addresses of the connections' sockets (UDP or TCP).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.state().servers.values().filter_map(|h| h.endpoint.local_addr().ok()).collect()
     }
 
-    /// The endpoints, to move or close them.
+    /// The endpoints, to close them.
     pub fn endpoints(&self) -> Vec<quinn::Endpoint> {
         self.state().servers.values().map(|h| h.endpoint.clone()).collect()
+    }
+
+    /// The endpoints on UDP sockets, to move them to new ones (one over
+    /// TCP has no UDP socket to move).
+    pub fn udp_endpoints(&self) -> Vec<quinn::Endpoint> {
+        self.state().servers.values().filter(|h| h.transport == Transport::Udp).map(|h| h.endpoint.clone()).collect()
+    }
+
+    /// How many held connections use `transport`.
+    pub fn count_on(&self, transport: Transport) -> usize {
+        self.state().servers.values().filter(|h| h.transport == transport).count()
     }
 
     /// The longest round-trip time of the held connections.

@@ -4,18 +4,20 @@
 //! connection ends.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use konnq_shared::config::{AgentConfig, AgentIdentifiers};
+use konnq_shared::config::{AgentConfig, AgentIdentifiers, AgentTransport};
 use konnq_shared::quic::{self, codes, read_frame};
+use konnq_shared::stream_socket::StreamSocket;
 use konnq_shared::wire::{self, Control, Hello, SecretToken};
 use quinn::VarInt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Direction, Metrics};
-use crate::pool::{Duplicate, Pool};
+use crate::pool::{Duplicate, Pool, Transport};
 use crate::sync::{self, Backoff, Outcome};
 use crate::AgentError;
 
@@ -39,6 +41,8 @@ struct Connected {
     token: Option<String>,
     server_id: String,
     server_count: u32,
+    /// The TCP link under a connection over TCP.
+    link: Option<Arc<StreamSocket>>,
 }
 
 /// What every server connection's endpoint is made from: the client TLS
@@ -83,6 +87,19 @@ impl ClientSetup {
 
     pub fn udp_buffer_bytes(&self) -> usize {
         self.udp_buffer_bytes
+    }
+
+    /// A client endpoint whose datagrams go over a new TCP connection to
+    /// `server` (where UDP is blocked); the link, to watch it end.
+    pub async fn tcp_endpoint(&self, server: SocketAddr) -> Result<(quinn::Endpoint, Arc<StreamSocket>), String> {
+        let link = StreamSocket::connect(server).await.map_err(|e| format!("TCP connection to {server}: {e}"))?;
+        let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = link.clone();
+        let mut endpoint =
+            quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(|e| format!("QUIC endpoint over TCP: {e}"))?;
+        endpoint.set_default_client_config(self.client.clone());
+        Ok((endpoint, link))
     }
 }
 
@@ -145,6 +162,9 @@ pub struct Connector {
     draining: watch::Receiver<bool>,
     /// Valid server leases, when the agent counts them.
     leases: Option<watch::Receiver<Option<usize>>>,
+    /// `transport = auto`: UDP went unanswered and TCP worked, so new
+    /// connections use TCP.
+    on_tcp: AtomicBool,
 }
 
 impl Connector {
@@ -162,7 +182,7 @@ impl Connector {
             identifiers: identifier_pairs(&cfg.agent_identifiers),
             token: String::new(),
         };
-        Ok(Connector { cfg, setup, metrics, pool, hello, draining, leases })
+        Ok(Connector { cfg, setup, metrics, pool, hello, draining, leases, on_tcp: AtomicBool::new(false) })
     }
 
     /// The server count to aim for (see [`crate::leases::target_server_count`]).
@@ -231,35 +251,32 @@ impl Connector {
     /// One connection attempt on a new endpoint; a new server's connection
     /// is served by its own task from here on.
     async fn attempt(self: Arc<Self>) -> Outcome {
-        let endpoint = match self.setup.endpoint() {
-            Ok(e) => e,
-            Err(e) => {
-                self.metrics.connect_failures.inc();
-                warn!("cannot connect: {e}");
-                return Outcome::Failed;
+        let attempt = async {
+            let addr = self.resolve().await?;
+            match self.transport_now() {
+                Transport::Udp => self.connect_udp(addr).await,
+                Transport::Tcp => tokio::time::timeout(CONNECT_TIMEOUT, self.connect_tcp(addr))
+                    .await
+                    .map_err(|_| format!("no answer over TCP within {CONNECT_TIMEOUT:?}"))?,
             }
         };
-        let connected = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&endpoint)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
+        let (endpoint, transport, connected) = match attempt.await {
+            Ok(c) => c,
+            Err(e) => {
                 self.metrics.connect_failures.inc();
                 warn!(server = %self.address(), "cannot connect: {e}");
-                return Outcome::Failed;
-            }
-            Err(_) => {
-                self.metrics.connect_failures.inc();
-                warn!(server = %self.address(), "cannot connect: no answer within {CONNECT_TIMEOUT:?}");
                 return Outcome::Failed;
             }
         };
         let (id, count) = (connected.server_id.clone(), connected.server_count);
         let remote = connected.conn.remote_address();
-        let added = self.pool.add(&id, count, endpoint, connected.conn.clone());
+        let added = self.pool.add(&id, count, endpoint, connected.conn.clone(), transport);
         // The count the server reported may have changed the target.
         self.metrics.known_server_count.set(self.target().unwrap_or(0) as i64);
         match added {
             Ok(key) => {
-                info!(%remote, server_id = %id, server_count = count, agent_id = %self.cfg.agent_id, "connected to server");
+                let transport = transport.label();
+                info!(%remote, server_id = %id, server_count = count, agent_id = %self.cfg.agent_id, transport, "connected to server");
                 tokio::spawn(self.serve(key, connected));
                 Outcome::Added
             }
@@ -271,17 +288,80 @@ impl Connector {
         }
     }
 
-    async fn connect(&self, endpoint: &quinn::Endpoint) -> Result<Connected, String> {
-        let addr = tokio::net::lookup_host(self.address())
+    async fn resolve(&self) -> Result<SocketAddr, String> {
+        tokio::net::lookup_host(self.address())
             .await
             .map_err(|e| format!("resolving {}: {e}", self.address()))?
             .next()
-            .ok_or_else(|| format!("{} resolves to no address", self.address()))?;
+            .ok_or_else(|| format!("{} resolves to no address", self.address()))
+    }
+
+    /// What the next attempt goes over: UDP, unless `transport` says TCP or
+    /// (`auto`) UDP went unanswered and TCP worked.
+    fn transport_now(&self) -> Transport {
+        match self.cfg.transport {
+            AgentTransport::Quic => Transport::Udp,
+            AgentTransport::Tcp => Transport::Tcp,
+            AgentTransport::Auto if self.on_tcp.load(Ordering::Relaxed) => Transport::Tcp,
+            AgentTransport::Auto => Transport::Udp,
+        }
+    }
+
+    /// QUIC over UDP. With `transport = auto`, a handshake unanswered for
+    /// `transport-fallback-after` is tried over TCP instead; if that works,
+    /// UDP is taken as blocked and later attempts use TCP.
+    async fn connect_udp(&self, addr: SocketAddr) -> Result<(quinn::Endpoint, Transport, Connected), String> {
+        let endpoint = self.setup.endpoint().map_err(|e| e.to_string())?;
+        let auto = self.cfg.transport == AgentTransport::Auto;
+        let wait = if auto { self.cfg.transport_fallback_after } else { CONNECT_TIMEOUT };
+        let connecting = endpoint.connect(addr, self.cfg.tls_server_name()).map_err(|e| e.to_string())?;
+        let conn = match tokio::time::timeout(wait, connecting).await {
+            Ok(conn) => conn.map_err(|e| format!("QUIC handshake with {addr}: {e}"))?,
+            Err(_) if auto => {
+                drop(endpoint);
+                let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_tcp(addr)).await;
+                let tcp = tcp.map_err(|_| format!("no answer over UDP within {wait:?}, nor over TCP"))?;
+                let tcp = tcp.map_err(|e| format!("no answer over UDP within {wait:?}; over TCP: {e}"))?;
+                self.fell_back(addr, wait);
+                return Ok(tcp);
+            }
+            Err(_) => return Err(format!("no QUIC answer from {addr} within {wait:?}")),
+        };
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.identify(conn))
+            .await
+            .map_err(|_| format!("no welcome from {addr} within {CONNECT_TIMEOUT:?}"))??;
+        Ok((endpoint, Transport::Udp, connected))
+    }
+
+    /// QUIC datagrams over a new TCP connection to the same address.
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<(quinn::Endpoint, Transport, Connected), String> {
+        let (endpoint, link) = self.setup.tcp_endpoint(addr).await?;
         let conn = endpoint
             .connect(addr, self.cfg.tls_server_name())
             .map_err(|e| e.to_string())?
             .await
-            .map_err(|e| format!("QUIC handshake with {addr}: {e}"))?;
+            .map_err(|e| format!("QUIC handshake over TCP with {addr}: {e}"))?;
+        let mut connected = self.identify(conn).await?;
+        connected.link = Some(link);
+        Ok((endpoint, Transport::Tcp, connected))
+    }
+
+    /// UDP got no answer where TCP did: say so once, and use TCP.
+    fn fell_back(&self, addr: SocketAddr, waited: Duration) {
+        if !self.on_tcp.swap(true, Ordering::Relaxed) {
+            self.metrics.tcp_fallbacks.inc();
+            warn!(
+                server = %addr,
+                "no QUIC answer over UDP within {waited:?}, but TCP works: UDP looks blocked on the way to the \
+                 server; connecting over TCP (QUIC datagrams on TCP port {}), where a lost packet holds up every \
+                 connection behind it",
+                addr.port()
+            );
+        }
+    }
+
+    /// Hello → Welcome on a new connection's control stream.
+    async fn identify(&self, conn: quinn::Connection) -> Result<Connected, String> {
         let mut hello = self.hello.clone();
         // Re-read on every connect: projected tokens rotate.
         let token = self.read_token().await?;
@@ -297,7 +377,7 @@ impl Connector {
         })?;
         match Control::from_frame(kind, &body).map_err(|e| e.to_string())? {
             Control::Welcome { server_id, server_count } => {
-                Ok(Connected { conn, control: recv, control_send: send, token, server_id, server_count })
+                Ok(Connected { conn, control: recv, control_send: send, token, server_id, server_count, link: None })
             }
             Control::Reject { reason } => Err(format!("server refused this agent: {reason}")),
             other => Err(format!("unexpected answer to hello: {other:?}")),
@@ -346,7 +426,7 @@ impl Connector {
     /// Serves dial streams on one server connection until it ends, then
     /// gives its place up in the pool.
     async fn serve(self: Arc<Self>, key: u64, c: Connected) {
-        let Connected { conn, mut control, mut control_send, token, server_id, .. } = c;
+        let Connected { conn, mut control, mut control_send, token, server_id, link, .. } = c;
         let began = Instant::now();
         let watch_control = async {
             loop {
@@ -379,10 +459,17 @@ impl Connector {
                 }
             }
         };
+        let link_ended = async {
+            let Some(link) = &link else { return std::future::pending().await };
+            let why = link.ended().await;
+            conn.close(VarInt::from_u32(codes::SHUTDOWN), b"TCP connection to the server lost");
+            format!("TCP connection to the server: {why}")
+        };
         let reason = tokio::select! {
             r = watch_control => r,
             r = accept => r,
             r = self.write_control(&mut control_send, &server_id, token) => r,
+            r = link_ended => r,
         };
         if lost(conn.close_reason().as_ref()) {
             self.metrics.server_failure(Direction::FromServer);

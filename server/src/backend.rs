@@ -22,6 +22,7 @@
 
 mod registry;
 pub mod strategy;
+pub mod tcp;
 mod unreachable;
 
 use std::net::SocketAddr;
@@ -447,8 +448,10 @@ impl Backend {
             debug!(agent_id = %agent.agent_id, %remote, "agent closed its new connection at once: {why}");
             return;
         }
-        info!(agent_id = %agent.agent_id, %remote, identifiers = ?agent.identifiers, "agent connected");
+        let transport = if tcp::is_tcp_link(remote) { "tcp" } else { "quic" };
+        info!(agent_id = %agent.agent_id, %remote, transport, identifiers = ?agent.identifiers, "agent connected");
         let _connected = GaugeGuard::inc(&self.metrics.agent_connections);
+        let _on_transport = GaugeGuard::inc(&self.metrics.agents_on(transport));
         let older = self.register(&agent);
         if !older.is_empty() {
             self.watch_conflict(&agent, older);
@@ -581,6 +584,17 @@ impl Backend {
         }
     }
 
+    /// Closes the agent connections carried by TCP link `addr`, which
+    /// ended: their clients are told now, not at the idle timeout.
+    pub fn close_link_agents(&self, addr: SocketAddr, reason: &str) {
+        let on_link: Vec<Arc<AgentConn>> =
+            self.agents().all().filter(|a| a.conn.remote_address() == addr).cloned().collect();
+        for agent in on_link {
+            info!(agent_id = %agent.agent_id, "{reason}; closing its connection");
+            agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent TCP connection ended");
+        }
+    }
+
     /// Closes every agent connection (graceful shutdown).
     pub fn close_all(&self, reason: &str) {
         for agent in self.agents().all() {
@@ -707,16 +721,25 @@ fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
     config
 }
 
+/// The agent-facing QUIC endpoint, a duplicate of its UDP socket for
+/// [`Backend::watch_unreachable`] (the socket reports ICMP errors), and
+/// the registry of agent TCP links for [`tcp::serve`].
+pub struct AgentEndpoint {
+    pub endpoint: quinn::Endpoint,
+    pub icmp_errors: std::net::UdpSocket,
+    pub tcp_links: Arc<tcp::TcpLinks>,
+}
+
 /// Builds the agent-facing QUIC endpoint on an already bound UDP socket;
 /// `secret` seeds the keys that must survive restarts ([`endpoint_config`]).
-/// Also returns a duplicate of the socket for
-/// [`Backend::watch_unreachable`]: the socket reports ICMP errors.
+/// Without `udp_open`, UDP datagrams are dropped (agents use TCP only).
 pub fn endpoint(
     socket: std::net::UdpSocket,
     tls: rustls::ServerConfig,
     quic: &konnq_shared::config::QuicConfig,
     secret: &[u8],
-) -> Result<(quinn::Endpoint, std::net::UdpSocket), konnq_shared::quic::QuicSetupError> {
+    udp_open: bool,
+) -> Result<AgentEndpoint, konnq_shared::quic::QuicSetupError> {
     let crypto = konnq_shared::quic::server_crypto(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(crypto);
     server.transport_config(Arc::new(konnq_shared::quic::transport_config(quic, false)?));
@@ -724,9 +747,10 @@ pub fn endpoint(
     unreachable::report_errors(&socket)?;
     let errors = socket.try_clone()?;
     let inner = runtime.wrap_udp_socket(socket)?;
-    let socket = Arc::new(unreachable::ErrorAwareSocket { inner });
+    let udp = Arc::new(unreachable::ErrorAwareSocket { inner });
+    let (socket, tcp_links) = tcp::MuxSocket::new(udp, udp_open)?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(endpoint_config(secret), Some(server), socket, runtime)?;
-    Ok((endpoint, errors))
+    Ok(AgentEndpoint { endpoint, icmp_errors: errors, tcp_links })
 }
 
 pub fn local_addr(endpoint: &quinn::Endpoint) -> Option<SocketAddr> {

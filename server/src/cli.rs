@@ -325,7 +325,7 @@ mod tests {
     fn help_shows_the_declared_defaults() {
         let command = <Cli as clap::CommandFactory>::command();
         let flags = konnq_shared::config::check_help_defaults(&command, &RawServerConfig::keys());
-        assert_eq!(flags, Ok(39), "declared keys that are flags");
+        assert_eq!(flags, Ok(40), "declared keys that are flags");
         let long = parse(&["--help"]).unwrap_err().to_string();
         assert!(long.contains("(quic.keep-alive-interval); 0 = default [default: 1s]"), "{long}");
     }

@@ -151,7 +151,8 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     )
     .map_err(ServerError::ClusterTls)?;
     let secret = reset_secret(&cfg)?;
-    let (endpoint, icmp_errors) = backend::endpoint(listeners.agent_udp, tls, &cfg.quic, &secret)?;
+    let backend::AgentEndpoint { endpoint, icmp_errors, tcp_links } =
+        backend::endpoint(listeners.agent_udp, tls, &cfg.quic, &secret, cfg.agent_transports.quic)?;
     drop(secret);
     let agent_addr = endpoint.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let auth = auth::from_config(&cfg, &metrics).await.map_err(ServerError::Kube)?;
@@ -169,6 +170,11 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&backend).serve(endpoint.clone()));
     tasks.spawn(Arc::clone(&backend).watch_unreachable(icmp_errors));
+    if let Some(listener) = listeners.agent_tcp {
+        // Twice the idle timeout: a live agent's keep-alives cross it sooner.
+        let idle = cfg.quic.idle_timeout * 2;
+        tasks.spawn(backend::tcp::serve(listener, tcp_links, Arc::clone(&backend), idle));
+    }
 
     let mode = cfg.mode;
     let limits = frontend::http2::Limits {

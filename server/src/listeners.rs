@@ -21,13 +21,21 @@ pub enum BindError {
     Tcp { key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("agent-port {addr}: {source}")]
     Udp { addr: SocketAddr, source: konnq_shared::quic::QuicSetupError },
+    #[error("agent-port {addr} (TCP, for agents without UDP; agent-transports = \"quic\" turns it off): {source}")]
+    AgentTcp { addr: SocketAddr, source: std::io::Error },
 }
+
+/// With an ephemeral agent port, how many UDP ports to try before one
+/// whose TCP twin is free too.
+const EPHEMERAL_TRIES: usize = 20;
 
 /// The server's bound sockets. Tests bind port 0 and temp-dir sockets.
 pub struct Listeners {
     pub uds: Option<(UnixListener, PathBuf)>,
     pub tcp: Option<TcpListener>,
     pub agent_udp: std::net::UdpSocket,
+    /// The same port over TCP, unless `agent-transports` leaves tcp out.
+    pub agent_tcp: Option<TcpListener>,
     pub health: TcpListener,
     pub admin: TcpListener,
 }
@@ -43,14 +51,41 @@ impl Listeners {
         } else {
             None
         };
-        let addr = SocketAddr::new(cfg.agent_bind_address, cfg.agent_port);
-        let (agent_udp, rcv, snd) = konnq_shared::quic::udp_socket(addr, cfg.quic.udp_buffer_bytes)
-            .map_err(|source| BindError::Udp { addr, source })?;
-        tracing::debug!(rcvbuf = rcv, sndbuf = snd, "agent UDP socket buffers");
+        let (agent_udp, agent_tcp) = bind_agent_port(cfg)?;
         let health = bind_tcp("health-port", SocketAddr::new(cfg.health_bind_address, cfg.health_port)).await?;
         let admin = bind_tcp("admin-port", SocketAddr::new(cfg.admin_bind_address, cfg.admin_port)).await?;
-        Ok(Listeners { uds, tcp, agent_udp, health, admin })
+        Ok(Listeners { uds, tcp, agent_udp, agent_tcp, health, admin })
     }
+}
+
+/// The agent port: UDP, and TCP on the same number when agents may use
+/// it. Port 0 takes an ephemeral UDP port whose TCP twin is free.
+fn bind_agent_port(cfg: &ServerConfig) -> Result<(std::net::UdpSocket, Option<TcpListener>), BindError> {
+    let addr = SocketAddr::new(cfg.agent_bind_address, cfg.agent_port);
+    let tries = if cfg.agent_port == 0 && cfg.agent_transports.tcp { EPHEMERAL_TRIES } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let (udp, rcv, snd) = konnq_shared::quic::udp_socket(addr, cfg.quic.udp_buffer_bytes)
+            .map_err(|source| BindError::Udp { addr, source })?;
+        tracing::debug!(rcvbuf = rcv, sndbuf = snd, "agent UDP socket buffers");
+        if !cfg.agent_transports.tcp {
+            return Ok((udp, None));
+        }
+        let port = udp.local_addr().map_err(|e| BindError::Udp { addr, source: e.into() })?.port();
+        let tcp_addr = SocketAddr::new(cfg.agent_bind_address, port);
+        match bind_agent_tcp(tcp_addr) {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Err(source) => last = Some(BindError::AgentTcp { addr: tcp_addr, source }),
+        }
+    }
+    Err(last.expect("at least one try"))
+}
+
+fn bind_agent_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv6() { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 async fn bind_tcp(key: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {

@@ -76,6 +76,11 @@ pub struct Metrics {
     /// ICMP "port unreachable" reports for an agent's address that were
     /// checked, whatever the outcome.
     pub agents_unreachable_checks: PlainCounter,
+    /// Agent connections open, by `transport` (quic, tcp).
+    agents_by_transport: Family<Label, Gauge>,
+    /// TCP connections on the agent port refused before any QUIC (a wrong
+    /// preamble: not a konnq agent).
+    pub agent_tcp_refused: PlainCounter,
     /// Expired Leases the lease garbage collector deleted.
     pub culled_leases: PlainCounter,
     lease_lists: Family<CodeReasonLabels, PlainCounter>,
@@ -211,12 +216,17 @@ impl Metrics {
             agent_id_conflicts: PlainCounter::default(),
             agents_unreachable: PlainCounter::default(),
             agents_unreachable_checks: PlainCounter::default(),
+            agents_by_transport: Family::default(),
+            agent_tcp_refused: PlainCounter::default(),
             culled_leases: PlainCounter::default(),
             lease_lists: Family::default(),
             lease_list_latency: Family::new_with_constructor(lease_latency_histogram),
             lease_deletes: Family::default(),
             lease_delete_latency: Family::new_with_constructor(lease_latency_histogram),
         };
+        for transport in ["quic", "tcp"] {
+            m.agents_on(transport);
+        }
         let mut root = Registry::default();
         m.register_upstream(root.sub_registry_with_prefix("konnectivity_network_proxy_server"));
         m.register_own(root.sub_registry_with_prefix("konnq_server"));
@@ -323,6 +333,21 @@ impl Metrics {
             "ICMP port-unreachable reports for an agent's address that were checked (a live agent answers; a silent one is closed)",
             self.agents_unreachable_checks.clone(),
         );
+        r.register(
+            "agent_connections",
+            "Agent connections open, by transport: quic (over UDP) or tcp (QUIC datagrams over TCP, where UDP is blocked)",
+            self.agents_by_transport.clone(),
+        );
+        r.register(
+            "agent_tcp_refused_total",
+            "TCP connections on the agent port closed because they did not start as a konnq agent's",
+            self.agent_tcp_refused.clone(),
+        );
+    }
+
+    /// The open-connection gauge of agents on `transport` ("quic", "tcp").
+    pub fn agents_on(&self, transport: &'static str) -> Gauge {
+        self.agents_by_transport.get_or_create(&[("transport", transport)]).clone()
     }
 
     /// Agents that take dials (`ready_backend_connections`), and of those

@@ -41,6 +41,7 @@ mod quic;
 mod server;
 mod settings;
 mod token_auth;
+mod transport;
 pub mod upstream;
 
 use std::fmt;
@@ -62,6 +63,7 @@ pub use quic::{CongestionControl, QuicConfig, QuicDefaults, RawQuicConfig};
 pub use server::{FrontendMode, RawServerConfig, ServerConfig, ServerDefaults};
 pub use settings::{check_help_defaults, help_line, DefaultValue, KeyDoc, Shown};
 pub use token_auth::{ReviewRate, TokenAuthConfig, DEFAULT_REVIEW_BURST, DEFAULT_REVIEW_QPS};
+pub use transport::{AgentTransport, AgentTransports};
 
 /// One configuration problem: the TOML key path it concerns and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

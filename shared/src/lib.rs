@@ -8,7 +8,8 @@
 //!   control messages), sans-IO; [`quic`] the QUIC transport settings and
 //!   stream helpers; [`cc`] konnq's BBR-style QUIC congestion controller;
 //!   [`tls`] rustls configurations (ring only); [`certs`] development
-//!   certificates.
+//!   certificates; [`stream_datagrams`] (sans-IO) and [`stream_socket`]
+//!   carry QUIC over TCP where UDP is blocked.
 //! - [`hpack`]: the HPACK decoder of the server's HTTP/2 frontend
 //!   (table-driven Huffman decoding, no allocation per string).
 //! - [`config`]: validated TOML/flag configuration of both binaries.
@@ -39,5 +40,7 @@ pub mod prom;
 pub mod quic;
 pub mod runtime;
 pub mod signal;
+pub mod stream_datagrams;
+pub mod stream_socket;
 pub mod tls;
 pub mod wire;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::identifiers::AgentIdentifiers;
 use super::leases::{LeaseCountConfig, RawLeases, ServerCountSource};
 use super::settings::settings;
+use super::transport::AgentTransport;
 use super::{
     format_duration, non_empty_path, non_empty_string, parse_bind_address, parse_duration, parse_go_bool,
     parse_klog_level, parse_path, parse_toml, random_id, read_toml, ConfigError, LogConfig, LogFormat, Problems,
@@ -42,6 +43,11 @@ pub struct AgentConfig {
     pub sync_forever: bool,
     /// How long a draining agent waits for its proxied connections to end.
     pub graceful_shutdown_timeout: Duration,
+    /// QUIC over UDP, QUIC datagrams over TCP, or UDP first and TCP when
+    /// UDP gets no answer.
+    pub transport: AgentTransport,
+    /// `auto`: how long a QUIC handshake may go unanswered before TCP.
+    pub transport_fallback_after: Duration,
     /// TCP dial timeout to targets.
     pub dial_timeout: Duration,
     /// Service-account token sent to the server (the path, not the secret).
@@ -140,6 +146,13 @@ settings! {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         #[serde(default, with = "humantime_serde")]
         graceful_shutdown_timeout: Duration = Duration::from_secs(15),
+        /// How to reach the servers: auto (QUIC, TCP when UDP gets no answer), quic or tcp.
+        #[arg(long, value_name = "MODE")]
+        transport: AgentTransport = AgentTransport::Auto,
+        /// auto: how long a QUIC handshake may go unanswered before TCP is used, e.g. 3s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[serde(default, with = "humantime_serde")]
+        transport_fallback_after: Duration = Duration::from_secs(3),
         /// TCP dial timeout to targets, e.g. 5s.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         #[serde(default, with = "humantime_serde")]
@@ -244,6 +257,11 @@ impl RawAgentConfig {
             sync_interval_cap,
             sync_forever: self.sync_forever.unwrap_or(d.sync_forever),
             graceful_shutdown_timeout: self.graceful_shutdown_timeout.unwrap_or(d.graceful_shutdown_timeout),
+            transport: self.transport.unwrap_or(d.transport),
+            transport_fallback_after: p.positive(
+                "transport-fallback-after",
+                self.transport_fallback_after.unwrap_or(d.transport_fallback_after),
+            ),
             dial_timeout: p.positive("dial-timeout", self.dial_timeout.unwrap_or(d.dial_timeout)),
             service_account_token_path: non_empty_path(self.service_account_token_path),
             lease_counting,

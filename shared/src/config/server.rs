@@ -12,6 +12,7 @@ use super::leases::{LeaseControllerConfig, RawLeases};
 use super::proxy_strategies::ProxyStrategies;
 use super::settings::{settings, DefaultValue, Shown};
 use super::token_auth::{RawTokenAuth, TokenAuthConfig};
+use super::transport::AgentTransports;
 use super::{
     non_empty_path, non_empty_string, parse_bind_address, parse_duration, parse_go_bool, parse_klog_level, parse_path,
     parse_toml, random_id, read_toml, ConfigError, LogConfig, LogFormat, Problems, QuicConfig, RawQuicConfig, TlsFiles,
@@ -70,8 +71,10 @@ pub struct ServerConfig {
     /// Frontend TLS; `Some` exactly when `server_port > 0` (then `ca` is `Some`).
     pub server_tls: Option<TlsFiles>,
     pub agent_bind_address: IpAddr,
-    /// UDP (QUIC) port agents connect to; 0 = ephemeral.
+    /// UDP (QUIC) and TCP port agents connect to; 0 = ephemeral.
     pub agent_port: u16,
+    /// Which transports agents may use on `agent_port`.
+    pub agent_transports: AgentTransports,
     /// QUIC TLS towards agents; `ca: Some` means agents must present a client cert.
     pub cluster_tls: TlsFiles,
     /// `Some`: the secret that seeds the QUIC stateless-reset and
@@ -146,9 +149,12 @@ settings! {
         /// CA of kube-apiserver's client certificate (required with --server-port).
         #[arg(long, value_name = "FILE", value_parser = parse_path)]
         server_ca_cert: PathBuf,
-        /// UDP (QUIC) port for agents.
+        /// Port for agents: UDP (QUIC) and TCP (where UDP is blocked).
         #[arg(long, value_name = "PORT")]
         agent_port: u16 = 8091,
+        /// Agent transports accepted on --agent-port: quic, tcp or both.
+        #[arg(long, value_name = "LIST")]
+        agent_transports: AgentTransports = AgentTransports::default(),
         /// Address for agents; empty = all.
         #[arg(long, value_name = "IP", value_parser = parse_bind_address)]
         agent_bind_address: IpAddr = Ipv4Addr::UNSPECIFIED.into(),
@@ -319,6 +325,7 @@ impl RawServerConfig {
             server_tls,
             agent_bind_address: self.agent_bind_address.unwrap_or(d.agent_bind_address),
             agent_port: self.agent_port.unwrap_or(d.agent_port),
+            agent_transports: self.agent_transports.unwrap_or(d.agent_transports),
             cluster_tls,
             stateless_reset_key: non_empty_path(self.stateless_reset_key_file),
             token_auth,

@@ -1,0 +1,185 @@
+//! Agents whose network drops UDP: QUIC datagrams framed over TCP on the
+//! agent port, chosen by `transport = tcp` or found by `auto`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use konnq_shared::config::{AgentTransport, AgentTransports};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+const TCP_AGENTS: &str = "konnq_server_agent_connections{transport=\"tcp\"}";
+const QUIC_AGENTS: &str = "konnq_server_agent_connections{transport=\"quic\"}";
+
+#[tokio::test]
+async fn an_agent_over_tcp_proxies_as_one_over_udp_does() {
+    let lab = Lab::new().await;
+    let agent = lab.agent_with(|raw| raw.transport = Some(AgentTransport::Tcp)).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    assert_eq!(lab.metric(TCP_AGENTS).await, 1.0);
+    assert_eq!(lab.metric(QUIC_AGENTS).await, 0.0);
+    assert_eq!(agent.metrics.connections_on("tcp").get(), 1);
+
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(within(LIMIT, Stream::dial(&mut client, &target.to_string())).await);
+    }
+    let payload = random_bytes(2 * 1024 * 1024);
+    for s in &mut streams {
+        assert!(within(LIMIT, echo_through(s, &payload)).await == payload, "2 MiB echoed intact over TCP");
+    }
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_tcp_when_udp_gets_no_answer() {
+    // A server that drops every UDP datagram unanswered, as a firewall does.
+    let lab = Lab::with(|raw| raw.agent_transports = Some(AgentTransports { quic: false, tcp: true })).await;
+    let agent = lab
+        .agent_with(|raw| {
+            raw.transport = Some(AgentTransport::Auto);
+            raw.transport_fallback_after = Some(Duration::from_millis(300));
+        })
+        .await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    assert_eq!(agent.metrics.tcp_fallbacks.get(), 1);
+    assert_eq!(lab.metric(TCP_AGENTS).await, 1.0);
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut s = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut s, b"over tcp")).await, b"over tcp");
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn quic_alone_gets_no_answer_from_a_tcp_only_server() {
+    let lab = Lab::with(|raw| raw.agent_transports = Some(AgentTransports { quic: false, tcp: true })).await;
+    let agent = lab.agent_with(|raw| raw.transport = Some(AgentTransport::Quic)).await;
+    eventually("a failed attempt", LIMIT, || agent.metrics.connect_failures.get() >= 1).await;
+    assert_eq!(lab.server.backend.agent_count(), 0);
+    assert_eq!(agent.metrics.tcp_fallbacks.get(), 0);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tcp_only_server_binds_no_twin_and_a_udp_only_one_refuses_tcp() {
+    let lab = Lab::with(|raw| raw.agent_transports = Some(AgentTransports { quic: true, tcp: false })).await;
+    let refused = TcpStream::connect(lab.server.agent_addr).await;
+    assert!(refused.is_err(), "no TCP listener on the agent port with agent-transports = quic");
+    let agent = lab.agent_with(|raw| raw.transport = Some(AgentTransport::Auto)).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    assert_eq!(lab.metric(QUIC_AGENTS).await, 1.0);
+    assert_eq!(agent.metrics.tcp_fallbacks.get(), 0);
+    agent.shutdown().await;
+}
+
+/// Connects to the agent port over TCP, sends `bytes`, and reads until the
+/// server closes; returns what the server sent.
+async fn send_and_wait_for_close(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut got = Vec::new();
+    let _ = within(LIMIT, s.read_to_end(&mut got)).await;
+    got
+}
+
+#[tokio::test]
+async fn garbage_on_the_agent_tcp_port_is_refused_and_changes_nothing() {
+    let lab = Lab::new().await;
+    let agent = lab.agent().await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+
+    let addr = lab.server.agent_addr;
+    let tls_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    assert!(send_and_wait_for_close(addr, &tls_hello).await.is_empty());
+    assert!(send_and_wait_for_close(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.is_empty());
+    assert!(send_and_wait_for_close(addr, b"KQDG\x09\0\0\0").await.is_empty(), "another version");
+    assert_eq!(lab.metric("konnq_server_agent_tcp_refused_total").await, 3.0);
+    // A konnq preamble, then frames of random bytes (no QUIC packet), then
+    // an empty frame: the datagrams are dropped, the empty frame ends it.
+    let mut bad = konnq_shared::stream_datagrams::PREAMBLE.to_vec();
+    for n in [1usize, 17, 1200, 65535] {
+        bad.extend((n as u16).to_be_bytes());
+        bad.extend(random_bytes(n));
+    }
+    bad.extend([0, 0]);
+    assert!(send_and_wait_for_close(addr, &bad).await.is_empty());
+    assert_eq!(lab.server.backend.agent_count(), 1);
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"still here")).await, b"still here");
+    agent.shutdown().await;
+}
+
+/// Forwards TCP connections to `server` until killed: dropping it closes
+/// every forwarded connection at once, as a killed agent process's would be.
+struct TcpRelay {
+    addr: SocketAddr,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl TcpRelay {
+    async fn start(server: SocketAddr) -> TcpRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let mut outbound = TcpStream::connect(server).await.expect("connect server");
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        TcpRelay { addr, tasks }
+    }
+
+    async fn kill(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+#[tokio::test]
+async fn a_dead_agent_over_tcp_has_its_clients_told_when_its_connection_ends() {
+    // Idle timeout 30 s: only the end of the TCP connection can close the
+    // agent's connection within the test's limit.
+    let quic = konnq_shared::config::RawQuicConfig {
+        keep_alive_interval: Some(Duration::from_millis(500)),
+        idle_timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
+    let relay = TcpRelay::start(lab.server.agent_addr).await;
+    let agent = lab
+        .agent_with(|raw| {
+            raw.transport = Some(AgentTransport::Tcp);
+            raw.proxy_server_port = Some(relay.addr.port());
+            raw.quic = Some(quic.clone());
+        })
+        .await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"alive")).await, b"alive");
+
+    relay.kill().await;
+    let killed = std::time::Instant::now();
+    match within(LIMIT, open.next()).await {
+        Event::Close(why) => assert!(!why.is_empty(), "CLOSE_RSP says why"),
+        other => panic!("expected CLOSE_RSP, got {other:?}"),
+    }
+    eprintln!("the client was told {} ms after the agent's TCP connection closed", killed.elapsed().as_millis());
+    eventually("the server forgot the agent", LIMIT, || lab.server.backend.agent_count() == 0).await;
+    agent.shutdown().await;
+}
