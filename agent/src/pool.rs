@@ -21,9 +21,21 @@ struct Held {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     transport: Transport,
-    /// The server said it is shutting down: it sends no new dials, and the
-    /// agent looks for another server in its place.
+    /// The server said it is shutting down (it sends no new dials), or the
+    /// agent retired the connection: the agent looks for another in its
+    /// place, and a new connection to the same server may take it.
     draining: bool,
+    /// Set when the agent retires the connection (see [`Pool::retire_tcp`]).
+    retire: watch::Sender<bool>,
+}
+
+/// A connection the pool took.
+#[derive(Debug)]
+pub struct Added {
+    pub key: u64,
+    /// Becomes true when the agent retires the connection: tell the server,
+    /// let the proxied connections finish, close.
+    pub retire: watch::Receiver<bool>,
 }
 
 #[derive(Default)]
@@ -90,8 +102,9 @@ impl Pool {
         self.open.send_replace(n);
     }
 
-    /// Holds `conn` to `server_id` (returning its key), unless a connection
-    /// to that server is already held.
+    /// Holds `conn` to `server_id`, unless a connection to that server is
+    /// already held and not draining (a draining one gives its place up and
+    /// lives on until it ends by itself).
     pub fn add(
         &self,
         server_id: &str,
@@ -99,17 +112,34 @@ impl Pool {
         endpoint: quinn::Endpoint,
         conn: quinn::Connection,
         transport: Transport,
-    ) -> Result<u64, Duplicate> {
+    ) -> Result<Added, Duplicate> {
         let mut s = self.state();
         s.reported = Some(server_count);
-        if s.servers.contains_key(server_id) {
+        if s.servers.get(server_id).is_some_and(|h| !h.draining) {
             return Err(Duplicate);
         }
         s.next_key += 1;
         let key = s.next_key;
-        s.servers.insert(server_id.to_owned(), Held { key, endpoint, conn, transport, draining: false });
+        let (retire, retired) = watch::channel(false);
+        s.servers.insert(server_id.to_owned(), Held { key, endpoint, conn, transport, draining: false, retire });
         self.publish(&s);
-        Ok(key)
+        Ok(Added { key, retire: retired })
+    }
+
+    /// Retires every connection over TCP that is not draining yet: each
+    /// stops counting as held (so the sync loop connects again, now over
+    /// UDP) and is told to wind down. Returns how many.
+    pub fn retire_tcp(&self) -> usize {
+        let mut s = self.state();
+        let mut n = 0;
+        for h in s.servers.values_mut().filter(|h| h.transport == Transport::Tcp && !h.draining) {
+            h.draining = true;
+            h.retire.send_replace(true);
+            n += 1;
+        }
+        drop(s);
+        self.changed.notify_one();
+        n
     }
 
     /// Forgets connection `key` to `server_id`, which ended after living

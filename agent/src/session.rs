@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Direction, Metrics};
-use crate::pool::{Duplicate, Pool, Transport};
+use crate::pool::{Added, Duplicate, Pool, Transport};
 use crate::sync::{self, Backoff, Outcome};
 use crate::AgentError;
 
@@ -196,6 +196,9 @@ impl Connector {
     /// server, then watches for losses and for servers to add; returns when
     /// the agent drains.
     pub async fn run(self: Arc<Self>) {
+        if self.cfg.transport == AgentTransport::Auto {
+            tokio::spawn(Arc::clone(&self).probe_udp());
+        }
         let mut backoff = Backoff::new(self.cfg.sync_interval, self.cfg.sync_interval_cap);
         let mut quick = sync::QUICK_RETRIES;
         let mut draining = self.draining.clone();
@@ -251,10 +254,19 @@ impl Connector {
     /// One connection attempt on a new endpoint; a new server's connection
     /// is served by its own task from here on.
     async fn attempt(self: Arc<Self>) -> Outcome {
+        let via = self.transport_now();
+        let fallback = self.cfg.transport == AgentTransport::Auto;
+        self.attempt_via(via, fallback).await
+    }
+
+    /// An attempt over `via`; with `fallback`, UDP unanswered is tried over
+    /// TCP (see [`Connector::connect_udp`]). A UDP connection made while
+    /// the agent was on TCP moves it back (see [`Connector::back_to_udp`]).
+    async fn attempt_via(self: Arc<Self>, via: Transport, fallback: bool) -> Outcome {
         let attempt = async {
             let addr = self.resolve().await?;
-            match self.transport_now() {
-                Transport::Udp => self.connect_udp(addr).await,
+            match via {
+                Transport::Udp => self.connect_udp(addr, fallback).await,
                 Transport::Tcp => tokio::time::timeout(CONNECT_TIMEOUT, self.connect_tcp(addr))
                     .await
                     .map_err(|_| format!("no answer over TCP within {CONNECT_TIMEOUT:?}"))?,
@@ -264,20 +276,27 @@ impl Connector {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.connect_failures.inc();
-                warn!(server = %self.address(), "cannot connect: {e}");
+                if self.on_tcp.load(Ordering::Relaxed) && via == Transport::Udp {
+                    debug!(server = %self.address(), "UDP still gets no answer: {e}");
+                } else {
+                    warn!(server = %self.address(), "cannot connect: {e}");
+                }
                 return Outcome::Failed;
             }
         };
+        if transport == Transport::Udp && self.on_tcp.swap(false, Ordering::Relaxed) {
+            self.back_to_udp();
+        }
         let (id, count) = (connected.server_id.clone(), connected.server_count);
         let remote = connected.conn.remote_address();
         let added = self.pool.add(&id, count, endpoint, connected.conn.clone(), transport);
         // The count the server reported may have changed the target.
         self.metrics.known_server_count.set(self.target().unwrap_or(0) as i64);
         match added {
-            Ok(key) => {
+            Ok(Added { key, retire }) => {
                 let transport = transport.label();
                 info!(%remote, server_id = %id, server_count = count, agent_id = %self.cfg.agent_id, transport, "connected to server");
-                tokio::spawn(self.serve(key, connected));
+                tokio::spawn(self.serve(key, connected, retire));
                 Outcome::Added
             }
             Err(Duplicate) => {
@@ -310,14 +329,18 @@ impl Connector {
     /// QUIC over UDP. With `transport = auto`, a handshake unanswered for
     /// `transport-fallback-after` is tried over TCP instead; if that works,
     /// UDP is taken as blocked and later attempts use TCP.
-    async fn connect_udp(&self, addr: SocketAddr) -> Result<(quinn::Endpoint, Transport, Connected), String> {
+    async fn connect_udp(
+        &self,
+        addr: SocketAddr,
+        fallback: bool,
+    ) -> Result<(quinn::Endpoint, Transport, Connected), String> {
         let endpoint = self.setup.endpoint().map_err(|e| e.to_string())?;
         let auto = self.cfg.transport == AgentTransport::Auto;
         let wait = if auto { self.cfg.transport_fallback_after } else { CONNECT_TIMEOUT };
         let connecting = endpoint.connect(addr, self.cfg.tls_server_name()).map_err(|e| e.to_string())?;
         let conn = match tokio::time::timeout(wait, connecting).await {
             Ok(conn) => conn.map_err(|e| format!("QUIC handshake with {addr}: {e}"))?,
-            Err(_) if auto => {
+            Err(_) if fallback => {
                 drop(endpoint);
                 let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_tcp(addr)).await;
                 let tcp = tcp.map_err(|_| format!("no answer over UDP within {wait:?}, nor over TCP"))?;
@@ -360,6 +383,38 @@ impl Connector {
         }
     }
 
+    /// UDP answered again while the agent was on TCP: new connections use
+    /// UDP, and the TCP ones are retired: each tells its server it drains
+    /// (no new dials), its proxied connections finish, then it closes, and
+    /// the sync loop replaces it over UDP.
+    fn back_to_udp(&self) {
+        let retired = self.pool.retire_tcp();
+        info!(retired, "UDP answers again: moving to QUIC over UDP; open connections over TCP finish first");
+    }
+
+    /// `transport = auto`, while on TCP: tries a connection over UDP after
+    /// 10 × `sync-interval`, doubling up to 300 × (10 s to 5 min by
+    /// default); one that works moves the agent back to UDP.
+    async fn probe_udp(self: Arc<Self>) {
+        let (first, cap) = (self.cfg.sync_interval * 10, self.cfg.sync_interval * 300);
+        let mut gap = first;
+        let mut draining = self.draining.clone();
+        loop {
+            tokio::select! {
+                _ = until_true(&mut draining) => return,
+                _ = tokio::time::sleep(gap) => {}
+            }
+            if !self.on_tcp.load(Ordering::Relaxed) {
+                gap = first;
+                continue;
+            }
+            match Arc::clone(&self).attempt_via(Transport::Udp, false).await {
+                Outcome::Failed => gap = (gap * 2).min(cap),
+                Outcome::Added | Outcome::Duplicate => gap = first,
+            }
+        }
+    }
+
     /// Hello → Welcome on a new connection's control stream.
     async fn identify(&self, conn: quinn::Connection) -> Result<Connected, String> {
         let mut hello = self.hello.clone();
@@ -397,19 +452,26 @@ impl Connector {
     /// and the token again each time its file changes (kubelet rotates
     /// projected tokens), so the server keeps checking a current one.
     /// Returns only if the control stream fails.
-    async fn write_control(&self, control: &mut quinn::SendStream, server_id: &str, sent: Option<String>) -> String {
+    /// A retired connection (`retire`) tells its server the same Drain.
+    async fn write_control(
+        &self,
+        control: &mut quinn::SendStream,
+        server_id: &str,
+        sent: Option<String>,
+        mut retire: watch::Receiver<bool>,
+    ) -> String {
         let mut draining = self.draining.clone();
         let mut told = false;
         let mut tokens = TokenWatch { sent, failing: None };
         let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_POLL, TOKEN_POLL);
         loop {
             tokio::select! {
-                _ = until_true(&mut draining), if !told => {
+                _ = until_either(&mut draining, &mut retire), if !told => {
                     told = true;
                     if let Err(e) = control.write_all(&Control::Drain.encode()).await {
                         return format!("control stream: {e}");
                     }
-                    info!(server_id, "told the server this agent is draining");
+                    info!(server_id, "told the server this connection is draining");
                 }
                 _ = poll.tick(), if tokens.sent.is_some() => {
                     let Some(token) = tokens.changed(self.read_token().await) else { continue };
@@ -425,7 +487,7 @@ impl Connector {
 
     /// Serves dial streams on one server connection until it ends, then
     /// gives its place up in the pool.
-    async fn serve(self: Arc<Self>, key: u64, c: Connected) {
+    async fn serve(self: Arc<Self>, key: u64, c: Connected, retire: watch::Receiver<bool>) {
         let Connected { conn, mut control, mut control_send, token, server_id, link, .. } = c;
         let began = Instant::now();
         let watch_control = async {
@@ -446,6 +508,9 @@ impl Connector {
                 }
             }
         };
+        // Proxied connections open on this server connection.
+        let (active, mut idle) = watch::channel(0usize);
+        let active = Arc::new(active);
         let accept = async {
             let send_clock = Arc::new(konnq_shared::quic::ShareClock::default());
             loop {
@@ -453,11 +518,25 @@ impl Connector {
                     Ok((send, recv)) => {
                         let (timeout, metrics) = (self.cfg.dial_timeout, self.metrics.clone());
                         let clock = Arc::clone(&send_clock);
-                        tokio::spawn(crate::dial::handle(send, recv, timeout, metrics, clock));
+                        let open = Open::count(&active);
+                        tokio::spawn(async move {
+                            crate::dial::handle(send, recv, timeout, metrics, clock).await;
+                            drop(open);
+                        });
                     }
                     Err(e) => return e.to_string(),
                 }
             }
+        };
+        // Retired: the server was told (write_control); once the proxied
+        // connections are done (or after graceful-shutdown-timeout), close.
+        let mut retired = retire.clone();
+        let wind_down = async {
+            until_true(&mut retired).await;
+            let grace = self.cfg.graceful_shutdown_timeout;
+            let _ = tokio::time::timeout(grace, idle.wait_for(|&n| n == 0)).await;
+            conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent moved this server to QUIC over UDP");
+            "moved to QUIC over UDP".to_owned()
         };
         let link_ended = async {
             let Some(link) = &link else { return std::future::pending().await };
@@ -468,9 +547,11 @@ impl Connector {
         let reason = tokio::select! {
             r = watch_control => r,
             r = accept => r,
-            r = self.write_control(&mut control_send, &server_id, token) => r,
+            r = self.write_control(&mut control_send, &server_id, token, retire.clone()) => r,
             r = link_ended => r,
+            r = wind_down => r,
         };
+        let retired = *retire.borrow();
         if lost(conn.close_reason().as_ref()) {
             self.metrics.server_failure(Direction::FromServer);
         }
@@ -478,8 +559,12 @@ impl Connector {
             Some(why) if why != reason => format!("{reason} ({why})"),
             _ => reason,
         };
-        warn!(%server_id, "disconnected from server: {reason}");
-        self.pool.remove(&server_id, key, began.elapsed() >= STABLE_AFTER);
+        if retired {
+            info!(%server_id, "retired connection closed: {reason}");
+        } else {
+            warn!(%server_id, "disconnected from server: {reason}");
+        }
+        self.pool.remove(&server_id, key, retired || began.elapsed() >= STABLE_AFTER);
     }
 }
 
@@ -487,6 +572,30 @@ impl Connector {
 async fn until_true(rx: &mut watch::Receiver<bool>) {
     // The guard wait_for returns is not Send: drop it here.
     let _ = rx.wait_for(|&v| v).await;
+}
+
+/// Resolves once either holds true.
+async fn until_either(a: &mut watch::Receiver<bool>, b: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = until_true(a) => {}
+        _ = until_true(b) => {}
+    }
+}
+
+/// Counts one open proxied connection while it lives.
+struct Open(Arc<watch::Sender<usize>>);
+
+impl Open {
+    fn count(active: &Arc<watch::Sender<usize>>) -> Open {
+        active.send_modify(|n| *n += 1);
+        Open(Arc::clone(active))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// The token last sent, and the last error reading the file.

@@ -128,7 +128,10 @@ struct TcpRelay {
 
 impl TcpRelay {
     async fn start(server: SocketAddr) -> TcpRelay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::on(TcpListener::bind("127.0.0.1:0").await.expect("bind"), server)
+    }
+
+    fn on(listener: TcpListener, server: SocketAddr) -> TcpRelay {
         let addr = listener.local_addr().expect("addr");
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
@@ -181,5 +184,56 @@ async fn a_dead_agent_over_tcp_has_its_clients_told_when_its_connection_ends() {
     }
     eprintln!("the client was told {} ms after the agent's TCP connection closed", killed.elapsed().as_millis());
     eventually("the server forgot the agent", LIMIT, || lab.server.backend.agent_count() == 0).await;
+    agent.shutdown().await;
+}
+
+/// A UDP relay and a TCP relay on the same port, both to the server's
+/// agent port: the agent's way to the server, UDP and TCP.
+async fn relay_pair(server: SocketAddr) -> (Relay, TcpRelay) {
+    for _ in 0..20 {
+        let udp = Relay::start(server).await;
+        if let Ok(listener) = TcpListener::bind(udp.addr).await {
+            return (udp, TcpRelay::on(listener, server));
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+#[tokio::test]
+async fn auto_moves_back_to_udp_when_it_answers_again_and_open_transfers_finish() {
+    let lab = Lab::new().await;
+    let (udp, _tcp) = relay_pair(lab.server.agent_addr).await;
+    udp.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    // sync-interval is 100 ms here: UDP is probed again after 1 s.
+    let agent = lab
+        .agent_with(|raw| {
+            raw.proxy_server_port = Some(udp.addr.port());
+            raw.transport = Some(AgentTransport::Auto);
+            raw.transport_fallback_after = Some(Duration::from_millis(300));
+        })
+        .await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    assert_eq!(lab.metric(TCP_AGENTS).await, 1.0);
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"over tcp")).await, b"over tcp");
+
+    udp.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("the agent is on UDP", LIMIT, || agent.metrics.connections_on("quic").get() == 1).await;
+    // The transfer that began over TCP goes on there; new dials take UDP.
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"still over tcp")).await, b"still over tcp");
+    eventually("the server has both", LIMIT, || lab.server.backend.agent_count() == 2).await;
+    let mut fresh = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut fresh, b"over udp")).await, b"over udp");
+    // Once its last transfer ends, the TCP connection closes.
+    open.close().await;
+    drop(open);
+    eventually("the TCP connection closed", LIMIT, || agent.metrics.connections_on("tcp").get() == 0).await;
+    eventually("the server forgot it", LIMIT, || lab.server.backend.agent_count() == 1).await;
+    assert_eq!(lab.metric(TCP_AGENTS).await, 0.0);
+    assert_eq!(lab.metric(QUIC_AGENTS).await, 1.0);
+    assert_eq!(lab.metric("konnq_server_agent_id_conflicts_total").await, 0.0);
+    assert_eq!(agent.metrics.tcp_fallbacks.get(), 1);
     agent.shutdown().await;
 }

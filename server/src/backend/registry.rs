@@ -43,14 +43,16 @@ impl<T> Default for Registry<T> {
 impl<T> Registry<T> {
     /// Registers connection `key` (larger than every key before it) of
     /// `agent_id`; returns the values of the connections with the same ID
-    /// that it supersedes.
+    /// that it supersedes and that were not draining (an agent that drains
+    /// one connection and opens another, e.g. moving from TCP back to UDP,
+    /// is one agent, not two sharing an ID).
     pub fn insert(&mut self, key: u64, agent_id: &str, value: T) -> Vec<&T> {
         for e in self.entries.iter_mut().filter(|e| e.agent_id == agent_id) {
             e.superseded = true;
         }
         self.entries.push(Entry { key, agent_id: agent_id.to_owned(), draining: false, superseded: false, value });
         let len = self.entries.len();
-        self.entries[..len - 1].iter().filter(|e| e.agent_id == agent_id).map(|e| &e.value).collect()
+        self.entries[..len - 1].iter().filter(|e| e.agent_id == agent_id && !e.draining).map(|e| &e.value).collect()
     }
 
     /// Removes connection `key`; if it was its ID's newest, the newest
@@ -112,6 +114,15 @@ mod tests {
         assert_eq!(r.insert(4, "node-a", "a3"), vec![&"a1", &"a2"]);
         assert_eq!(ready(&r), ["b1", "a3"]);
         assert_eq!(r.len(), 4, "superseded connections stay registered");
+    }
+
+    #[test]
+    fn a_connection_that_drained_is_superseded_without_a_conflict() {
+        let mut r = Registry::default();
+        r.insert(1, "node-a", "a1");
+        r.set_draining(1);
+        assert!(r.insert(2, "node-a", "a2").is_empty(), "a1 drained: not a second agent with that ID");
+        assert_eq!(ready(&r), ["a2"]);
     }
 
     #[test]
