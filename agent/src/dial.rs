@@ -1,18 +1,21 @@
 //! One dial stream: read the dial header, dial the target with a timeout
-//! (abandoned at once if the server resets the stream), answer, then copy
+//! (abandoned at once if the server resets the stream; a stream reset before
+//! its header is a cancelled dial, counted as
+//! `stream_errors_total{kind="cancelled"}`), answer, then copy
 //! bytes both ways until either side ends. There is no half-close in the
 //! Konnectivity protocol, so the first end closes the whole connection.
 
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use konnq_shared::quic::{codes, read_chunks, read_frame, write_all_chunks};
+use konnq_shared::quic::{codes, read_chunks, read_frame, write_all_chunks, FrameError};
 use konnq_shared::wire::{self, DialHeader, DialResult};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use konnq_shared::gauge::GaugeGuard;
+use konnq_shared::logging::untrusted;
 
 use crate::metrics::{DialFailure, Direction, Metrics};
 
@@ -30,9 +33,19 @@ pub async fn handle(
 ) {
     let header = match read_header(&mut recv).await {
         Ok(h) => h,
-        Err(reason) => {
+        Err(NoHeader::Cancelled(code)) => {
+            metrics.stream_error("cancelled");
+            debug!(stream = %send.id(), "dial cancelled by the server before its header (reset, code {code})");
+            let _ = send.reset(VarInt::from_u32(codes::DIAL_ABANDONED));
+            return;
+        }
+        Err(NoHeader::ConnectionLost(e)) => {
+            debug!(stream = %send.id(), "connection lost before the dial header: {e}");
+            return;
+        }
+        Err(NoHeader::Malformed(reason)) => {
             metrics.stream_error("malformed_dial_header");
-            warn!(stream = %send.id(), "refusing dial stream: {reason}");
+            warn!(stream = %send.id(), "refusing dial stream: {}", untrusted(&reason));
             let _ = send.reset(VarInt::from_u32(codes::PROTOCOL));
             let _ = recv.stop(VarInt::from_u32(codes::PROTOCOL));
             return;
@@ -51,7 +64,7 @@ pub async fn handle(
         r = tokio::time::timeout(timeout, TcpStream::connect(&header.address)) => r,
         _ = send.stopped() => {
             metrics.dials_abandoned.inc();
-            debug!(connect_id, address = %header.address, "server abandoned the dial");
+            debug!(connect_id, address = %untrusted(&header.address), "server abandoned the dial");
             let _ = recv.stop(VarInt::from_u32(codes::DIAL_ABANDONED));
             return;
         }
@@ -63,14 +76,14 @@ pub async fn handle(
             // The kernel's connect timeout is a timeout too, as for upstream.
             let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
             metrics.dial_failed(if timed_out { DialFailure::Timeout } else { DialFailure::Unknown });
-            debug!(connect_id, address = %header.address, "dial failed: {e}");
+            debug!(connect_id, address = %untrusted(&header.address), "dial failed: {e}");
             answer(&mut send, DialResult::Failed(format!("dial tcp {}: {e}", header.address))).await;
             return;
         }
         Err(_) => {
             metrics.dial_failed(DialFailure::Timeout);
             let reason = format!("dial tcp {}: i/o timeout after {timeout:?}", header.address);
-            debug!(connect_id, "{reason}");
+            debug!(connect_id, "{}", untrusted(&reason));
             answer(&mut send, DialResult::Failed(reason)).await;
             return;
         }
@@ -85,16 +98,35 @@ pub async fn handle(
         metrics.dials_abandoned.inc();
         return;
     }
-    debug!(connect_id, address = %header.address, "connected");
+    debug!(connect_id, address = %untrusted(&header.address), "connected");
     pump(tcp, send, recv, connect_id, &metrics, send_clock).await;
 }
 
-async fn read_header(recv: &mut RecvStream) -> Result<DialHeader, String> {
-    let (kind, body) = tokio::time::timeout(HEADER_TIMEOUT, read_frame(recv, wire::MAX_DIAL_BODY, "dial header"))
+/// Why a dial stream brought no dial header.
+enum NoHeader {
+    /// The server reset the stream first: it gave the dial up (the client
+    /// cancelled or went away, or the dial timed out) before the header
+    /// was sent or while it was on its way. Normal, not an error.
+    Cancelled(VarInt),
+    /// The connection to the server ended (reported by the session).
+    ConnectionLost(quinn::ConnectionError),
+    /// Anything else is a protocol violation.
+    Malformed(String),
+}
+
+async fn read_header(recv: &mut RecvStream) -> Result<DialHeader, NoHeader> {
+    let read = tokio::time::timeout(HEADER_TIMEOUT, read_frame(recv, wire::MAX_DIAL_BODY, "dial header"))
         .await
-        .map_err(|_| format!("no dial header within {HEADER_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-    DialHeader::from_frame(kind, &body).map_err(|e| e.to_string())
+        .map_err(|_| NoHeader::Malformed(format!("no dial header within {HEADER_TIMEOUT:?}")))?;
+    let (kind, body) = match read {
+        Ok(frame) => frame,
+        Err(FrameError::Read { source: quinn::ReadError::Reset(code), .. }) => return Err(NoHeader::Cancelled(code)),
+        Err(FrameError::Read { source: quinn::ReadError::ConnectionLost(e), .. }) => {
+            return Err(NoHeader::ConnectionLost(e))
+        }
+        Err(e) => return Err(NoHeader::Malformed(e.to_string())),
+    };
+    DialHeader::from_frame(kind, &body).map_err(|e| NoHeader::Malformed(e.to_string()))
 }
 
 async fn answer(send: &mut SendStream, result: DialResult) {

@@ -163,7 +163,11 @@ impl Metrics {
             "Dials the server gave up before the agent answered",
             self.dials_abandoned.clone(),
         );
-        r.register("stream_errors_total", "Dial streams refused, by kind", self.stream_errors.clone());
+        r.register(
+            "stream_errors_total",
+            "Dial streams that brought no dial, by kind (malformed_dial_header; cancelled: reset by the server first)",
+            self.stream_errors.clone(),
+        );
         r.register("bytes_total", "Bytes proxied, by direction (to_target, to_server)", self.bytes.family());
         r.register(
             "server_connect_failures_total",

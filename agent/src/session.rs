@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use konnq_shared::config::{AgentConfig, AgentIdentifiers, AgentTransport};
+use konnq_shared::logging::untrusted;
 use konnq_shared::quic::{self, codes, read_frame};
 use konnq_shared::stream_socket::StreamSocket;
 use konnq_shared::wire::{self, Control, Hello, SecretToken};
@@ -277,9 +278,9 @@ impl Connector {
             Err(e) => {
                 self.metrics.connect_failures.inc();
                 if self.on_tcp.load(Ordering::Relaxed) && via == Transport::Udp {
-                    debug!(server = %self.address(), "UDP still gets no answer: {e}");
+                    debug!(server = %self.address(), "UDP still gets no answer: {}", untrusted(&e));
                 } else {
-                    warn!(server = %self.address(), "cannot connect: {e}");
+                    warn!(server = %self.address(), "cannot connect: {}", untrusted(&e));
                 }
                 return Outcome::Failed;
             }
@@ -295,12 +296,12 @@ impl Connector {
         match added {
             Ok(Added { key, retire }) => {
                 let transport = transport.label();
-                info!(%remote, server_id = %id, server_count = count, agent_id = %self.cfg.agent_id, transport, "connected to server");
+                info!(%remote, server_id = %untrusted(&id), server_count = count, agent_id = %self.cfg.agent_id, transport, "connected to server");
                 tokio::spawn(self.serve(key, connected, retire));
                 Outcome::Added
             }
             Err(Duplicate) => {
-                debug!(%remote, server_id = %id, "reached a server this agent is already connected to; closing");
+                debug!(%remote, server_id = %untrusted(&id), "reached a server this agent is already connected to; closing");
                 connected.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent already connected to this server");
                 Outcome::Duplicate
             }
@@ -471,14 +472,14 @@ impl Connector {
                     if let Err(e) = control.write_all(&Control::Drain.encode()).await {
                         return format!("control stream: {e}");
                     }
-                    info!(server_id, "told the server this connection is draining");
+                    info!(server_id = %untrusted(server_id), "told the server this connection is draining");
                 }
                 _ = poll.tick(), if tokens.sent.is_some() => {
                     let Some(token) = tokens.changed(self.read_token().await) else { continue };
                     if let Err(e) = control.write_all(&Control::Token(SecretToken(token)).encode()).await {
                         return format!("control stream: {e}");
                     }
-                    info!(server_id, "service-account token changed; sent the new one to the server");
+                    info!(server_id = %untrusted(server_id), "service-account token changed; sent the new one to the server");
                 }
                 else => return std::future::pending().await,
             }
@@ -495,10 +496,10 @@ impl Connector {
                 match read_frame(&mut control, wire::MAX_CONTROL_BODY, "control message").await {
                     Ok((kind, body)) => match Control::from_frame(kind, &body) {
                         Ok(Control::Drain) => {
-                            info!(%server_id, "server is draining; looking for another server");
+                            info!(server_id = %untrusted(&server_id), "server is draining; looking for another server");
                             self.pool.set_draining(&server_id, key);
                         }
-                        Ok(other) => debug!("ignoring control message {other:?}"),
+                        Ok(other) => debug!("ignoring control message {}", untrusted(&format!("{other:?}"))),
                         Err(e) => {
                             conn.close(VarInt::from_u32(codes::PROTOCOL), b"malformed control message");
                             return format!("malformed control message: {e}");
@@ -560,9 +561,9 @@ impl Connector {
             _ => reason,
         };
         if retired {
-            info!(%server_id, "retired connection closed: {reason}");
+            info!(server_id = %untrusted(&server_id), "retired connection closed: {}", untrusted(&reason));
         } else {
-            warn!(%server_id, "disconnected from server: {reason}");
+            warn!(server_id = %untrusted(&server_id), "disconnected from server: {}", untrusted(&reason));
         }
         self.pool.remove(&server_id, key, retired || began.elapsed() >= STABLE_AFTER);
     }

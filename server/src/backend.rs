@@ -39,6 +39,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use konnq_shared::gauge::GaugeGuard;
+use konnq_shared::logging::untrusted;
 
 use self::registry::Registry;
 use self::strategy::{Destination, Reach};
@@ -112,6 +113,27 @@ pub struct AgentConn {
     pub send_clock: Arc<konnq_shared::quic::ShareClock>,
     /// An ICMP "port unreachable" for this agent is being checked.
     probing: std::sync::atomic::AtomicBool,
+    /// Why this server closed the connection, once it did.
+    closed_why: std::sync::OnceLock<String>,
+}
+
+impl AgentConn {
+    /// Closes the connection from this side with `code` and `why`, which
+    /// is also what the clients of the connections it cuts are told.
+    fn close(&self, code: u32, why: &str) {
+        let _ = self.closed_why.set(why.to_owned());
+        self.conn.close(VarInt::from_u32(code), why.as_bytes());
+    }
+
+    /// What to tell a client whose connection ended because this agent
+    /// connection failed with `e`: the reason this server closed it, if it
+    /// did (e.g. `server shutting down`), else the failure.
+    pub fn lost_reason(&self, e: &quinn::ConnectionError) -> String {
+        match (e, self.closed_why.get()) {
+            (quinn::ConnectionError::LocallyClosed, Some(why)) => why.clone(),
+            _ => format!("agent connection lost: {e}"),
+        }
+    }
 }
 
 /// A successful dial: the stream halves now carry raw bytes.
@@ -284,7 +306,7 @@ impl Backend {
             let agent = strategy::choose(found, |a| a.streams.available_permits() > 0, |n| fastrand::usize(..n))?;
             (strategy, Arc::clone(agent))
         };
-        debug!(address, %strategy, agent_id = %agent.agent_id, "dial routed");
+        debug!(address = %untrusted(address), %strategy, agent_id = %untrusted(&agent.agent_id), "dial routed");
         Some(agent)
     }
 
@@ -360,7 +382,7 @@ impl Backend {
         if let Ok(slot) = Arc::clone(&agent.streams).try_acquire_owned() {
             return Ok(slot);
         }
-        debug!(agent_id = %agent.agent_id, limit = self.max_streams, "all streams to the agent busy; waiting");
+        debug!(agent_id = %untrusted(&agent.agent_id), limit = self.max_streams, "all streams to the agent busy; waiting");
         let wait = Arc::clone(&agent.streams).acquire_owned();
         let acquired = match deadline.zip(self.dial_timeout) {
             Some((deadline, timeout)) => tokio::time::timeout_at(deadline, wait).await.map_err(|_| {
@@ -382,7 +404,7 @@ impl Backend {
                 let remote = incoming.remote_address();
                 match backend.admit(incoming).await {
                     Ok(admitted) => backend.hold(admitted).await,
-                    Err(e) => warn!(%remote, "agent refused: {e}"),
+                    Err(e) => warn!(%remote, "agent refused: {}", untrusted(&e.to_string())),
                 }
             });
         }
@@ -405,7 +427,7 @@ impl Backend {
         if let Some(auth) = &self.auth {
             let deadline = tokio::time::Instant::now() + TOKEN_REVIEW_WAIT;
             match auth.check(&token, deadline).await {
-                Ok(account) => debug!(%agent_id, account, "agent token accepted"),
+                Ok(account) => debug!(agent_id = %untrusted(&agent_id), account, "agent token accepted"),
                 Err(e) => {
                     reject(&conn, &mut send, e.close_code(), &e.to_string()).await;
                     return Err(AdmitError::Auth { agent_id, source: e });
@@ -418,7 +440,7 @@ impl Backend {
         let streams = Arc::new(Semaphore::new(self.max_streams));
         let (reach, unused) = Reach::from_identifiers(&identifiers);
         if !unused.is_empty() {
-            warn!(%agent_id, ?unused, "agent identifiers that konnq cannot route by are ignored");
+            warn!(agent_id = %untrusted(&agent_id), unused = %untrusted(&format!("{unused:?}")), "agent identifiers that konnq cannot route by are ignored");
         }
         let agent = Arc::new(AgentConn {
             key,
@@ -429,6 +451,7 @@ impl Backend {
             streams,
             send_clock: Arc::default(),
             probing: Default::default(),
+            closed_why: Default::default(),
         });
         Ok(Admitted { agent, send, recv, token })
     }
@@ -445,11 +468,11 @@ impl Backend {
         let settle = agent.conn.rtt() * 2 + SETTLE_MARGIN;
         if tokio::time::timeout(settle, agent.conn.closed()).await.is_ok() {
             let why = agent.conn.close_reason().map(|r| r.to_string()).unwrap_or_default();
-            debug!(agent_id = %agent.agent_id, %remote, "agent closed its new connection at once: {why}");
+            debug!(agent_id = %untrusted(&agent.agent_id), %remote, "agent closed its new connection at once: {}", untrusted(&why));
             return;
         }
         let transport = if tcp::is_tcp_link(remote) { "tcp" } else { "quic" };
-        info!(agent_id = %agent.agent_id, %remote, transport, identifiers = ?agent.identifiers, "agent connected");
+        info!(agent_id = %untrusted(&agent.agent_id), %remote, transport, identifiers = %untrusted(&format!("{:?}", agent.identifiers)), "agent connected");
         let _connected = GaugeGuard::inc(&self.metrics.agent_connections);
         let _on_transport = GaugeGuard::inc(&self.metrics.agents_on(transport));
         let older = self.register(&agent);
@@ -466,8 +489,10 @@ impl Backend {
         let tell_drain = async {
             let _ = self.shutting_down.subscribe().wait_for(|&s| s).await;
             match send.write_all(&Control::Drain.encode()).await {
-                Ok(()) => debug!(agent_id = %agent.agent_id, "told the agent this server is draining"),
-                Err(e) => debug!(agent_id = %agent.agent_id, "cannot tell the agent this server is draining: {e}"),
+                Ok(()) => debug!(agent_id = %untrusted(&agent.agent_id), "told the agent this server is draining"),
+                Err(e) => {
+                    debug!(agent_id = %untrusted(&agent.agent_id), "cannot tell the agent this server is draining: {e}")
+                }
             }
             std::future::pending::<()>().await
         };
@@ -475,7 +500,7 @@ impl Backend {
             reason = self.read_control(&agent, &mut recv, &tokens) => reason,
             () = tell_drain => unreachable!("telling the agent about the drain never ends"),
             refused = checked => {
-                agent.conn.close(VarInt::from_u32(refused.close_code()), refused.to_string().as_bytes());
+                agent.close(refused.close_code(), &refused.to_string());
                 format!("its token no longer passes: {refused}")
             }
         };
@@ -485,8 +510,8 @@ impl Backend {
         };
         self.deregister(agent.key);
         agent.streams.close();
-        agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"control stream ended");
-        info!(agent_id = %agent.agent_id, %remote, "agent disconnected: {reason}");
+        agent.close(codes::SHUTDOWN, "control stream ended");
+        info!(agent_id = %untrusted(&agent.agent_id), %remote, "agent disconnected: {}", untrusted(&reason));
     }
 
     /// Reads the agent's control messages until the stream ends; returns why
@@ -499,16 +524,18 @@ impl Backend {
             };
             match Control::from_frame(kind, &body) {
                 Ok(Control::Drain) => {
-                    info!(agent_id = %agent.agent_id, "agent is draining; no new dials go to it");
+                    info!(agent_id = %untrusted(&agent.agent_id), "agent is draining; no new dials go to it");
                     self.set_draining(agent.key);
                 }
                 Ok(Control::Token(token)) if self.auth.is_some() => {
-                    debug!(agent_id = %agent.agent_id, "agent sent a new ServiceAccount token");
+                    debug!(agent_id = %untrusted(&agent.agent_id), "agent sent a new ServiceAccount token");
                     tokens.send_replace(token.0);
                 }
-                Ok(other) => debug!(agent_id = %agent.agent_id, "ignoring control message {other:?}"),
+                Ok(other) => {
+                    debug!(agent_id = %untrusted(&agent.agent_id), "ignoring control message {}", untrusted(&format!("{other:?}")))
+                }
                 Err(e) => {
-                    agent.conn.close(VarInt::from_u32(codes::PROTOCOL), b"malformed control message");
+                    agent.close(codes::PROTOCOL, "malformed control message");
                     return format!("malformed control message: {e}");
                 }
             }
@@ -522,7 +549,7 @@ impl Backend {
     fn watch_conflict(&self, agent: &Arc<AgentConn>, older: Vec<Arc<AgentConn>>) {
         let from: Vec<SocketAddr> = older.iter().map(|o| o.conn.remote_address()).collect();
         info!(
-            agent_id = %agent.agent_id,
+            agent_id = %untrusted(&agent.agent_id),
             remote = %agent.conn.remote_address(),
             earlier = ?from,
             "agent ID connected again while an earlier connection with it is open; new dials go to the new one"
@@ -537,7 +564,7 @@ impl Backend {
             }
             metrics.agent_id_conflicts.inc();
             warn!(
-                agent_id = %agent.agent_id,
+                agent_id = %untrusted(&agent.agent_id),
                 newest = %agent.conn.remote_address(),
                 others = ?alive,
                 "two live agents share one agent ID (give each agent its own --agent-id): new dials go only to \
@@ -590,15 +617,15 @@ impl Backend {
         let on_link: Vec<Arc<AgentConn>> =
             self.agents().all().filter(|a| a.conn.remote_address() == addr).cloned().collect();
         for agent in on_link {
-            info!(agent_id = %agent.agent_id, "{reason}; closing its connection");
-            agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent TCP connection ended");
+            info!(agent_id = %untrusted(&agent.agent_id), "{reason}; closing its connection");
+            agent.close(codes::SHUTDOWN, "agent TCP connection ended");
         }
     }
 
     /// Closes every agent connection (graceful shutdown).
     pub fn close_all(&self, reason: &str) {
         for agent in self.agents().all() {
-            agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), reason.as_bytes());
+            agent.close(codes::SHUTDOWN, reason);
         }
     }
 
@@ -630,15 +657,15 @@ async fn probe(agent: Arc<AgentConn>, keep_alive: Duration, metrics: Metrics) {
         }
     }
     if heard() {
-        debug!(agent_id = %agent.agent_id, "ICMP port unreachable for the agent's address, but the agent is alive");
+        debug!(agent_id = %untrusted(&agent.agent_id), "ICMP port unreachable for the agent's address, but the agent is alive");
     } else {
         metrics.agents_unreachable.inc();
         warn!(
-            agent_id = %agent.agent_id,
+            agent_id = %untrusted(&agent.agent_id),
             remote = %agent.conn.remote_address(),
             "agent unreachable: its port answered with ICMP, and nothing came from it for {waited:?}; closing"
         );
-        agent.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"agent unreachable");
+        agent.close(codes::SHUTDOWN, "agent unreachable");
     }
     metrics.agents_unreachable_checks.inc();
     agent.probing.store(false, Ordering::Relaxed);

@@ -177,16 +177,13 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     }
 
     let mode = cfg.mode;
-    let limits = frontend::http2::Limits {
-        max_message_bytes: cfg.max_message_bytes,
-        keepalive_time: cfg.frontend_keepalive_time,
-    };
+    let limits = frontend::http2::Limits::new(cfg.max_message_bytes, cfg.frontend_keepalive_time, &metrics);
     let mut uds_path = None;
     if let Some((listener, path)) = listeners.uds {
         info!(path = %path.display(), ?mode, "frontend on Unix socket");
         uds_path = Some(path);
         let incoming = UnixListenerStream::new(listener);
-        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), limits, stopped(shutdown_rx.clone())));
+        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), limits.clone(), stopped(shutdown_rx.clone())));
     }
     let mut tcp_addr = None;
     if let (Some(listener), Some(files)) = (listeners.tcp, &cfg.server_tls) {

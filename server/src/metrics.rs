@@ -66,6 +66,9 @@ pub struct Metrics {
     frontend_errors: Family<Label, PlainCounter>,
     /// TokenReviews waiting for the rate limit.
     pub token_review_queue: Gauge,
+    /// Bytes reserved for partly received gRPC messages (the process-wide
+    /// budget's use, see `frontend::budget`).
+    pub partial_message_bytes: Gauge,
     token_reviews: Family<Label, PlainCounter>,
     agent_auth_failures: Family<Label, PlainCounter>,
     /// Two live agent connections kept one agent ID past the reconnect grace.
@@ -211,6 +214,7 @@ impl Metrics {
             bytes: CounterSet::new([[("direction", "to_agent")], [("direction", "to_client")]]),
             frontend_errors: Family::default(),
             token_review_queue: Gauge::default(),
+            partial_message_bytes: Gauge::default(),
             token_reviews: Family::default(),
             agent_auth_failures: Family::default(),
             agent_id_conflicts: PlainCounter::default(),
@@ -302,6 +306,11 @@ impl Metrics {
             "frontend_errors_total",
             "Protocol violations by frontend clients, by kind",
             self.frontend_errors.clone(),
+        );
+        r.register(
+            "frontend_partial_message_bytes",
+            "Bytes reserved for partly received gRPC messages credited back early (at most 64 MiB)",
+            self.partial_message_bytes.clone(),
         );
         r.register(
             "token_review_queue",

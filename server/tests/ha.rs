@@ -549,3 +549,21 @@ async fn a_server_shutting_down_waits_for_dials_its_agent_has_not_answered() {
     within(LIMIT, stopping).await.expect("the server stopped");
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_cut_by_the_graceful_shutdown_timeout_is_told_the_server_is_shutting_down() {
+    let lab = Lab::with(|raw| raw.graceful_shutdown_timeout = Some(Duration::from_millis(200))).await;
+    let agent = lab.agent_with(|raw| raw.graceful_shutdown_timeout = Some(Duration::from_secs(120))).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"in transfer")).await, b"in transfer");
+
+    let Lab { server, dir: _dir, .. } = lab;
+    let stopping = tokio::spawn(server.shutdown());
+    let (_, why) = within(LIMIT, open.read_to_close()).await;
+    assert_eq!(why, "server shutting down", "CLOSE_RSP tells the client why");
+    within(LIMIT, stopping).await.expect("the server stopped");
+    agent.shutdown().await;
+}

@@ -567,6 +567,8 @@ async fn idle_connection_is_pinged_after_frontend_keepalive_time() {
 struct Goaway {
     last_stream_id: u32,
     code: u32,
+    /// The debug data: the server's reason.
+    debug: String,
 }
 
 /// Connects, waits for the server's SETTINGS, sends `bad`, then expects
@@ -597,7 +599,8 @@ async fn provoke_goaway(socket: &Path, bad: &[u8]) -> Goaway {
                     Err(e) => panic!("reading after GOAWAY: {e}"),
                 }
                 assert!(rest.is_empty(), "the server sent {} bytes after GOAWAY", rest.len());
-                return Goaway { last_stream_id: word(0) & 0x7fff_ffff, code: word(4) };
+                let debug = String::from_utf8_lossy(&payload[8..]).into_owned();
+                return Goaway { last_stream_id: word(0) & 0x7fff_ffff, code: word(4), debug };
             }
             // Its connection window, the SETTINGS ack, response headers.
             Ok(Some((WINDOW_UPDATE | SETTINGS | HEADERS, ..))) => {}
@@ -660,6 +663,34 @@ async fn connection_errors_close_only_that_connection() {
     }
     within(LIMIT, close(&mut established, 1, established_id)).await;
     assert_eq!(errors(), before + count, "good connections add no http2 errors");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_identifier_going_backwards_is_a_protocol_error() {
+    let lab = Lab::new().await;
+    let mut encoder = Encoder::new();
+    let request: [(&[u8], &[u8]); 4] = [
+        (b":method", b"POST"),
+        (b":path", PROXY_PATH.as_bytes()),
+        (b":scheme", b"http"),
+        (b"content-type", b"application/grpc"),
+    ];
+    // Stream 3, then a new request on stream 1 (RFC 9113 §5.1.1: each new
+    // stream's identifier is greater than all before it).
+    let mut bad = frame(HEADERS, END_HEADERS, 3, &encoder.encode(request));
+    bad.extend(frame(HEADERS, END_HEADERS, 1, &encoder.encode(request)));
+    let goaway = within(LIMIT, provoke_goaway(&lab.socket, &bad)).await;
+    assert_eq!((goaway.code, goaway.last_stream_id), (PROTOCOL_ERROR, 3), "{}", goaway.debug);
+    assert_eq!(goaway.debug, "stream identifier went backwards: 1 is not greater than the last one, 3");
+
+    // Stream 1 again after the client reset it: no newer either.
+    let mut encoder_again = Encoder::new();
+    let mut reused = frame(HEADERS, END_HEADERS | END_STREAM, 1, &encoder_again.encode(request));
+    reused.extend(frame(RST_STREAM, 0, 1, &0u32.to_be_bytes()));
+    reused.extend(frame(HEADERS, END_HEADERS, 1, &encoder_again.encode(request)));
+    let goaway = within(LIMIT, provoke_goaway(&lab.socket, &reused)).await;
+    assert_eq!((goaway.code, goaway.last_stream_id), (PROTOCOL_ERROR, 1), "{}", goaway.debug);
+    assert_eq!(goaway.debug, "stream identifier went backwards: 1 is not greater than the last one, 1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,4 +879,99 @@ async fn padded_frames_are_accepted() {
     })
     .await;
     assert_eq!(lab.server.metrics.frontend_errors("http2"), 0);
+}
+
+/// The server's stream window (SETTINGS_INITIAL_WINDOW_SIZE).
+const SERVER_STREAM_WINDOW: usize = 1024 * 1024;
+
+/// Opens `ids` and sends on each the start of a message of the largest
+/// size: its prefix, then as many of its `body` bytes as the server's
+/// windows let through. Returns the bytes each stream sent once no window
+/// opens any more (or all were sent).
+async fn send_until_stalled(h2: &mut RawH2, ids: &[u32], body: usize) -> Vec<usize> {
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&(MAX_MSG as u32).to_be_bytes());
+    let total = prefix.len() + body;
+    for &id in ids {
+        h2.open(id);
+    }
+    let mut sent = vec![0usize; ids.len()];
+    let mut pings = 0u64;
+    loop {
+        let mut progress = false;
+        for (i, &id) in ids.iter().enumerate() {
+            loop {
+                let window = h2.conn_send_window.min(h2.stream(id).send_window).max(0) as usize;
+                let n = window.min(total - sent[i]).min(MAX_FRAME);
+                if n == 0 {
+                    break;
+                }
+                let mut payload = vec![0u8; n];
+                for (k, byte) in payload.iter_mut().enumerate() {
+                    *byte = prefix.get(sent[i] + k).copied().unwrap_or(0);
+                }
+                h2.send_frame(id, &payload, None, 0).await;
+                sent[i] += n;
+                progress = true;
+            }
+        }
+        if !progress || sent.iter().all(|&n| n == total) {
+            return sent;
+        }
+        // The PING's acknowledgement follows every WINDOW_UPDATE the server
+        // sent for the bytes before it.
+        pings += 1;
+        h2.out.extend(frame(PING, 0, 0, &pings.to_be_bytes()));
+        while h2.ping_acks.is_empty() {
+            h2.pump().await;
+        }
+        h2.ping_acks.clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_messages_are_held_to_a_budget_while_other_clients_are_served() {
+    // Messages of the largest size (16 MiB), each sent but for its last MiB.
+    const BODY: usize = 15 * 1024 * 1024;
+    const RESERVED: usize = MAX_MSG + 5;
+    const PROCESS_BUDGET: usize = 64 * 1024 * 1024;
+    let lab = Lab::new().await;
+    let _agent = lab.ready_agent().await;
+    let target = echo_target().await;
+    let reserved = "konnq_server_frontend_partial_message_bytes";
+    within(LIMIT, async {
+        // One connection may hold one such message: its second one gets no
+        // more than the stream window.
+        let mut first = RawH2::connect(&lab.socket).await;
+        let sent = send_until_stalled(&mut first, &[1, 3], BODY).await;
+        assert_eq!(sent[0], 5 + BODY, "the first message goes through");
+        assert!(sent[1] <= SERVER_STREAM_WINDOW, "the second waits within its window: {} bytes sent", sent[1]);
+        assert_eq!(lab.metric(reserved).await, RESERVED as f64);
+
+        // The process may hold 64 MiB: three such messages, not four.
+        let mut others = Vec::new();
+        for expect_through in [true, true, false] {
+            let mut h2 = RawH2::connect(&lab.socket).await;
+            let sent = send_until_stalled(&mut h2, &[1], BODY).await;
+            if expect_through {
+                assert_eq!(sent[0], 5 + BODY, "a message within the process's budget goes through");
+            } else {
+                assert!(sent[0] <= SERVER_STREAM_WINDOW, "past the process's budget: {} bytes sent", sent[0]);
+            }
+            others.push(h2);
+        }
+        let held = lab.metric(reserved).await;
+        assert_eq!(held, (3 * RESERVED) as f64);
+        assert!(held <= PROCESS_BUDGET as f64);
+
+        // Meanwhile a client on another connection is served as ever.
+        let mut client = lab.channel().await;
+        let mut stream = Stream::dial(&mut client, &target.to_string()).await;
+        let payload = random_bytes(4 * 1024 * 1024);
+        assert!(echo_through(&mut stream, &payload).await == payload, "echoed bytes differ");
+        assert_new_connection_works(&lab.socket, target, "the budget was spent").await;
+        drop((first, others));
+    })
+    .await;
+    eventually("every reservation returned", LIMIT, || metric(&lab.server.metrics.render(), reserved) == 0.0).await;
 }

@@ -11,7 +11,13 @@
 //! | 2–4 | + konnq's DEBUG | per dial and per control message (upstream: V(2)–V(4)) |
 //! | 5–8 | + konnq's TRACE, the libraries' DEBUG | per packet (upstream: V(5) and up) |
 //! | 9+ | everything at TRACE | |
+//!
+//! Strings a peer chose (dial addresses, agent IDs and identifiers, close
+//! and refusal reasons, request lines) reach the log only through
+//! [`untrusted`]: bounded in length and with control characters escaped, so
+//! a peer can neither grow the log without bound nor forge log lines.
 
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -69,6 +75,55 @@ pub fn filter_for_verbosity(v: u8) -> String {
         5..=8 => "debug,konnq_server=trace,konnq_agent=trace,konnq_shared=trace,konnq_loadtest=trace".to_owned(),
         _ => "trace".to_owned(),
     }
+}
+
+/// Bytes of an untrusted string a log line shows; the rest is counted.
+pub const UNTRUSTED_MAX: usize = 256;
+
+/// A peer-provided string as the log shows it: at most [`UNTRUSTED_MAX`]
+/// bytes (cut at a character boundary, then `…(N bytes)` with the full
+/// length), control and line- or direction-changing characters escaped
+/// (`\n`, `\u{1b}`). Use it as a field (`address = %untrusted(&a)`) or
+/// in a message (`"{}", untrusted(&a)`).
+pub fn untrusted(s: &str) -> Untrusted<'_> {
+    Untrusted(s)
+}
+
+/// See [`untrusted`].
+#[derive(Clone, Copy)]
+pub struct Untrusted<'a>(&'a str);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let mut cut = s.len().min(UNTRUSTED_MAX);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        for c in s[..cut].chars() {
+            if needs_escape(c) {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        if cut < s.len() {
+            write!(f, "…({} bytes)", s.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Control characters, line and paragraph separators, and bidirectional
+/// overrides and isolates (which reorder what a terminal shows).
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -147,6 +202,41 @@ mod tests {
         assert_eq!(line["message"], "agent connected");
         assert_eq!(line["agent_id"], "node-1");
         assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    }
+
+    #[test]
+    fn untrusted_strings_are_bounded_and_escaped() {
+        assert_eq!(untrusted("10.0.0.1:443").to_string(), "10.0.0.1:443");
+        assert_eq!(untrusted("a\nb\r\u{1b}[31m\u{202e}c").to_string(), "a\\nb\\r\\u{1b}[31m\\u{202e}c");
+        assert_eq!(format!("{:?}", untrusted("x\ty")), "\"x\\ty\"");
+        let long = "a".repeat(1 << 20);
+        assert_eq!(untrusted(&long).to_string(), format!("{}…(1048576 bytes)", "a".repeat(UNTRUSTED_MAX)));
+        let exact = "b".repeat(UNTRUSTED_MAX);
+        assert_eq!(untrusted(&exact).to_string(), exact, "nothing cut at the limit");
+    }
+
+    #[test]
+    fn untrusted_strings_are_cut_at_a_character_boundary() {
+        // 'é' is two bytes: the limit falls inside the last one shown.
+        let s = format!("{}{}", "x", "é".repeat(UNTRUSTED_MAX));
+        let shown = untrusted(&s).to_string();
+        let (head, tail) = shown.split_once('…').expect("cut");
+        assert_eq!(head, format!("x{}", "é".repeat((UNTRUSTED_MAX - 1) / 2)));
+        assert_eq!(tail, format!("({} bytes)", s.len()));
+    }
+
+    #[test]
+    fn a_huge_untrusted_field_gives_a_bounded_log_line() {
+        let out = Buffer::default();
+        let sub = build(EnvFilter::new("info"), false, false, out.clone());
+        let address = format!("{}\nFAKE LINE", "h".repeat(1 << 20));
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!(target: "konnq_server", address = %untrusted(&address), "rejected dial: {}", untrusted(&address));
+        });
+        let text = out.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.len() < 1024, "a {}-byte log line", text.len());
+        assert!(text.contains(&format!("…({} bytes)", address.len())), "{text}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use konnq_shared::logging::untrusted;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -49,20 +50,20 @@ impl Authenticator {
             match self.recheck(&candidate, Instant::now() + TOKEN_REVIEW_WAIT).await {
                 Ok(_) => {
                     if rotated {
-                        info!(%agent_id, "agent's new ServiceAccount token accepted");
+                        info!(agent_id = %untrusted(agent_id), "agent's new ServiceAccount token accepted");
                     }
                     token = candidate;
                     next = self.recheck_at(&token);
                 }
                 Err(AuthError::Unreachable(e)) => {
-                    warn!(%agent_id, "cannot check the agent's token, the agent stays connected: {e}");
+                    warn!(agent_id = %untrusted(agent_id), "cannot check the agent's token, the agent stays connected: {}", untrusted(&e.to_string()));
                     if rotated {
                         pending = Some(candidate);
                     }
                     next = Instant::now() + RETRY;
                 }
                 Err(refused) => {
-                    warn!(%agent_id, "disconnecting the agent: {refused}");
+                    warn!(agent_id = %untrusted(agent_id), "disconnecting the agent: {}", untrusted(&refused.to_string()));
                     return refused;
                 }
             }

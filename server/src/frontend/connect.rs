@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use konnq_shared::konnectivity::{check_dial, DialReq};
+use konnq_shared::logging::untrusted;
 use konnq_shared::quic::{codes, read_coalesced};
 use quinn::VarInt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -163,18 +164,14 @@ where
     E: std::fmt::Display,
 {
     use futures::StreamExt;
+    let incoming = super::accept::with_backoff(incoming, "HTTP-CONNECT frontend");
     tokio::pin!(incoming, stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
             next = incoming.next() => match next {
-                Some(Ok(io)) => {
+                Some(io) => {
                     tokio::spawn(serve(io, ctx.clone()));
-                }
-                Some(Err(e)) => {
-                    warn!("accepting an HTTP-CONNECT client: {e}");
-                    // Typically EMFILE: give the process a moment before retrying.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 None => return,
             },
@@ -209,7 +206,7 @@ where
         Head::Connect { target, consumed } => (target, consumed),
         Head::NotConnect { method } => {
             ctx.metrics.frontend_error("not_connect");
-            warn!(%method, "refusing a non-CONNECT request");
+            warn!(method = %untrusted(&method), "refusing a non-CONNECT request");
             let body = "this proxy only supports CONNECT passthrough\n";
             answer_and_close(&mut io, &response("405 Method Not Allowed", body)).await;
             return;
@@ -227,7 +224,7 @@ where
         r = dial => r,
         _ = watch_client(&mut io, &mut early) => {
             ctx.metrics.dial_failed(DialFailure::FrontendClose);
-            debug!(address = %req.address, "client went away during the dial");
+            debug!(address = %untrusted(&req.address), "client went away during the dial");
             return;
         }
     };
@@ -236,11 +233,11 @@ where
             if write_flushed(&mut io, b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_err() {
                 return;
             }
-            debug!(connect_id = dialed.connect_id, address = %req.address, "CONNECT established");
+            debug!(connect_id = dialed.connect_id, address = %untrusted(&req.address), "CONNECT established");
             splice(io, early.freeze(), dialed, &ctx.metrics).await;
         }
         Err(e) => {
-            info!(address = %req.address, "CONNECT dial failed: {e}");
+            info!(address = %untrusted(&req.address), "CONNECT dial failed: {}", untrusted(&e.to_string()));
             let (status, body) = dial_error_response(&e);
             answer_and_close(&mut io, &response(status, &body)).await;
         }

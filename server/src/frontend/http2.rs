@@ -16,6 +16,8 @@
 //! stream is served by [`session::run`] on its own task, connected by an
 //! inbound queue (credited back to the client as the session consumes it, so
 //! a slow session stalls only its own stream) and a bounded outbound channel.
+//! A message larger than the stream window is credited as it arrives only
+//! within the partial-message budgets of [`super::budget`].
 //!
 //! Every protocol violation closes the connection with GOAWAY naming the
 //! error (or resets just the stream, where RFC 9113 says a stream error),
@@ -46,6 +48,7 @@ use tokio_stream::StreamMap;
 use tonic::Status;
 use tracing::{debug, warn};
 
+use super::budget::{PartialBudget, Reservation, PROCESS_BUDGET};
 use super::session::{self, Out, SessionCtx};
 
 /// The one method served.
@@ -78,13 +81,28 @@ const WRITE_STOP_READ: usize = 256 * 1024;
 /// Keep-alive: close a connection whose PING is not answered this soon.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Per-connection settings from the configuration.
-#[derive(Debug, Clone, Copy)]
+/// Per-connection settings from the configuration, and the process-wide
+/// budget for partly received messages that clones share.
+#[derive(Clone)]
 pub struct Limits {
     /// Largest gRPC message accepted (`max-message-bytes`).
     pub max_message_bytes: usize,
     /// PING a connection idle this long (`frontend-keepalive-time`).
     pub keepalive_time: Duration,
+    /// Bytes of partly received messages all connections may hold with
+    /// early credit (see [`super::budget`]); each connection may hold one
+    /// message of `max_message_bytes`.
+    pub partial_budget: Arc<PartialBudget>,
+}
+
+impl Limits {
+    /// With a process-wide budget of [`PROCESS_BUDGET`] (at least one
+    /// message of the largest size), shown by `metrics`.
+    pub fn new(max_message_bytes: usize, keepalive_time: Duration, metrics: &crate::metrics::Metrics) -> Limits {
+        let limit = PROCESS_BUDGET.max(max_message_bytes + 5);
+        let partial_budget = PartialBudget::new(limit, metrics.partial_message_bytes.clone());
+        Limits { max_message_bytes, keepalive_time, partial_budget }
+    }
 }
 
 // Frame types (RFC 9113 §6).
@@ -151,14 +169,14 @@ where
     E: std::fmt::Display,
 {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut incoming = std::pin::pin!(incoming);
+    let mut incoming = std::pin::pin!(super::accept::with_backoff(incoming, "gRPC frontend"));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             next = incoming.next() => match next {
-                Some(Ok(io)) => {
-                    let ctx = ctx.clone();
+                Some(io) => {
+                    let (ctx, limits) = (ctx.clone(), limits.clone());
                     let mut stop = stop_rx.clone();
                     tokio::spawn(async move {
                         let stopping = Box::pin(async move {
@@ -176,7 +194,6 @@ where
                         }
                     });
                 }
-                Some(Err(e)) => debug!("frontend accept failed: {e}"),
                 None => break,
             },
         }
@@ -199,16 +216,24 @@ struct InboundShared {
 
 #[derive(Default)]
 struct InboundState {
-    /// Packets with the bytes to credit back when each is taken.
-    queue: VecDeque<(Result<Packet, Status>, u32)>,
+    queue: VecDeque<Queued>,
     ended: bool,
     waker: Option<Waker>,
 }
 
+/// A packet (or the status ending the stream) for the session.
+struct Queued {
+    item: Result<Packet, Status>,
+    /// Bytes to credit back when the session takes it.
+    credit: u32,
+    /// The message's budget reservation, returned when it is taken.
+    _reservation: Option<Reservation>,
+}
+
 impl InboundShared {
-    fn push(&self, item: Result<Packet, Status>, credit: u32) {
+    fn push(&self, item: Result<Packet, Status>, credit: u32, reservation: Option<Reservation>) {
         let mut st = self.state.lock().unwrap();
-        st.queue.push_back((item, credit));
+        st.queue.push_back(Queued { item, credit, _reservation: reservation });
         if let Some(w) = st.waker.take() {
             w.wake();
         }
@@ -226,7 +251,7 @@ impl InboundShared {
     /// session reads `CANCELLED`, what a gRPC server reports for a stream
     /// reset by its client or lost with its connection.
     fn cancel(&self, why: &str) {
-        self.push(Err(Status::cancelled(why)), 0);
+        self.push(Err(Status::cancelled(why)), 0, None);
         self.end();
     }
 }
@@ -237,13 +262,13 @@ impl Stream for Inbound {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let shared = &self.shared;
         let mut st = shared.state.lock().unwrap();
-        if let Some((item, n)) = st.queue.pop_front() {
+        if let Some(Queued { item, credit, _reservation }) = st.queue.pop_front() {
             if st.queue.is_empty() {
                 st.queue = VecDeque::new();
             }
             drop(st);
-            if n > 0 {
-                shared.conn.consumed(shared.stream_id, n);
+            if credit > 0 {
+                shared.conn.consumed(shared.stream_id, credit);
             }
             return Poll::Ready(Some(item));
         }
@@ -262,7 +287,7 @@ impl Drop for Inbound {
         let unread: u32 = {
             let mut st = self.shared.state.lock().unwrap();
             st.ended = true;
-            st.queue.drain(..).map(|(_, n)| n).sum()
+            st.queue.drain(..).map(|q| q.credit).sum()
         };
         if unread > 0 {
             self.shared.conn.consumed(self.shared.stream_id, unread);
@@ -307,7 +332,7 @@ struct StreamState {
     /// Received bytes not yet credited back.
     owed: u32,
     /// A gRPC message being reassembled from DATA frames.
-    partial: BytesMut,
+    partial: Partial,
     /// Our send window on this stream.
     send_window: i64,
     /// Encoded response bytes the windows did not let out yet, in order
@@ -328,8 +353,39 @@ enum Event {
     Flushed(std::io::Result<()>),
     Out(u32, Option<Item>),
     Credit,
+    /// A partial-message budget has room for a stream that waits for it.
+    Budget,
     Timer,
     Stop,
+}
+
+/// A gRPC message being reassembled from DATA frames.
+#[derive(Default)]
+struct Partial {
+    buf: BytesMut,
+    /// Bytes of `buf` credited back before the message was complete.
+    credited: u32,
+    /// The whole message's reservation, once it has one.
+    reservation: Option<Reservation>,
+}
+
+impl Partial {
+    /// The whole message's size, prefix included, once the prefix is in.
+    fn size(&self) -> Option<usize> {
+        let b = &self.buf;
+        (b.len() >= 5).then(|| 5 + u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize)
+    }
+
+    fn uncredited(&self) -> u32 {
+        self.buf.len() as u32 - self.credited
+    }
+
+    /// Drops the message; returns its bytes not credited yet.
+    fn discard(&mut self) -> u32 {
+        let uncredited = self.uncredited();
+        *self = Partial::default();
+        uncredited
+    }
 }
 
 struct Connection<IO> {
@@ -359,6 +415,13 @@ struct Connection<IO> {
     conn_send_window: i64,
     peer_initial_window: i64,
     peer_max_frame: usize,
+    /// Partial-message budgets: this connection's and the process's.
+    conn_budget: Arc<PartialBudget>,
+    process_budget: Arc<PartialBudget>,
+    /// Streams whose partial message waits for a reservation, oldest first.
+    starved: VecDeque<u32>,
+    /// Woken when a budget gets bytes back, while `starved` is not empty.
+    budget_waker: Arc<AtomicWaker>,
     /// Keep-alive: when to ping next, or by when the PING must be answered.
     timer: Pin<Box<Sleep>>,
     ping_outstanding: bool,
@@ -390,6 +453,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             conn_send_window: 65_535,
             peer_initial_window: 65_535,
             peer_max_frame: MAX_FRAME,
+            conn_budget: PartialBudget::new(limits.max_message_bytes + 5, Default::default()),
+            process_budget: limits.partial_budget,
+            starved: VecDeque::new(),
+            budget_waker: Arc::new(AtomicWaker::new()),
             timer: Box::pin(tokio::time::sleep(limits.keepalive_time)),
             ping_outstanding: false,
         }
@@ -477,6 +544,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Event::Wrote(Err(e)) => return Err(e.into()),
                 Event::Out(id, item) => self.on_outbound(id, item),
                 Event::Credit => self.send_credits(),
+                Event::Budget => self.retry_starved(),
                 Event::Timer => {
                     if self.ping_outstanding {
                         return Err(ConnError::KeepAlive(KEEPALIVE_TIMEOUT));
@@ -532,6 +600,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
         if !self.stopped && self.stopping.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Stop);
+        }
+        if let Some(need) = self.starved_need() {
+            self.budget_waker.register(cx.waker());
+            if self.conn_budget.fits(need) && self.process_budget.fits(need) {
+                return Poll::Ready(Event::Budget);
+            }
         }
         Poll::Pending
     }
@@ -799,16 +873,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             .map_err(|e| proto_err(COMPRESSION_ERROR, format!("bad header block: {e}")))?;
 
         if stream_id <= self.last_stream_id {
-            // Trailers from the client on an open stream end its side.
-            if !end_stream {
-                return Err(proto_err(PROTOCOL_ERROR, "second HEADERS without END_STREAM"));
-            }
-            if let Some(st) = self.streams.get_mut(&stream_id) {
-                if let Some(inbound) = st.inbound.take() {
-                    inbound.end();
-                }
-            }
-            return Ok(());
+            return self.on_trailers(stream_id, end_stream);
         }
         if stream_id.is_multiple_of(2) {
             return Err(proto_err(PROTOCOL_ERROR, "client stream with an even id"));
@@ -833,7 +898,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         };
         if let Some(status) = refusal {
             self.ctx.metrics.frontend_error("http2_request");
-            debug!(stream_id, "refusing request: {}", status.message());
+            debug!(stream_id, "refusing request: {}", konnq_shared::logging::untrusted(status.message()));
             self.trailers(stream_id, false, &status);
             if !end_stream {
                 self.rst(stream_id, NO_ERROR);
@@ -857,7 +922,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 inbound: (!end_stream).then(|| Arc::clone(&inbound)),
                 recv_window: STREAM_WINDOW as i64,
                 owed: 0,
-                partial: BytesMut::new(),
+                partial: Partial::default(),
                 send_window: self.peer_initial_window,
                 pending: VecDeque::new(),
                 pending_len: 0,
@@ -869,6 +934,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         // (tonic's) expect.
         self.response_headers(stream_id);
         tokio::spawn(session::run(Inbound { shared: inbound }, tx, self.ctx.clone()));
+        Ok(())
+    }
+
+    /// A header block on a stream opened before: trailers, which end the
+    /// client's side. Without END_STREAM it is no trailer; on a stream we
+    /// no longer know it opens a stream whose identifier is not greater
+    /// than the last one (RFC 9113 §5.1.1).
+    fn on_trailers(&mut self, stream_id: u32, end_stream: bool) -> Result<(), ConnError> {
+        let Some(st) = self.streams.get_mut(&stream_id) else {
+            if end_stream {
+                // Trailers that crossed our end of the stream.
+                return Ok(());
+            }
+            let last = self.last_stream_id;
+            return Err(proto_err(
+                PROTOCOL_ERROR,
+                format!("stream identifier went backwards: {stream_id} is not greater than the last one, {last}"),
+            ));
+        };
+        if !end_stream {
+            return Err(proto_err(PROTOCOL_ERROR, "second HEADERS without END_STREAM"));
+        }
+        if let Some(inbound) = st.inbound.take() {
+            inbound.end();
+        }
         Ok(())
     }
 
@@ -907,39 +997,93 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             self.credit(stream_id, flow_len);
             return Ok(());
         };
-        // Credit accounting: padding and bytes that go into a partial
-        // message are consumed now (a message may be larger than the
-        // window); bytes of a message queued whole are consumed when the
-        // session takes it, so a slow session stalls only its own stream.
+        // Credit accounting: padding is consumed now; bytes of a message
+        // queued whole when the session takes it, so a slow session stalls
+        // only its own stream; bytes of a partial message now if it has a
+        // budget reservation (a message may be larger than the window, see
+        // `settle`), else when the session takes the message.
         let mut now = flow_len - payload.len() as u32;
-        let (outcome, taken_now) = assemble(&mut st.partial, payload, self.max_message_bytes, &inbound);
-        now += taken_now;
         let mut close = false;
-        match outcome {
+        match assemble(&mut st.partial, payload, self.max_message_bytes, &inbound) {
             Ok(()) if end_stream => {
-                if !st.partial.is_empty() {
-                    inbound.push(Err(Status::internal("stream ended inside a message")), 0);
-                    st.partial = BytesMut::new();
+                if !st.partial.buf.is_empty() {
+                    inbound.push(Err(Status::internal("stream ended inside a message")), 0, None);
+                    now += st.partial.discard();
                 }
                 inbound.end();
                 st.inbound = None;
             }
             Ok(()) => {}
-            Err(status) => {
-                // The session ends the stream with this status; nothing more
-                // the client sends on it is read.
-                inbound.push(Err(status), 0);
+            Err(unread) => {
+                // The session ends the stream with the status queued; nothing
+                // more the client sends on it is read.
+                now += unread + st.partial.discard();
                 inbound.end();
                 st.inbound = None;
-                st.partial = BytesMut::new();
                 close = st.done;
             }
         }
         self.credit(stream_id, now);
+        self.settle(stream_id);
         if close {
             self.close_stream(stream_id);
         }
         Ok(())
+    }
+
+    /// Early credit for a stream's partial message: once the message holds
+    /// a reservation of its whole size (taken here if it fits both
+    /// budgets), every byte of it is credited as it arrives; until then the
+    /// stream waits in `starved` (see [`super::budget`]).
+    fn settle(&mut self, id: u32) {
+        let Some(st) = self.streams.get_mut(&id).filter(|st| st.inbound.is_some()) else {
+            return;
+        };
+        let Some(size) = st.partial.size() else {
+            return;
+        };
+        if st.partial.reservation.is_none() {
+            let Some(reservation) = Reservation::take(&self.conn_budget, &self.process_budget, size) else {
+                if !self.starved.contains(&id) {
+                    self.starved.push_back(id);
+                    self.watch_budgets(true);
+                }
+                return;
+            };
+            st.partial.buf.reserve(size - st.partial.buf.len());
+            st.partial.reservation = Some(reservation);
+        }
+        let n = st.partial.uncredited();
+        st.partial.credited += n;
+        self.credit(id, n);
+    }
+
+    /// A budget got bytes back: the waiting streams try again, oldest first.
+    fn retry_starved(&mut self) {
+        for id in std::mem::take(&mut self.starved) {
+            self.settle(id);
+        }
+        if self.starved.is_empty() {
+            self.watch_budgets(false);
+        }
+    }
+
+    /// What the oldest waiting stream needs from the budgets (0: it waits
+    /// no more and only leaves `starved`).
+    fn starved_need(&self) -> Option<usize> {
+        let id = self.starved.front()?;
+        let st = self.streams.get(id).filter(|st| st.inbound.is_some() && st.partial.reservation.is_none());
+        Some(st.and_then(|st| st.partial.size()).unwrap_or(0))
+    }
+
+    fn watch_budgets(&self, watch: bool) {
+        for budget in [&self.conn_budget, &self.process_budget] {
+            if watch {
+                budget.watch(&self.budget_waker);
+            } else {
+                budget.unwatch(&self.budget_waker);
+            }
+        }
     }
 
     /// Records `n` consumed bytes on a stream (and the connection) and sends
@@ -1097,10 +1241,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// Forgets a stream: its session sees the end of its inbound packets and
     /// a closed outbound channel.
     fn close_stream(&mut self, id: u32) {
-        if let Some(st) = self.streams.remove(&id) {
+        if let Some(mut st) = self.streams.remove(&id) {
             if let Some(inbound) = st.inbound {
                 inbound.end();
             }
+            // Only the connection window is still owed its bytes.
+            let unread = st.partial.discard();
+            self.credit(id, unread);
         }
         self.outbound.remove(&id);
     }
@@ -1178,67 +1325,45 @@ fn percent_encode(message: &str) -> Vec<u8> {
 }
 
 /// Splits DATA payload into gRPC messages, queueing each decoded packet on
-/// `inbound`. Returns whether the stream may go on and how many payload
-/// bytes were consumed now (kept in `partial`) rather than queued.
-fn assemble(
-    partial: &mut BytesMut,
-    mut data: Bytes,
-    max_message: usize,
-    inbound: &InboundShared,
-) -> (Result<(), Status>, u32) {
-    let mut now = 0u32;
-    loop {
-        if partial.is_empty() {
-            if data.len() < 5 {
-                now += data.len() as u32;
-                partial.extend_from_slice(&data);
-                return (Ok(()), now);
-            }
-            let len = match message_len(&data[..5], max_message) {
-                Ok(len) => len,
-                Err(status) => return (Err(status), now + data.len() as u32),
-            };
-            if data.len() < 5 + len {
-                now += data.len() as u32;
-                partial.reserve(5 + len);
-                partial.extend_from_slice(&data);
-                return (Ok(()), now);
-            }
-            let mut message = data.split_to(5 + len);
-            message.advance(5);
-            if let Err(status) = queue(inbound, message, 5 + len as u32) {
-                return (Err(status), now + data.len() as u32);
-            }
-            continue;
-        }
-        if partial.len() < 5 {
-            let take = (5 - partial.len()).min(data.len());
-            partial.extend_from_slice(&data.split_to(take));
-            now += take as u32;
-            if partial.len() < 5 {
-                return (Ok(()), now);
-            }
-            match message_len(&partial[..5], max_message) {
-                Ok(len) => partial.reserve(5 + len - partial.len()),
-                Err(status) => return (Err(status), now + data.len() as u32),
+/// `inbound` with the bytes of it not yet credited; what is left of an
+/// incomplete message stays in `partial`. On a violation the status that
+/// ends the stream is queued instead, and the bytes of `data` left unread
+/// are returned, to be credited now.
+fn assemble(partial: &mut Partial, mut data: Bytes, max_message: usize, inbound: &InboundShared) -> Result<(), u32> {
+    let refuse = |status: Status, unread: usize| {
+        inbound.push(Err(status), 0, None);
+        unread as u32
+    };
+    while !data.is_empty() {
+        if partial.buf.is_empty() && data.len() >= 5 {
+            let len = message_len(&data[..5], max_message).map_err(|s| refuse(s, data.len()))?;
+            if data.len() >= 5 + len {
+                let mut message = data.split_to(5 + len);
+                message.advance(5);
+                queue(inbound, message, 5 + len as u32, None).map_err(|()| data.len() as u32)?;
+                continue;
             }
         }
-        let len = u32::from_be_bytes([partial[1], partial[2], partial[3], partial[4]]) as usize;
-        let need = 5 + len - partial.len();
+        if partial.buf.len() < 5 {
+            let take = (5 - partial.buf.len()).min(data.len());
+            partial.buf.extend_from_slice(&data.split_to(take));
+            if partial.buf.len() < 5 {
+                return Ok(());
+            }
+            message_len(&partial.buf[..5], max_message).map_err(|s| refuse(s, data.len()))?;
+        }
+        let need = partial.size().unwrap_or(5) - partial.buf.len();
         let take = need.min(data.len());
-        partial.extend_from_slice(&data.split_to(take));
-        if take < need {
-            return (Ok(()), now + take as u32);
-        }
-        let mut message = std::mem::take(partial).freeze();
-        message.advance(5);
-        if let Err(status) = queue(inbound, message, take as u32) {
-            return (Err(status), now + data.len() as u32);
-        }
-        if data.is_empty() {
-            return (Ok(()), now);
+        partial.buf.extend_from_slice(&data.split_to(take));
+        if take == need {
+            let Partial { buf, credited, reservation } = std::mem::take(partial);
+            let credit = buf.len() as u32 - credited;
+            let mut message = buf.freeze();
+            message.advance(5);
+            queue(inbound, message, credit, reservation).map_err(|()| data.len() as u32)?;
         }
     }
+    Ok(())
 }
 
 /// The length a gRPC message prefix announces, if acceptable.
@@ -1255,13 +1380,18 @@ fn message_len(head: &[u8], max_message: usize) -> Result<usize, Status> {
     Ok(len)
 }
 
-fn queue(inbound: &InboundShared, message: Bytes, credit: u32) -> Result<(), Status> {
+/// Queues the packet `message` holds, or (undecodable) the status that
+/// ends the stream; either way with the message's credit and reservation.
+fn queue(inbound: &InboundShared, message: Bytes, credit: u32, reservation: Option<Reservation>) -> Result<(), ()> {
     match Packet::decode(message) {
         Ok(packet) => {
-            inbound.push(Ok(packet), credit);
+            inbound.push(Ok(packet), credit, reservation);
             Ok(())
         }
-        Err(e) => Err(Status::internal(format!("undecodable Packet: {e}"))),
+        Err(e) => {
+            inbound.push(Err(Status::internal(format!("undecodable Packet: {e}"))), credit, reservation);
+            Err(())
+        }
     }
 }
 
@@ -1297,9 +1427,9 @@ mod tests {
         })
     }
 
-    fn queued(inbound: &InboundShared) -> Vec<(Packet, u32)> {
+    fn queued(inbound: &InboundShared) -> Vec<(Result<Packet, Status>, u32)> {
         let mut st = inbound.state.lock().unwrap();
-        st.queue.drain(..).map(|(p, n)| (p.expect("a packet"), n)).collect()
+        st.queue.drain(..).map(|q| (q.item, q.credit)).collect()
     }
 
     #[test]
@@ -1308,23 +1438,49 @@ mod tests {
             .map(|i| konnq_shared::konnectivity::data(i + 1, Bytes::from(vec![i as u8; 40 + i as usize])))
             .collect();
         let wire: Vec<u8> = packets.iter().flat_map(message).collect();
-        for first in 0..=wire.len() {
-            for second in first..=wire.len() {
-                let inbound = inbound();
-                let mut partial = BytesMut::new();
-                let mut credited_now = 0;
-                for chunk in [&wire[..first], &wire[first..second], &wire[second..]] {
-                    let (r, now) = assemble(&mut partial, Bytes::copy_from_slice(chunk), 1 << 20, &inbound);
-                    r.unwrap();
-                    credited_now += now;
+        for early_credit in [false, true] {
+            for first in 0..=wire.len() {
+                for second in first..=wire.len() {
+                    let what = format!("split {first}/{second}, early credit {early_credit}");
+                    let inbound = inbound();
+                    let mut partial = Partial::default();
+                    let mut credited_early = 0;
+                    for chunk in [&wire[..first], &wire[first..second], &wire[second..]] {
+                        assemble(&mut partial, Bytes::copy_from_slice(chunk), 1 << 20, &inbound).unwrap();
+                        if early_credit {
+                            // What `settle` does for a message with a reservation.
+                            credited_early += partial.uncredited();
+                            partial.credited = partial.buf.len() as u32;
+                        }
+                    }
+                    assert!(partial.buf.is_empty(), "{what}: bytes left over");
+                    let got = queued(&inbound);
+                    let got_packets: Vec<Packet> = got.iter().map(|(p, _)| p.clone().expect("a packet")).collect();
+                    assert_eq!(got_packets, packets, "{what}");
+                    let at_pop: u32 = got.iter().map(|(_, n)| n).sum();
+                    assert_eq!(credited_early + at_pop, wire.len() as u32, "{what}: credit");
                 }
-                assert!(partial.is_empty(), "split {first}/{second}: bytes left over");
-                let got = queued(&inbound);
-                assert_eq!(got.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), packets, "split {first}/{second}");
-                let at_pop: u32 = got.iter().map(|(_, n)| n).sum();
-                assert_eq!(credited_now + at_pop, wire.len() as u32, "split {first}/{second}: credit");
             }
         }
+    }
+
+    #[test]
+    fn a_reservation_is_returned_when_the_session_takes_the_message() {
+        let metrics = crate::metrics::Metrics::new();
+        let process = PartialBudget::new(1000, metrics.partial_message_bytes.clone());
+        let conn = PartialBudget::new(1000, Default::default());
+        let wire = message(&konnq_shared::konnectivity::data(1, Bytes::from(vec![7; 100])));
+        let inbound = inbound();
+        let mut partial = Partial::default();
+        assemble(&mut partial, Bytes::copy_from_slice(&wire[..50]), 1 << 20, &inbound).unwrap();
+        let size = partial.size().expect("the prefix is in");
+        partial.reservation = Reservation::take(&conn, &process, size);
+        assert_eq!(metrics.partial_message_bytes.get(), wire.len() as i64);
+        assemble(&mut partial, Bytes::copy_from_slice(&wire[50..]), 1 << 20, &inbound).unwrap();
+        assert_eq!(process.used(), wire.len(), "held while the message waits for the session");
+        let mut session = Inbound { shared: inbound };
+        assert!(futures::executor::block_on(session.next()).is_some_and(|p| p.is_ok()));
+        assert_eq!((conn.used(), process.used()), (0, 0), "returned once taken");
     }
 
     #[test]
@@ -1349,13 +1505,18 @@ mod tests {
 
     #[test]
     fn oversize_and_compressed_messages_are_refused() {
-        let inbound = inbound();
-        let (r, _) = assemble(&mut BytesMut::new(), Bytes::from_static(&[0, 0, 0, 1, 0]), 100, &inbound);
-        assert_eq!(r.unwrap_err().code(), tonic::Code::ResourceExhausted);
-        let (r, _) = assemble(&mut BytesMut::new(), Bytes::from_static(&[1, 0, 0, 0, 0]), 100, &inbound);
-        assert_eq!(r.unwrap_err().code(), tonic::Code::Internal);
-        let (r, _) = assemble(&mut BytesMut::new(), Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]), 100, &inbound);
-        assert_eq!(r.unwrap_err().code(), tonic::Code::Internal, "undecodable protobuf");
+        let refused = |bytes: &'static [u8]| {
+            let inbound = inbound();
+            let unread = assemble(&mut Partial::default(), Bytes::from_static(bytes), 100, &inbound).unwrap_err();
+            let got = queued(&inbound);
+            assert_eq!(got.len(), 1);
+            // Every byte is credited: unread now, or when the status is taken.
+            assert_eq!(unread + got[0].1, bytes.len() as u32);
+            got[0].0.as_ref().unwrap_err().code()
+        };
+        assert_eq!(refused(&[0, 0, 0, 1, 0, 9]), tonic::Code::ResourceExhausted);
+        assert_eq!(refused(&[1, 0, 0, 0, 0]), tonic::Code::Internal);
+        assert_eq!(refused(&[0, 0, 0, 0, 2, 0xff, 0xff, 0]), tonic::Code::Internal, "undecodable protobuf");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use konnq_shared::gauge::GaugeGuard;
 use konnq_shared::konnectivity::{self as k, FrontendPacket};
+use konnq_shared::logging::untrusted;
 use konnq_shared::proto::{Packet, PacketType};
 use konnq_shared::quic::{codes, read_chunks};
 use quinn::VarInt;
@@ -28,7 +29,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use crate::backend::{Backend, Dialed};
+use crate::backend::{AgentConn, Backend, Dialed};
 use crate::metrics::{DialFailure, Metrics, Segment};
 
 /// How long after CLOSE_REQ we wait for the agent to confirm the close.
@@ -132,11 +133,11 @@ where
         }
         Err(status) => {
             metrics.stream_error(Segment::FromClient, status.code());
-            debug!("frontend stream failed: {}", status.message());
+            debug!("frontend stream failed: {}", untrusted(status.message()));
             return None;
         }
     };
-    warn!("closing a Proxy stream: {}", violation.message());
+    warn!("closing a Proxy stream: {}", untrusted(violation.message()));
     // Bounded: a client that stopped reading does not hold the session.
     let _ = tokio::time::timeout(Duration::from_secs(1), out.send(Err(violation))).await;
     None
@@ -157,7 +158,7 @@ where
     let metrics = &ctx.metrics;
     if let Err(reason) = k::check_dial(req) {
         metrics.frontend_error("bad_dial_request");
-        warn!(random = req.random, address = %req.address, "rejected dial: {reason}");
+        warn!(random = req.random, address = %untrusted(&req.address), "rejected dial: {}", untrusted(&reason));
         send(out, metrics, k::dial_rsp_err(req.random, &reason)).await;
         return None;
     }
@@ -169,7 +170,7 @@ where
             p = next_packet(inbound, out, metrics) => match p {
                 Some(FrontendPacket::DialCls { random }) if random == req.random => {
                     metrics.dial_failed(DialFailure::FrontendClose);
-                    info!(random, address = %req.address, "client cancelled the dial (DIAL_CLS)");
+                    info!(random, address = %untrusted(&req.address), "client cancelled the dial (DIAL_CLS)");
                     return None;
                 }
                 Some(other) => reject_during_dial(other, out, metrics, req.random).await,
@@ -183,7 +184,13 @@ where
     };
     match result {
         Ok(dialed) => {
-            debug!(random = req.random, connect_id = dialed.connect_id, address = %req.address, agent = %dialed.agent.agent_id, "dial succeeded");
+            debug!(
+                random = req.random,
+                connect_id = dialed.connect_id,
+                address = %untrusted(&req.address),
+                agent = %untrusted(&dialed.agent.agent_id),
+                "dial succeeded"
+            );
             if send(out, metrics, k::dial_rsp_ok(req.random, dialed.connect_id)).await {
                 Some(dialed)
             } else {
@@ -192,7 +199,7 @@ where
             }
         }
         Err(e) => {
-            info!(random = req.random, address = %req.address, "dial failed: {e}");
+            info!(random = req.random, address = %untrusted(&req.address), "dial failed: {}", untrusted(&e.to_string()));
             send(out, metrics, k::dial_rsp_err(req.random, &e.to_string())).await;
             None
         }
@@ -239,7 +246,8 @@ where
         let _established = GaugeGuard::inc(&metrics.established);
         // Agent → client runs on its own task so a slow client write never
         // blocks reading CLOSE_REQ, and vice versa.
-        let mut downstream = tokio::spawn(to_client(recv, out.clone(), connect_id, metrics.clone()));
+        let mut downstream =
+            tokio::spawn(to_client(recv, out.clone(), connect_id, metrics.clone(), std::sync::Arc::clone(&agent)));
         let mut send_open = true;
         let mut share = konnq_shared::quic::SendShare::new(agent.send_clock.clone());
         loop {
@@ -258,7 +266,7 @@ where
                         }
                     }
                     Some(FrontendPacket::CloseReq { connect_id: id }) if id == connect_id => {
-                        debug!(connect_id, agent = %agent.agent_id, "CLOSE_REQ");
+                        debug!(connect_id, agent = %untrusted(&agent.agent_id), "CLOSE_REQ");
                         let _ = send.finish();
                         break;
                     }
@@ -312,7 +320,13 @@ async fn send_close(out: &Outbound, metrics: &Metrics, connect_id: i64, error: &
 }
 
 /// Agent → client: every byte as DATA, then exactly one CLOSE_RSP.
-async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, metrics: Metrics) {
+async fn to_client(
+    mut recv: quinn::RecvStream,
+    out: Outbound,
+    connect_id: i64,
+    metrics: Metrics,
+    agent: std::sync::Arc<AgentConn>,
+) {
     let error = loop {
         match read_chunks(&mut recv).await {
             Ok(Some(chunks)) => {
@@ -327,6 +341,7 @@ async fn to_client(mut recv: quinn::RecvStream, out: Outbound, connect_id: i64, 
             }
             Ok(None) => break String::new(),
             Err(quinn::ReadError::Reset(code)) => break format!("agent reset the connection (code {code})"),
+            Err(quinn::ReadError::ConnectionLost(e)) => break agent.lost_reason(&e),
             Err(e) => break format!("agent connection lost: {e}"),
         }
     };

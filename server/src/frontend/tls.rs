@@ -1,15 +1,17 @@
 //! The TCP frontend: TLS with client certificates required (kube-apiserver
 //! presents one signed by `--server-ca-cert`). Handshakes run concurrently,
 //! each bounded in time, and only completed ones reach the protocol layer.
+//! Failed accepts follow [`super::accept`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tracing::warn;
 
 /// How long a client may take to complete the TLS handshake.
@@ -29,20 +31,17 @@ pub fn incoming(
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = mpsc::channel(READY_QUEUE);
     let accept_loop = async move {
-        tokio::pin!(stop);
+        let accepted = super::accept::with_backoff(TcpListenerStream::new(listener), "TCP frontend");
+        tokio::pin!(stop, accepted);
         loop {
-            let accepted = tokio::select! {
+            let tcp = tokio::select! {
                 _ = &mut stop => return,
-                a = listener.accept() => a,
+                a = accepted.next() => match a {
+                    Some(tcp) => tcp,
+                    None => return,
+                },
             };
-            let (tcp, peer) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!("accepting on the TCP frontend: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let peer = tcp.peer_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
