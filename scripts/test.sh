@@ -19,6 +19,13 @@ if [ ! -x /usr/sbin/nginx ] || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.s
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream
 fi
 
+# loadtest/tests/udp_blocked.rs drops an agent's UDP with nftables inside a
+# network namespace.
+if ! command -v nft >/dev/null 2>&1; then
+    echo "== installing nftables (needed by loadtest/tests/udp_blocked.rs)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 

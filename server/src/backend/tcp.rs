@@ -32,9 +32,6 @@ use super::Backend;
 /// How long a new TCP connection has to send its preamble.
 const PREAMBLE_WAIT: Duration = Duration::from_secs(10);
 
-/// After a failed accept (e.g. out of file descriptors), wait this long.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Whether `addr` names an agent TCP link rather than a UDP peer.
 pub fn is_tcp_link(addr: SocketAddr) -> bool {
     match addr.ip().to_canonical() {
@@ -215,17 +212,14 @@ impl AsyncUdpSocket for MuxSocket {
 /// Accepts agent TCP connections until the task is dropped. `idle`: a link
 /// that carries nothing this long is closed (QUIC keep-alives keep a live
 /// agent's link busy).
+/// Failed accepts (e.g. out of file descriptors) pause and warn as the
+/// frontends' do ([`crate::frontend::accept`]).
 pub async fn serve(listener: TcpListener, links: Arc<TcpLinks>, backend: Arc<Backend>, idle: Duration) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, real)) => {
-                tokio::spawn(run_link(stream, real, Arc::clone(&links), Arc::clone(&backend), idle));
-            }
-            Err(e) => {
-                warn!("accepting an agent TCP connection: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut accepted = std::pin::pin!(crate::frontend::accept::with_backoff(incoming, "agent TCP port"));
+    while let Some(stream) = futures::StreamExt::next(&mut accepted).await {
+        let Ok(real) = stream.peer_addr() else { continue };
+        tokio::spawn(run_link(stream, real, Arc::clone(&links), Arc::clone(&backend), idle));
     }
 }
 
