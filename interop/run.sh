@@ -3,7 +3,8 @@
 # against real konnq-server and konnq-agent processes, at several client
 # versions (one Go module each), plus kube-apiserver 1.37's own egress dialer
 # (egress137: HTTP-CONNECT over UDS and TCP+mTLS) and `go tool pprof`'s
-# profile parser on /debug/pprof/profile (pprof). See README.md.
+# profile parser on /debug/pprof/profile (pprof); then kc036 once more with
+# the agent on its TCP transport (KONNQ_AGENT_TRANSPORT=tcp). See README.md.
 #
 # Usage: interop/run.sh [extra go test flags, e.g. -run Reusable]
 # Env:   KONNQ_BIN_DIR  use these konnq-server/konnq-agent binaries, skip cargo
@@ -49,6 +50,19 @@ for m in "${modules[@]}"; do
 		cat "$log"
 	fi
 done
+
+# The same scenarios with the agent on the TCP transport (QUIC datagrams
+# over TCP, as where UDP is blocked), with the client kube-apiserver 1.36 uses.
+log="$logs/kc036-tcp.log"
+echo "==> kc036 over the agent's TCP transport: KONNQ_AGENT_TRANSPORT=tcp go test -count=1 -timeout 10m -v ./... $*"
+rc=0
+(cd "$here/kc036" && KONNQ_AGENT_TRANSPORT=tcp go test -count=1 -timeout 10m -v ./... "$@") >"$log" 2>&1 || rc=$?
+grep -E '^\s*--- (PASS|FAIL|SKIP)|^(ok|FAIL|PASS|panic:)' "$log" || true
+if [[ $rc -ne 0 ]]; then
+	status=1
+	echo "==> kc036 over TCP FAILED (exit $rc); full output:"
+	cat "$log"
+fi
 
 if [[ $status -eq 0 ]]; then
 	echo "==> interop: all modules passed (logs in $logs)"

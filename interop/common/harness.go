@@ -8,6 +8,7 @@ package interop
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -169,13 +170,41 @@ func launch(t *testing.T, bin, dir string, opts Options, attempt int) (*Harness,
 	if opts.EnableProfiling {
 		agentArgs = append(agentArgs, "--enable-profiling")
 	}
+	transport := os.Getenv("KONNQ_AGENT_TRANSPORT")
+	if transport != "" {
+		agentArgs = append(agentArgs, "--transport", transport)
+	}
 	h.agent = startProcess(t, dir, filepath.Join(bin, "konnq-agent"), agentArgs, attempt)
 	h.AgentAdmin = fmt.Sprintf("http://127.0.0.1:%d", agentAdmin)
 
 	if err := h.waitReady(fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)); err != nil {
 		return nil, h.abandon(err)
 	}
+	if transport == "tcp" {
+		if err := h.onTCP(); err != nil {
+			return nil, h.abandon(err)
+		}
+	}
 	return h, nil
+}
+
+// onTCP checks that the agent's one server connection is over TCP
+// (KONNQ_AGENT_TRANSPORT=tcp runs every scenario over that transport).
+func (h *Harness) onTCP() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	text, err := Metrics(ctx, h.AgentAdmin)
+	if err != nil {
+		return err
+	}
+	n, err := MetricValue(text, `konnq_agent_server_connections{transport="tcp"}`)
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return fmt.Errorf("KONNQ_AGENT_TRANSPORT=tcp, but the agent has %v server connections over TCP", n)
+	}
+	return nil
 }
 
 // WriteCerts runs `konnq-server certs --dir dir`: a CA plus server and agent
