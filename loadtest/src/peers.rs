@@ -26,6 +26,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
     Konnq,
+    /// konnq with its agent on the TCP transport (`--transport tcp`: QUIC
+    /// datagrams over TCP, as where UDP is blocked).
+    KonnqTcp,
     Upstream,
     Direct,
 }
@@ -34,6 +37,7 @@ impl PeerKind {
     pub fn name(self) -> &'static str {
         match self {
             PeerKind::Konnq => "konnq",
+            PeerKind::KonnqTcp => "konnq-tcp",
             PeerKind::Upstream => "upstream",
             PeerKind::Direct => "direct",
         }
@@ -43,6 +47,11 @@ impl PeerKind {
     pub fn has_processes(self) -> bool {
         self != PeerKind::Direct
     }
+
+    /// konnq's binaries, on either transport.
+    pub fn is_konnq(self) -> bool {
+        matches!(self, PeerKind::Konnq | PeerKind::KonnqTcp)
+    }
 }
 
 impl std::str::FromStr for PeerKind {
@@ -50,9 +59,10 @@ impl std::str::FromStr for PeerKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "konnq" => Ok(PeerKind::Konnq),
+            "konnq-tcp" => Ok(PeerKind::KonnqTcp),
             "upstream" => Ok(PeerKind::Upstream),
             "direct" => Ok(PeerKind::Direct),
-            _ => Err(format!("unknown peer {s:?} (konnq, upstream, direct)")),
+            _ => Err(format!("unknown peer {s:?} (konnq, konnq-tcp, upstream, direct)")),
         }
     }
 }
@@ -137,9 +147,10 @@ fn path(p: &Path) -> String {
 
 fn server_args(kind: PeerKind, env: &Env, socket: &Path, p: &Ports) -> Vec<String> {
     let mut a = server_common_args(env, socket, p);
-    match kind {
-        PeerKind::Konnq => a.extend([s("--graceful-shutdown-timeout"), s("1s")]),
-        _ => a.extend([s("--server-port"), s("0"), s("--server-count"), s("1")]),
+    if kind.is_konnq() {
+        a.extend([s("--graceful-shutdown-timeout"), s("1s")]);
+    } else {
+        a.extend([s("--server-port"), s("0"), s("--server-count"), s("1")]);
     }
     a
 }
@@ -199,6 +210,7 @@ pub(crate) fn agent_args(kind: PeerKind, env: &Env, server_port: u16, p: &Ports)
     ];
     match kind {
         PeerKind::Konnq => a.extend([s("--health-bind-address"), s("127.0.0.1")]),
+        PeerKind::KonnqTcp => a.extend([s("--health-bind-address"), s("127.0.0.1"), s("--transport"), s("tcp")]),
         _ => a.extend([s("--health-server-host"), s("127.0.0.1")]),
     }
     a
@@ -408,11 +420,16 @@ mod tests {
         let g = agent_args(PeerKind::Konnq, &env(), 1, &ports());
         assert_eq!(flag(&g, "--health-bind-address"), Some("127.0.0.1"));
         assert_eq!(flag(&g, "--agent-key"), Some("/c/agent.key"));
+        assert_eq!(flag(&g, "--transport"), None);
+        let t = agent_args(PeerKind::KonnqTcp, &env(), 1, &ports());
+        assert_eq!(flag(&t, "--transport"), Some("tcp"));
+        let a = server_args(PeerKind::KonnqTcp, &env(), Path::new("/s/k.sock"), &ports());
+        assert_eq!(flag(&a, "--graceful-shutdown-timeout"), Some("1s"));
     }
 
     #[test]
     fn peer_names() {
-        for k in [PeerKind::Konnq, PeerKind::Upstream, PeerKind::Direct] {
+        for k in [PeerKind::Konnq, PeerKind::KonnqTcp, PeerKind::Upstream, PeerKind::Direct] {
             assert_eq!(k.name().parse::<PeerKind>(), Ok(k));
         }
         assert!(!PeerKind::Direct.has_processes());

@@ -144,8 +144,11 @@ pub(crate) async fn peer_binaries(
     let info = |available, detail: String| PeerInfo { name: kind.name().into(), available, detail };
     match kind {
         PeerKind::Direct => (None, info(true, "no tunnel: TCP straight to the target".into())),
-        PeerKind::Konnq => match konnq_binaries(&s.konnq_bin, exe) {
+        PeerKind::Konnq | PeerKind::KonnqTcp => match konnq_binaries(&s.konnq_bin, exe) {
             Ok((mut b, mut detail)) => {
+                if kind == PeerKind::KonnqTcp {
+                    detail += "; agent --transport tcp (QUIC datagrams over TCP)";
+                }
                 b.server_flags.clone_from(&s.konnq_server_flags);
                 b.agent_flags.clone_from(&s.konnq_agent_flags);
                 for (who, flags) in [("server", &b.server_flags), ("agent", &b.agent_flags)] {
