@@ -51,6 +51,8 @@ struct Connected {
 #[derive(Clone)]
 pub struct ClientSetup {
     client: quinn::ClientConfig,
+    /// The same over TCP (see [`quic::tcp_transport_config`]).
+    tcp_client: quinn::ClientConfig,
     udp_buffer_bytes: usize,
 }
 
@@ -64,9 +66,12 @@ impl ClientSetup {
         let mut alpn: Vec<&[u8]> = cfg.alpn_proto.iter().map(|p| p.as_bytes()).collect();
         alpn.push(konnq_shared::tls::ALPN_KONNQ);
         let tls = konnq_shared::tls::client_config(&cfg.ca_cert, client_cert, &alpn)?;
-        let mut client = quinn::ClientConfig::new(quic::client_crypto(tls)?);
+        let crypto = quic::client_crypto(tls)?;
+        let mut client = quinn::ClientConfig::new(crypto.clone());
         client.transport_config(Arc::new(quic::transport_config(&cfg.quic, true)?));
-        Ok(ClientSetup { client, udp_buffer_bytes: cfg.quic.udp_buffer_bytes })
+        let mut tcp_client = quinn::ClientConfig::new(crypto);
+        tcp_client.transport_config(Arc::new(quic::tcp_transport_config(&cfg.quic, true)?));
+        Ok(ClientSetup { client, tcp_client, udp_buffer_bytes: cfg.quic.udp_buffer_bytes })
     }
 
     /// A client endpoint on a new dual-stack UDP socket (an IPv4 one on
@@ -99,7 +104,7 @@ impl ClientSetup {
         let mut endpoint =
             quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime)
                 .map_err(|e| format!("QUIC endpoint over TCP: {e}"))?;
-        endpoint.set_default_client_config(self.client.clone());
+        endpoint.set_default_client_config(self.tcp_client.clone());
         Ok((endpoint, link))
     }
 }

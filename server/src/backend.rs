@@ -396,13 +396,16 @@ impl Backend {
         })
     }
 
-    /// Accepts agents until the endpoint is closed.
-    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+    /// Accepts agents until the endpoint is closed; those on TCP links
+    /// with `tcp_config`.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint, tcp_config: Arc<quinn::ServerConfig>) {
         while let Some(incoming) = endpoint.accept().await {
             let backend = Arc::clone(&self);
+            let tcp_config = Arc::clone(&tcp_config);
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                match backend.admit(incoming).await {
+                let config = tcp::is_tcp_link(remote).then_some(tcp_config);
+                match backend.admit(incoming, config).await {
                     Ok(admitted) => backend.hold(admitted).await,
                     Err(e) => warn!(%remote, "agent refused: {}", untrusted(&e.to_string())),
                 }
@@ -414,8 +417,12 @@ impl Backend {
     /// configured) and the agent's Hello on the control stream, within
     /// [`HANDSHAKE_TIMEOUT`]; then, with token authentication, its token,
     /// checked within [`TOKEN_REVIEW_WAIT`].
-    async fn admit(&self, incoming: quinn::Incoming) -> Result<Admitted, AdmitError> {
-        let (conn, mut send, recv, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, hello(incoming))
+    async fn admit(
+        &self,
+        incoming: quinn::Incoming,
+        config: Option<Arc<quinn::ServerConfig>>,
+    ) -> Result<Admitted, AdmitError> {
+        let (conn, mut send, recv, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, hello(incoming, config))
             .await
             .map_err(|_| AdmitError::Timeout(HANDSHAKE_TIMEOUT))??;
         let Hello { agent_id, identifiers, token } = hello;
@@ -672,8 +679,15 @@ async fn probe(agent: Arc<AgentConn>, keep_alive: Duration, metrics: Metrics) {
 }
 
 /// The QUIC handshake and the agent's Hello (anything else first is refused).
-async fn hello(incoming: quinn::Incoming) -> Result<(quinn::Connection, SendStream, RecvStream, Hello), AdmitError> {
-    let conn = incoming.await.map_err(AdmitError::Handshake)?;
+async fn hello(
+    incoming: quinn::Incoming,
+    config: Option<Arc<quinn::ServerConfig>>,
+) -> Result<(quinn::Connection, SendStream, RecvStream, Hello), AdmitError> {
+    let connecting = match config {
+        Some(config) => incoming.accept_with(config),
+        None => incoming.accept(),
+    };
+    let conn = connecting.map_err(AdmitError::Handshake)?.await.map_err(AdmitError::Handshake)?;
     let (mut send, mut recv) = conn.accept_bi().await.map_err(AdmitError::Handshake)?;
     let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "control message").await?;
     match Control::from_frame(kind, &body)? {
@@ -753,6 +767,9 @@ fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
 /// the registry of agent TCP links for [`tcp::serve`].
 pub struct AgentEndpoint {
     pub endpoint: quinn::Endpoint,
+    /// The server configuration for connections over TCP links (see
+    /// [`konnq_shared::quic::tcp_transport_config`]).
+    pub tcp_config: Arc<quinn::ServerConfig>,
     pub icmp_errors: std::net::UdpSocket,
     pub tcp_links: Arc<tcp::TcpLinks>,
 }
@@ -768,8 +785,10 @@ pub fn endpoint(
     udp_open: bool,
 ) -> Result<AgentEndpoint, konnq_shared::quic::QuicSetupError> {
     let crypto = konnq_shared::quic::server_crypto(tls)?;
-    let mut server = quinn::ServerConfig::with_crypto(crypto);
+    let mut server = quinn::ServerConfig::with_crypto(crypto.clone());
     server.transport_config(Arc::new(konnq_shared::quic::transport_config(quic, false)?));
+    let mut tcp_config = quinn::ServerConfig::with_crypto(crypto);
+    tcp_config.transport_config(Arc::new(konnq_shared::quic::tcp_transport_config(quic, false)?));
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
     unreachable::report_errors(&socket)?;
     let errors = socket.try_clone()?;
@@ -777,7 +796,7 @@ pub fn endpoint(
     let udp = Arc::new(unreachable::ErrorAwareSocket { inner });
     let (socket, tcp_links) = tcp::MuxSocket::new(udp, udp_open)?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(endpoint_config(secret), Some(server), socket, runtime)?;
-    Ok(AgentEndpoint { endpoint, icmp_errors: errors, tcp_links })
+    Ok(AgentEndpoint { endpoint, tcp_config: Arc::new(tcp_config), icmp_errors: errors, tcp_links })
 }
 
 pub fn local_addr(endpoint: &quinn::Endpoint) -> Option<SocketAddr> {

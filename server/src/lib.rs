@@ -151,7 +151,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     )
     .map_err(ServerError::ClusterTls)?;
     let secret = reset_secret(&cfg)?;
-    let backend::AgentEndpoint { endpoint, icmp_errors, tcp_links } =
+    let backend::AgentEndpoint { endpoint, tcp_config, icmp_errors, tcp_links } =
         backend::endpoint(listeners.agent_udp, tls, &cfg.quic, &secret, cfg.agent_transports.quic)?;
     drop(secret);
     let agent_addr = endpoint.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
@@ -168,7 +168,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ctx = SessionCtx { backend: Arc::clone(&backend), metrics: metrics.clone() };
     let mut tasks = JoinSet::new();
-    tasks.spawn(Arc::clone(&backend).serve(endpoint.clone()));
+    tasks.spawn(Arc::clone(&backend).serve(endpoint.clone(), tcp_config));
     tasks.spawn(Arc::clone(&backend).watch_unreachable(icmp_errors));
     if let Some(listener) = listeners.agent_tcp {
         // Twice the idle timeout: a live agent's keep-alives cross it sooner.

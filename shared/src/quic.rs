@@ -69,6 +69,21 @@ pub fn transport_config(
     Ok(t)
 }
 
+/// [`transport_config`] for a connection whose datagrams go over TCP
+/// ([`crate::stream_socket`]). TCP recovers every loss itself, so the only
+/// datagram QUIC ever loses there is one its link queue had no room for:
+/// congestion. Cubic backs off on it; the loss-tolerant controllers, meant
+/// for lossy UDP paths, would keep a standing queue that every stream on
+/// the connection waits behind (seconds, in the lossy-link lab).
+pub fn tcp_transport_config(
+    cfg: &QuicConfig,
+    accepts_dial_streams: bool,
+) -> Result<quinn::TransportConfig, QuicSetupError> {
+    let mut t = transport_config(cfg, accepts_dial_streams)?;
+    t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
+    Ok(t)
+}
+
 /// The bidirectional stream limit to advertise so that the peer can always
 /// have `streams` open at once.
 ///

@@ -6,12 +6,17 @@
 //!   to one server over one TCP connection ([`StreamSocket::connect`]).
 //!
 //! A full outbound queue drops the datagram, as a full UDP buffer would:
-//! QUIC sees a loss and slows down, and nothing queues without bound.
+//! QUIC sees a loss and slows down, and nothing queues without bound. The
+//! queue is bounded in bytes ([`QUEUE_BYTES`]; datagrams over TCP may be
+//! as large as 64 KiB once QUIC has probed the path), and the kernel keeps
+//! little unsent data ([`NOTSENT_LOWAT`]), so a bulk transfer cannot build
+//! a queue that every other proxied connection on the link waits behind.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,9 +30,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::stream_datagrams::{self, StreamDatagramError, PREAMBLE};
 
-/// Datagrams queued per direction of one TCP connection (with 1,452-byte
-/// packets, about 1.5 MB; QUIC's congestion window keeps it mostly empty).
+/// Datagrams queued per direction of one TCP connection, at most.
 pub const QUEUE: usize = 1024;
+
+/// Bytes queued toward one TCP connection, at most (about 20 ms at
+/// 100 Mbit/s).
+pub const QUEUE_BYTES: usize = 256 * 1024;
+
+/// `TCP_NOTSENT_LOWAT`: the kernel takes more only while less than this is
+/// waiting to be sent (its buffer for data in flight still grows).
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// Bytes gathered into one write.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -52,7 +64,7 @@ pub enum LinkError {
 /// that long ends (QUIC keep-alives make a live one talk).
 pub async fn pump<S, T>(
     stream: S,
-    outbound: mpsc::Receiver<Bytes>,
+    outbound: OutboundRx,
     deliver: mpsc::Sender<T>,
     wrap: impl Fn(Bytes) -> T,
     idle: Option<Duration>,
@@ -67,7 +79,7 @@ where
     }
 }
 
-async fn write_frames<W: AsyncWrite>(w: W, mut outbound: mpsc::Receiver<Bytes>) -> LinkError {
+async fn write_frames<W: AsyncWrite>(w: W, mut outbound: OutboundRx) -> LinkError {
     tokio::pin!(w);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(d) = outbound.recv().await {
@@ -75,7 +87,7 @@ async fn write_frames<W: AsyncWrite>(w: W, mut outbound: mpsc::Receiver<Bytes>) 
             return e.into();
         }
         while buf.len() < WRITE_BATCH {
-            let Ok(d) = outbound.try_recv() else { break };
+            let Some(d) = outbound.try_recv() else { break };
             if let Err(e) = stream_datagrams::encode_into(&d, &mut buf) {
                 return e.into();
             }
@@ -125,13 +137,95 @@ async fn read_frames<R: AsyncRead, T>(
     }
 }
 
-/// Copies each segment of `transmit` into `queue`; a full or closed queue
-/// drops it (see the module).
-pub fn enqueue(queue: &mpsc::Sender<Bytes>, transmit: &Transmit) {
-    let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
-    for segment in transmit.contents.chunks(size) {
-        let _ = queue.try_send(Bytes::copy_from_slice(segment));
+/// The queue of datagrams toward one TCP connection, bounded in datagrams
+/// and in bytes.
+pub fn outbound() -> (OutboundTx, OutboundRx) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let room = Arc::new(Room::default());
+    (OutboundTx { tx, room: Arc::clone(&room) }, OutboundRx { rx, room })
+}
+
+/// Bytes queued.
+#[derive(Debug, Default)]
+struct Room {
+    queued: AtomicUsize,
+}
+
+impl Room {
+    fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
     }
+
+    fn has_room(&self, n: usize) -> bool {
+        self.queued.load(Ordering::Relaxed).saturating_add(n) <= QUEUE_BYTES
+    }
+}
+
+/// The sending end of [`outbound`].
+#[derive(Debug, Clone)]
+pub struct OutboundTx {
+    tx: mpsc::Sender<Bytes>,
+    room: Arc<Room>,
+}
+
+impl OutboundTx {
+    /// Queues each segment of `transmit`; one that does not fit (or a
+    /// closed link) is dropped (see the module).
+    pub fn enqueue(&self, transmit: &Transmit) {
+        let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
+        for segment in transmit.contents.chunks(size) {
+            if !self.room.has_room(segment.len()) {
+                continue;
+            }
+            // Counted before it is queued: the writer may take it at once.
+            self.room.queued.fetch_add(segment.len(), Ordering::Relaxed);
+            if self.tx.try_send(Bytes::copy_from_slice(segment)).is_err() {
+                self.room.taken(segment.len());
+            }
+        }
+    }
+}
+
+/// The receiving end of [`outbound`], for [`pump`].
+#[derive(Debug)]
+pub struct OutboundRx {
+    rx: mpsc::Receiver<Bytes>,
+    room: Arc<Room>,
+}
+
+impl OutboundRx {
+    async fn recv(&mut self) -> Option<Bytes> {
+        let d = self.rx.recv().await?;
+        self.room.taken(d.len());
+        Some(d)
+    }
+
+    fn try_recv(&mut self) -> Option<Bytes> {
+        let d = self.rx.try_recv().ok()?;
+        self.room.taken(d.len());
+        Some(d)
+    }
+}
+
+/// Sets `TCP_NOTSENT_LOWAT` (see [`NOTSENT_LOWAT`]) and `TCP_NODELAY`.
+pub fn tune(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let value = NOTSENT_LOWAT as libc::c_int;
+    // SAFETY: a valid socket descriptor and a c_int option value of the
+    // size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Copies queued datagrams into quinn's receive buffers, one per buffer,
@@ -159,7 +253,7 @@ pub fn fill(
     n
 }
 
-/// A socket that is always writable: [`enqueue`] never blocks.
+/// A socket that is always writable: [`OutboundTx::enqueue`] never blocks.
 #[derive(Debug)]
 pub struct AlwaysWritable;
 
@@ -172,7 +266,7 @@ impl UdpPoller for AlwaysWritable {
 /// The agent's end of QUIC over TCP: every datagram goes to the one server
 /// at the other end of the TCP connection.
 pub struct StreamSocket {
-    outbound: mpsc::Sender<Bytes>,
+    outbound: OutboundTx,
     inbound: Mutex<mpsc::Receiver<Bytes>>,
     /// The server's address as quinn names it (learnt from the first
     /// datagram it sends); received datagrams are reported from it.
@@ -192,10 +286,10 @@ impl StreamSocket {
     /// on its own task until either side closes.
     pub async fn connect(server: SocketAddr) -> io::Result<Arc<StreamSocket>> {
         let mut stream = TcpStream::connect(server).await?;
-        stream.set_nodelay(true)?;
+        tune(&stream)?;
         let local = stream.local_addr()?;
         stream.write_all(&PREAMBLE).await?;
-        let (out_tx, out_rx) = mpsc::channel(QUEUE);
+        let (out_tx, out_rx) = outbound();
         let (in_tx, in_rx) = mpsc::channel(QUEUE);
         let (end_tx, ended) = watch::channel(None);
         tokio::spawn(async move {
@@ -231,7 +325,7 @@ impl AsyncUdpSocket for StreamSocket {
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         peer.get_or_insert(transmit.destination);
         drop(peer);
-        enqueue(&self.outbound, transmit);
+        self.outbound.enqueue(transmit);
         Ok(())
     }
 

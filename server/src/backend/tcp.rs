@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use konnq_shared::stream_datagrams::{self, PREAMBLE};
-use konnq_shared::stream_socket::{self, QUEUE};
+use konnq_shared::stream_socket::{self, OutboundRx, OutboundTx, QUEUE};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::AsyncReadExt;
@@ -51,7 +51,7 @@ pub struct TcpLinks {
 }
 
 struct Link {
-    outbound: mpsc::Sender<Bytes>,
+    outbound: OutboundTx,
     /// The agent's real address, for logs.
     real: SocketAddr,
 }
@@ -63,8 +63,8 @@ impl TcpLinks {
 
     /// A new link from `real`: its address and the queue of datagrams to
     /// write to it.
-    fn add(&self, real: SocketAddr) -> (SocketAddr, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    fn add(&self, real: SocketAddr) -> (SocketAddr, OutboundRx) {
+        let (tx, rx) = stream_socket::outbound();
         let mut links = self.links();
         let addr = loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed) & 0x0FFF_FFFF;
@@ -158,7 +158,7 @@ impl AsyncUdpSocket for MuxSocket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         if is_tcp_link(transmit.destination) {
             if let Some(link) = self.links.links().get(&transmit.destination) {
-                stream_socket::enqueue(&link.outbound, transmit);
+                link.outbound.enqueue(transmit);
             }
             // A link that ended: its datagrams go nowhere (never to UDP).
             return Ok(());
@@ -230,7 +230,9 @@ async fn run_link(
     backend: Arc<Backend>,
     idle: Duration,
 ) {
-    let _ = stream.set_nodelay(true);
+    if let Err(e) = stream_socket::tune(&stream) {
+        debug!(%real, "tuning the agent TCP connection: {e}");
+    }
     let mut preamble = [0u8; PREAMBLE.len()];
     match tokio::time::timeout(PREAMBLE_WAIT, stream.read_exact(&mut preamble)).await {
         Ok(Ok(_)) => {}
