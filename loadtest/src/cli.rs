@@ -130,7 +130,7 @@ pub struct RunArgs {
     /// Throughput: concurrent connections per cell.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     pub tp_conns: Vec<usize>,
-    /// Throughput: oneway (target → client) and/or echo.
+    /// Throughput: oneway (target → client), echo and/or upload (client → target, counted at the target).
     #[arg(long, value_delimiter = ',', default_value = "oneway,echo")]
     pub tp_modes: Vec<Mode>,
     #[arg(long, default_value_t = 5.0)]
@@ -143,6 +143,12 @@ pub struct RunArgs {
     /// Echo: most bytes in flight per connection.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub tp_window_bytes: usize,
+    /// Upload: most bytes the clients of one cell write in all (the cell also ends at its time).
+    #[arg(long, default_value_t = 32 << 30)]
+    pub tp_max_bytes: u64,
+    /// Throughput: seconds to wait after a cell's connections closed before reading RSS "after".
+    #[arg(long, default_value_t = 0.0)]
+    pub tp_settle_secs: f64,
 
     /// Latency: offered request rate (open loop), requests per second.
     #[arg(long, default_value_t = 2000.0)]
@@ -229,6 +235,8 @@ impl RunArgs {
                 warmup_secs: self.tp_warmup_secs,
                 chunk_bytes: self.tp_chunk_bytes,
                 window_bytes: self.tp_window_bytes,
+                max_bytes: self.tp_max_bytes,
+                settle_secs: self.tp_settle_secs,
             },
             latency: settings::Latency {
                 rate: self.lat_rate,

@@ -6,7 +6,7 @@
 //! the same run on the same machine.
 //!
 //! ```text
-//! runner ──(Unix socket: gRPC / HTTP CONNECT)──▶ server ══▶ agent ──TCP──▶ target process (echo, source)
+//! runner ──(Unix socket: gRPC / HTTP CONNECT)──▶ server ══▶ agent ──TCP──▶ target process (echo, source, sink)
 //!        └──────────────────── direct TCP (the physical limit) ──────────▶
 //! ```
 //!
@@ -34,6 +34,7 @@ pub mod procfs;
 pub mod progress;
 pub mod report;
 pub mod roll;
+pub mod rss;
 pub mod runner;
 pub mod scenarios;
 pub mod schedule;

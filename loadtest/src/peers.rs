@@ -277,6 +277,11 @@ impl Peer {
         (self.server.as_ref().and_then(|p| p.sample().ok()), self.agent.as_ref().and_then(|p| p.sample().ok()))
     }
 
+    /// (server, agent) process ids; `None` for `direct`.
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (self.server.as_ref().map(|p| p.pid), self.agent.as_ref().map(|p| p.pid))
+    }
+
     /// Fails if the server or agent has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for p in [self.server.as_mut(), self.agent.as_mut()].into_iter().flatten() {
@@ -384,7 +389,10 @@ mod tests {
                 agent_cert: p("/c/agent.crt"),
                 agent_key: p("/c/agent.key"),
             },
-            targets: crate::target::parse_announcement("echo=127.0.0.1:1 source=127.0.0.1:2").unwrap(),
+            targets: crate::target::parse_announcement(
+                "echo=127.0.0.1:1 source=127.0.0.1:2 sink=127.0.0.1:3 count=127.0.0.1:4",
+            )
+            .unwrap(),
             frontend: Frontend::Grpc,
             lab: None,
         }

@@ -63,7 +63,9 @@ pub fn konnq_binaries(choice: &KonnqBin, exe: &Path) -> anyhow::Result<(Binaries
 fn budget(s: &Settings, sc: Scenario) -> Duration {
     let cells = (s.throughput.conns.len() * s.throughput.modes.len()) as f64;
     let secs = match sc {
-        Scenario::Throughput => cells * (s.throughput.secs + s.throughput.warmup_secs + 30.0),
+        Scenario::Throughput => {
+            cells * (s.throughput.secs + s.throughput.warmup_secs + s.throughput.settle_secs + 30.0)
+        }
         Scenario::Latency => s.latency.secs + f64::from(s.rounds) * (s.latency.warmup_secs + 10.0),
         Scenario::Dial => s.dial.secs + f64::from(s.rounds) * (s.dial.warmup_secs + 10.0),
         Scenario::Scale => s.scale.max_ramp_secs + 3.0 * s.scale.settle_secs,

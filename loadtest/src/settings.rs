@@ -50,6 +50,8 @@ pub enum Mode {
     Oneway,
     /// Client → target → client.
     Echo,
+    /// Client → target, counted where it arrives (the sink target).
+    Upload,
 }
 
 impl std::str::FromStr for Mode {
@@ -58,7 +60,8 @@ impl std::str::FromStr for Mode {
         match s {
             "oneway" => Ok(Mode::Oneway),
             "echo" => Ok(Mode::Echo),
-            _ => Err(format!("unknown throughput mode {s:?} (oneway, echo)")),
+            "upload" => Ok(Mode::Upload),
+            _ => Err(format!("unknown throughput mode {s:?} (oneway, echo, upload)")),
         }
     }
 }
@@ -68,6 +71,7 @@ impl Mode {
         match self {
             Mode::Oneway => "oneway",
             Mode::Echo => "echo",
+            Mode::Upload => "upload",
         }
     }
 }
@@ -103,6 +107,12 @@ pub struct Throughput {
     pub chunk_bytes: usize,
     /// Echo: most bytes one connection has in flight.
     pub window_bytes: usize,
+    /// Upload: most bytes the clients of one cell write in all.
+    pub max_bytes: u64,
+    /// Wait this long after a cell's connections closed before reading the
+    /// server's and agent's RSS "after" (konnq returns freed memory to the
+    /// OS every 10 s).
+    pub settle_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +186,8 @@ fn frontend_name<S: serde::Serializer>(f: &Frontend, s: S) -> Result<S::Ok, S::E
 pub const MAX_SCALE_CONNS: u64 = 10_000;
 pub const MAX_SECS: f64 = 24.0 * 3600.0;
 pub const MAX_CONNS: usize = 1024;
+/// Most bytes one upload cell may write (1 TiB).
+pub const MAX_UPLOAD_BYTES: u64 = 1 << 40;
 
 impl Settings {
     /// The tiny sizes of the CI smoke run: konnq only, a few seconds in all.
@@ -185,7 +197,14 @@ impl Settings {
         self.peers = vec!["konnq"];
         self.scenarios = Scenario::ALL.to_vec();
         self.rounds = 1;
-        self.throughput = Throughput { conns: vec![1, 4], secs: 0.4, warmup_secs: 0.1, ..self.throughput.clone() };
+        self.throughput = Throughput {
+            conns: vec![1, 4],
+            modes: vec![Mode::Oneway, Mode::Echo, Mode::Upload],
+            secs: 0.4,
+            warmup_secs: 0.1,
+            settle_secs: 0.0,
+            ..self.throughput.clone()
+        };
         self.latency = Latency { rate: 200.0, conns: 4, secs: 0.6, warmup_secs: 0.2, bytes: 1024 };
         self.dial = Dial { concurrency: 4, secs: 0.5, warmup_secs: 0.1, bytes: 100 };
         self.scale = Scale { conns: 50, parallel: 16, settle_secs: 0.3, max_ramp_secs: 20.0 };
@@ -211,6 +230,7 @@ impl Settings {
         };
         secs("tp-secs", self.throughput.secs, false);
         secs("tp-warmup-secs", self.throughput.warmup_secs, true);
+        secs("tp-settle-secs", self.throughput.settle_secs, true);
         secs("lat-secs", self.latency.secs, false);
         secs("lat-warmup-secs", self.latency.warmup_secs, true);
         secs("dial-secs", self.dial.secs, false);
@@ -243,6 +263,9 @@ impl Settings {
             if !(rate.is_finite() && (0.1..=100_000.0).contains(&rate)) {
                 p.push(format!("--{name}: {rate} is not a rate in [0.1, 100000] per second"));
             }
+        }
+        if !(1 << 20..=MAX_UPLOAD_BYTES).contains(&self.throughput.max_bytes) {
+            p.push(format!("--tp-max-bytes: {} is not in {}..={MAX_UPLOAD_BYTES}", self.throughput.max_bytes, 1 << 20));
         }
         if self.throughput.window_bytes < self.throughput.chunk_bytes {
             p.push("--tp-window-bytes must be at least --tp-chunk-bytes".to_owned());
@@ -280,6 +303,8 @@ pub fn example() -> Settings {
             warmup_secs: 1.0,
             chunk_bytes: 32768,
             window_bytes: 2 << 20,
+            max_bytes: 32 << 30,
+            settle_secs: 0.0,
         },
         latency: Latency { rate: 2000.0, conns: 32, secs: 15.0, warmup_secs: 2.0, bytes: 1024 },
         dial: Dial { concurrency: 32, secs: 10.0, warmup_secs: 1.0, bytes: 100 },
@@ -318,9 +343,11 @@ mod tests {
         s.scale.conns = 20_000;
         s.soak.secs = f64::INFINITY;
         s.throughput.conns = vec![0];
+        s.throughput.max_bytes = 0;
+        s.throughput.settle_secs = -1.0;
         let p = s.problems();
-        assert_eq!(p.len(), 4, "{p:?}");
-        for name in ["--lat-rate", "--scale-conns", "--soak-secs", "--tp-conns"] {
+        assert_eq!(p.len(), 6, "{p:?}");
+        for name in ["--lat-rate", "--scale-conns", "--soak-secs", "--tp-conns", "--tp-max-bytes", "--tp-settle-secs"] {
             assert!(p.iter().any(|x| x.starts_with(name)), "{name} in {p:?}");
         }
     }
@@ -331,7 +358,10 @@ mod tests {
             assert_eq!(sc.name().parse::<Scenario>(), Ok(sc));
         }
         assert!("bulk".parse::<Scenario>().is_err());
-        assert_eq!("echo".parse::<Mode>(), Ok(Mode::Echo));
+        for m in [Mode::Oneway, Mode::Echo, Mode::Upload] {
+            assert_eq!(m.name().parse::<Mode>(), Ok(m));
+        }
+        assert!("download".parse::<Mode>().is_err());
         assert_eq!("builtin".parse::<KonnqBin>(), Ok(KonnqBin::Builtin));
         assert_eq!("/x".parse::<KonnqBin>(), Ok(KonnqBin::Dir("/x".into())));
         let json = serde_json::to_value(example()).unwrap();

@@ -3,13 +3,20 @@
 //! runner's file-descriptor budget and their CPU is not counted as anyone's:
 //!
 //! - echo: writes back everything it reads (request/response, dials, echo throughput);
-//! - source: writes constant data until the peer goes away (one-way throughput).
+//! - source: writes constant data until the peer goes away (one-way throughput);
+//! - sink: reads and counts everything until the peer goes away (upload
+//!   throughput: the figure is what arrived, not what a client wrote);
+//! - count: answers every connection with one line, `RECEIVED OPEN`: the
+//!   bytes all sink connections have read so far and how many of them are
+//!   still open, then closes.
 //!
-//! It prints `echo=ADDR source=ADDR` on stdout, then serves until its stdin
-//! closes (the runner is gone) or `max` has passed.
+//! It prints `echo=ADDR source=ADDR sink=ADDR count=ADDR` on stdout, then
+//! serves until its stdin closes (the runner is gone) or `max` has passed.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,31 +34,86 @@ const MAX_CONN_LIFE: Duration = Duration::from_secs(3600);
 pub struct Targets {
     pub echo: SocketAddr,
     pub source: SocketAddr,
+    pub sink: SocketAddr,
+    /// Where the sink's [`SinkCount`] is read.
+    pub count: SocketAddr,
     /// The target process, for its CPU figures.
     pub pid: Option<u32>,
 }
 
 /// Parses the target process's announcement line.
 pub fn parse_announcement(line: &str) -> Option<Targets> {
-    let mut echo = None;
-    let mut source = None;
+    let (mut echo, mut source, mut sink, mut count) = (None, None, None, None);
     for part in line.split_whitespace() {
         match part.split_once('=') {
             Some(("echo", a)) => echo = a.parse().ok(),
             Some(("source", a)) => source = a.parse().ok(),
+            Some(("sink", a)) => sink = a.parse().ok(),
+            Some(("count", a)) => count = a.parse().ok(),
             _ => {}
         }
     }
-    Some(Targets { echo: echo?, source: source?, pid: None })
+    Some(Targets { echo: echo?, source: source?, sink: sink?, count: count?, pid: None })
+}
+
+/// What the sink target has received, as its `count` listener reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkCount {
+    /// Bytes read by every sink connection since the target process started.
+    pub received: u64,
+    /// Sink connections not yet at their end (EOF or error).
+    pub open: u64,
+}
+
+impl SinkCount {
+    /// Parses the `count` listener's line, `RECEIVED OPEN`.
+    pub fn parse(line: &str) -> Option<SinkCount> {
+        let mut parts = line.split_whitespace();
+        let received = parts.next()?.parse().ok()?;
+        let open = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(SinkCount { received, open })
+    }
+}
+
+/// Reads the sink's counters from the target process.
+pub async fn sink_count(count: SocketAddr) -> anyhow::Result<SinkCount> {
+    let read = async {
+        let mut s = TcpStream::connect(count).await?;
+        let mut line = String::new();
+        s.read_to_string(&mut line).await?;
+        anyhow::Ok(line)
+    };
+    let line = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .context("the target's count listener did not answer")?
+        .with_context(|| format!("reading the sink count from {count}"))?;
+    SinkCount::parse(&line).with_context(|| format!("bad sink count {line:?}"))
+}
+
+/// The sink's counters, shared by its connections and the count listener.
+#[derive(Debug, Default)]
+struct SinkCounters {
+    received: AtomicU64,
+    open: AtomicU64,
 }
 
 /// Serves until stdin closes or `max` passed (runs in the target process).
 pub async fn serve(max: Duration) -> anyhow::Result<()> {
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let source = TcpListener::bind("127.0.0.1:0").await?;
-    println!("echo={} source={}", echo.local_addr()?, source.local_addr()?);
+    let sink = TcpListener::bind("127.0.0.1:0").await?;
+    let count = TcpListener::bind("127.0.0.1:0").await?;
+    println!(
+        "echo={} source={} sink={} count={}",
+        echo.local_addr()?,
+        source.local_addr()?,
+        sink.local_addr()?,
+        count.local_addr()?
+    );
     tokio::spawn(accept(echo, |s| Box::pin(echo_conn(s))));
     tokio::spawn(accept(source, |s| Box::pin(source_conn(s))));
+    let counters = Arc::new(SinkCounters::default());
+    tokio::spawn(serve_sink(sink, count, counters));
     let stdin_closed = async {
         let mut buf = [0u8; 64];
         let mut stdin = tokio::io::stdin();
@@ -104,6 +166,55 @@ async fn source_conn(s: TcpStream) -> std::io::Result<()> {
     }
 }
 
+/// Serves the sink and its count listener.
+async fn serve_sink(sink: TcpListener, count: TcpListener, counters: Arc<SinkCounters>) {
+    let c = Arc::clone(&counters);
+    let sinks = async move {
+        loop {
+            match sink.accept().await {
+                Ok((s, _)) => {
+                    // Counted open from the accept on, so that a connection
+                    // the runner closed is never missed by `open == 0`.
+                    c.open.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(sink_conn(s, Arc::clone(&c)));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    let counts = async move {
+        loop {
+            match count.accept().await {
+                Ok((mut s, _)) => {
+                    // `open` first: a connection that ends between the two
+                    // loads has its bytes in `received` already.
+                    let open = counters.open.load(Ordering::SeqCst);
+                    let received = counters.received.load(Ordering::SeqCst);
+                    let line = format!("{received} {open}\n");
+                    tokio::spawn(async move { s.write_all(line.as_bytes()).await });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::join!(sinks, counts);
+}
+
+/// Reads until the peer goes away, counting every byte as it arrives.
+async fn sink_conn(mut s: TcpStream, counters: Arc<SinkCounters>) {
+    let mut buf = vec![0u8; CHUNK];
+    let read_all = async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            counters.received.fetch_add(n as u64, Ordering::SeqCst);
+        }
+    };
+    let _ = tokio::time::timeout(MAX_CONN_LIFE, read_all).await;
+    counters.open.fetch_sub(1, Ordering::SeqCst);
+}
+
 /// Starts the target process and reads its addresses.
 pub async fn start(exe: &Program, log_dir: &std::path::Path, max: Duration) -> anyhow::Result<(ChildProc, Targets)> {
     let log = log_dir.join("target.log");
@@ -131,11 +242,49 @@ mod tests {
 
     #[test]
     fn announcement() {
-        let t = parse_announcement("echo=127.0.0.1:4000 source=127.0.0.1:4001\n").unwrap();
-        assert_eq!(t.echo.port(), 4000);
-        assert_eq!(t.source.port(), 4001);
-        assert!(parse_announcement("echo=127.0.0.1:4000").is_none());
-        assert!(parse_announcement("echo=nonsense source=127.0.0.1:1").is_none());
+        let t =
+            parse_announcement("echo=127.0.0.1:4000 source=127.0.0.1:4001 sink=127.0.0.1:4002 count=127.0.0.1:4003\n")
+                .unwrap();
+        assert_eq!((t.echo.port(), t.source.port(), t.sink.port(), t.count.port()), (4000, 4001, 4002, 4003));
+        assert!(parse_announcement("echo=127.0.0.1:4000 source=127.0.0.1:4001").is_none());
+        assert!(parse_announcement("echo=nonsense source=127.0.0.1:1 sink=127.0.0.1:2 count=127.0.0.1:3").is_none());
+    }
+
+    #[test]
+    fn sink_count_lines() {
+        assert_eq!(SinkCount::parse("123 4\n"), Some(SinkCount { received: 123, open: 4 }));
+        assert_eq!(SinkCount::parse("123"), None);
+        assert_eq!(SinkCount::parse("123 4 5"), None);
+        assert_eq!(SinkCount::parse("x 4"), None);
+    }
+
+    #[tokio::test]
+    async fn sink_counts_what_arrived_and_open_connections() {
+        let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let count = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (sa, ca) = (sink.local_addr().unwrap(), count.local_addr().unwrap());
+        tokio::spawn(serve_sink(sink, count, Arc::new(SinkCounters::default())));
+        assert_eq!(sink_count(ca).await.unwrap(), SinkCount::default());
+
+        let mut a = TcpStream::connect(sa).await.unwrap();
+        a.write_all(&vec![7u8; 3 * CHUNK + 5]).await.unwrap();
+        a.shutdown().await.unwrap();
+        // The sink closes its side once it has read everything.
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).await.unwrap();
+        let b = TcpStream::connect(sa).await.unwrap();
+        // Bounded: the sink has counted `a` (it closed only after reading
+        // all of it); `b` shows as open once accepted.
+        let mut seen = SinkCount::default();
+        for _ in 0..1000 {
+            seen = sink_count(ca).await.unwrap();
+            if seen.open == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(seen, SinkCount { received: 3 * CHUNK as u64 + 5, open: 1 });
+        drop(b);
     }
 
     #[tokio::test]

@@ -639,6 +639,12 @@ impl Backend {
     pub fn agent_count(&self) -> usize {
         self.agents().len()
     }
+
+    /// The QUIC connection of every agent connected now (their statistics
+    /// show flow control at work).
+    pub fn agent_connections(&self) -> Vec<quinn::Connection> {
+        self.agents().all().map(|a| a.conn.clone()).collect()
+    }
 }
 
 /// After an ICMP "port unreachable" for `agent`: asks the agent for an

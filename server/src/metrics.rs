@@ -54,6 +54,9 @@ pub struct Metrics {
     pub agent_connections: Gauge,
     /// HTTP-CONNECT client connections open.
     pub http_connections: Gauge,
+    /// Bytes of gRPC messages the frontend received from clients and has
+    /// not yet written into QUIC (queued for, or held by, their sessions).
+    pub frontend_buffered: Gauge,
     /// DIAL_REQ → the agent's successful answer.
     pub dial_duration: Histogram,
     /// How long a packet or bytes for the client waited to be handed to
@@ -205,6 +208,7 @@ impl Metrics {
             grpc_connections,
             pending_dials: Gauge::default(),
             established: Gauge::default(),
+            frontend_buffered: Gauge::default(),
             http_connections: Gauge::default(),
             dial_duration: Histogram::new(&LATENCY_BUCKETS),
             frontend_write_duration: Histogram::new(&LATENCY_BUCKETS),
@@ -302,6 +306,11 @@ impl Metrics {
 
     fn register_own(&self, r: &mut Registry) {
         r.register("bytes_total", "Bytes proxied, by direction (to_agent, to_client)", self.bytes.family());
+        r.register(
+            "frontend_buffered_bytes",
+            "Bytes of gRPC messages received from clients and not yet written into QUIC",
+            self.frontend_buffered.clone(),
+        );
         r.register(
             "frontend_errors_total",
             "Protocol violations by frontend clients, by kind",
@@ -642,6 +651,7 @@ mod tests {
             "konnectivity_network_proxy_server_frontend_write_duration_seconds_bucket{le=\"1e-05\"} 0\n",
             "konnq_server_bytes_total{direction=\"to_client\"} 20\n",
             "konnq_server_token_review_queue 1\n",
+            "konnq_server_frontend_buffered_bytes 0\n",
             "konnectivity_network_proxy_server_culled_leases_count 1\n",
             "konnectivity_network_proxy_server_lease_list_total{http_status_code=\"403\",reason=\"Forbidden\"} 1\n",
             "konnectivity_network_proxy_server_lease_list_total{http_status_code=\"200\",reason=\"\"} 1\n",

@@ -807,7 +807,7 @@ async fn message_spanning_many_frames() {
     within(LIMIT, async {
         let mut h2 = RawH2::connect(&lab.socket).await;
         let connect_id = dial(&mut h2, 1, target).await;
-        // A 3 MiB packet, three times the stream window, then a small one.
+        // A 3 MiB packet, twelve times the stream window, then a small one.
         let big = random_bytes(3 * 1024 * 1024);
         let small = b"the packet after the big one".to_vec();
         let mut wire = grpc_message(&data(connect_id, big.clone().into()));
@@ -882,7 +882,7 @@ async fn padded_frames_are_accepted() {
 }
 
 /// The server's stream window (SETTINGS_INITIAL_WINDOW_SIZE).
-const SERVER_STREAM_WINDOW: usize = 1024 * 1024;
+const SERVER_STREAM_WINDOW: usize = 256 * 1024;
 
 /// Opens `ids` and sends on each the start of a message of the largest
 /// size: its prefix, then as many of its `body` bytes as the server's

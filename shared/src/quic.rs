@@ -50,10 +50,12 @@ pub fn transport_config(
     t.keep_alive_interval(Some(cfg.keep_alive_interval));
     let window = quinn::VarInt::from_u64(cfg.stream_receive_window).unwrap_or(quinn::VarInt::MAX);
     t.stream_receive_window(window);
-    // Connection-wide: enough for many streams in flight, but bounded.
+    // Connection-wide flow control: 64 stream windows, so that up to 64
+    // streams whose readers stall (each holding its window of unread data)
+    // never hold back the others' data or a dial's answer.
     let conn_window = cfg.stream_receive_window.saturating_mul(64);
     t.receive_window(quinn::VarInt::from_u64(conn_window).unwrap_or(quinn::VarInt::MAX));
-    t.send_window(cfg.stream_receive_window.saturating_mul(64));
+    t.send_window(send_window(cfg.stream_receive_window));
     // Only the agent accepts bidirectional streams (one per dial); the
     // server accepts exactly one (the control stream) from each agent.
     let bidi = if accepts_dial_streams { stream_credit(cfg.max_concurrent_streams) } else { 1 };
@@ -82,6 +84,27 @@ pub fn tcp_transport_config(
     let mut t = transport_config(cfg, accepts_dial_streams)?;
     t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
     Ok(t)
+}
+
+/// Stream bytes one QUIC connection keeps written but not yet
+/// acknowledged, across all its streams: quinn's send window, what the
+/// sending side buffers. Sized for the bandwidth-delay product of the links
+/// agents sit behind, with room for loss recovery (lost data stays
+/// buffered about two more round trips): 100 Mbit/s at 200 ms is 2.5 MB,
+/// 1 Gbit/s at 50 ms 6.25 MB.
+///
+/// It bounds memory, not isolation: acknowledgements free it whether or
+/// not the receiving side reads. A send window of 64 stream windows
+/// (256 MiB) lets the sender hold that much while 64 connections push data
+/// faster than the path takes it: the agent reached 341 MiB RSS during 64
+/// one-way downloads on loopback (docs/benchmarks.md, "Uploads").
+pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// The send window for a given per-stream receive window: [`SEND_WINDOW`],
+/// or one stream window where that is larger, so that a single stream can
+/// always fill the window its peer gives it.
+pub fn send_window(stream_receive_window: u64) -> u64 {
+    stream_receive_window.max(SEND_WINDOW)
 }
 
 /// The bidirectional stream limit to advertise so that the peer can always
@@ -444,6 +467,21 @@ mod tests {
         let p = late.wrote(1).expect("a new priority");
         let lead = (p - early.priority) as u64 * SHARE_UNIT;
         assert!(lead > 0 && lead <= SHARE_SLACK, "late stream {lead} bytes ahead");
+    }
+
+    #[test]
+    fn send_window_is_a_bdp_not_a_multiple_of_the_stream_window() {
+        const MIB: u64 = 1024 * 1024;
+        // 100 Mbit/s x 200 ms and 1 Gbit/s x 50 ms fit twice (a loss holds
+        // data about two more round trips).
+        const { assert!(SEND_WINDOW >= 2 * (100_000_000 / 8 / 5)) };
+        const { assert!(SEND_WINDOW >= 2 * (1_000_000_000 / 8 / 20)) };
+        assert_eq!(send_window(4 * MIB), 16 * MIB, "the default stream window");
+        assert_eq!(send_window(64 * 1024), 16 * MIB);
+        assert_eq!(send_window(16 * MIB), 16 * MIB);
+        // One stream can always fill its own window.
+        assert_eq!(send_window(64 * MIB), 64 * MIB);
+        assert_eq!(send_window(256 * MIB), 256 * MIB);
     }
 
     #[test]

@@ -88,6 +88,13 @@ pub fn smoke_problems(r: &Report, peer: &str) -> Vec<String> {
     let tp: Vec<_> = r.throughput.iter().filter(|t| t.peer == peer).collect();
     need(tp.iter().any(|t| t.mode == "oneway" && t.bytes > 0), "no one-way throughput figure");
     need(tp.iter().any(|t| t.mode == "echo" && t.bytes > 0), "no echo throughput figure");
+    let uploads: Vec<_> = tp.iter().filter(|t| t.mode == "upload").collect();
+    need(uploads.iter().any(|t| t.bytes > 0), "no upload throughput figure");
+    need(
+        uploads.iter().all(|t| t.upload.is_some_and(|u| u.wrote > 0 && u.lost() == 0)),
+        "an upload lost bytes or has no accounting",
+    );
+    need(tp.iter().all(|t| t.memory.and_then(|m| m.total()).is_some_and(|m| m.peak > 0)), "throughput without RSS");
     need(tp.iter().all(|t| t.gbit_per_s > 0.0 && t.cpu_secs_per_gb.is_some()), "throughput without rate or CPU");
     let lat = r.latency.iter().find(|l| l.peer == peer);
     need(lat.is_some_and(|l| l.latency.count > 0 && l.latency.p99_us > 0.0), "no latency percentiles");
@@ -142,6 +149,12 @@ mod tests {
         r.soak[0].samples.truncate(1);
         let p = smoke_problems(&r, "konnq");
         assert_eq!(p, ["konnq: no dial figures", "konnq: no soak samples"]);
-        assert_eq!(smoke_problems(&Report::default(), "konnq").len(), 9);
+        assert_eq!(smoke_problems(&Report::default(), "konnq").len(), 10);
+        let mut lossy = testdata::sample_report();
+        lossy.targets = targets::evaluate(&lossy);
+        for t in lossy.throughput.iter_mut().filter_map(|t| t.upload.as_mut()) {
+            t.arrived_after_close -= 1;
+        }
+        assert_eq!(smoke_problems(&lossy, "konnq"), ["konnq: an upload lost bytes or has no accounting"]);
     }
 }

@@ -76,11 +76,13 @@ pub struct CpuSplit {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThroughputResult {
     pub peer: String,
-    /// "oneway" (target → client) or "echo" (client → target → client).
+    /// "oneway" (target → client), "echo" (client → target → client) or
+    /// "upload" (client → target).
     pub mode: String,
     pub conns: usize,
     pub secs: f64,
-    /// Payload bytes received by the client in the measured window.
+    /// Payload bytes that arrived in the measured window: at the client
+    /// (oneway, echo) or counted by the target as it read them (upload).
     pub bytes: u64,
     pub gbit_per_s: f64,
     pub server_cpu_secs: Option<f64>,
@@ -89,6 +91,44 @@ pub struct ThroughputResult {
     pub cpu_secs_per_gb: Option<f64>,
     pub errors: u64,
     pub cpu: CpuSplit,
+    /// Server and agent RSS before, at the peak of and after the cell
+    /// (`None` for `direct`).
+    #[serde(default)]
+    pub memory: Option<crate::rss::Memory>,
+    /// Upload only: what the client wrote against what arrived.
+    #[serde(default)]
+    pub upload: Option<UploadFigures>,
+}
+
+/// An upload cell's byte accounting. "Wrote" is what the client's tunnel
+/// library accepted; "arrived" is what the target read. The difference at
+/// the writers' stop is what sat in buffers on the way; the difference
+/// after every connection closed is what never arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UploadFigures {
+    /// Bytes the client wrote in the measured window (`bytes` arrived).
+    pub wrote_in_window: u64,
+    /// Bytes the client wrote from the first write until the writers stopped.
+    pub wrote: u64,
+    /// Of those, bytes the target had read when the writers stopped.
+    pub arrived_at_stop: u64,
+    /// Of those, bytes the target had read once every connection was closed
+    /// and the target had seen each one end.
+    pub arrived_after_close: u64,
+    /// The writers stopped at `--tp-max-bytes` before the time was up.
+    pub capped: bool,
+}
+
+impl UploadFigures {
+    /// Bytes written but not yet arrived when the writers stopped.
+    pub fn in_flight_at_stop(&self) -> u64 {
+        self.wrote.saturating_sub(self.arrived_at_stop)
+    }
+
+    /// Bytes written that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.wrote.saturating_sub(self.arrived_after_close)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -73,7 +73,8 @@ pub fn render(r: &Report) -> String {
         let state = if p.available { "" } else { "UNAVAILABLE: " };
         let _ = writeln!(out, "  {:<9} {state}{}", p.name, p.detail);
     }
-    for section in [throughput(r), latency(r), dial(r), scale(r), soak(r), targets(r), errors(r)] {
+    let sections = [throughput(r), throughput_memory(r), upload(r), latency(r), dial(r), scale(r), soak(r)];
+    for section in sections.into_iter().chain([targets(r), errors(r)]) {
         if !section.is_empty() {
             out += "\n";
             out += &section;
@@ -135,6 +136,77 @@ fn throughput(r: &Report) -> String {
         + &table(&["mode", "conns", "konnq", "upstream", "direct", "konnq/upstream"], &rows)
         + &format!("\nTHROUGHPUT {CPU}\n")
         + &table(&["mode", "conns", "konnq", "upstream", "direct"], &cpu_rows)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Server + agent RSS per cell: before / peak / after, MiB.
+fn throughput_memory(r: &Report) -> String {
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for t in r.throughput.iter().filter(|t| t.memory.is_some()) {
+        if !keys.contains(&(t.mode.clone(), t.conns)) {
+            keys.push((t.mode.clone(), t.conns));
+        }
+    }
+    let Some(settle) = r.throughput.iter().find_map(|t| t.memory).map(|m| m.settle_secs) else {
+        return String::new();
+    };
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|(mode, conns)| {
+            let cell = |peer: &str| {
+                let t = r.throughput.iter().find(|t| t.peer == peer && &t.mode == mode && t.conns == *conns);
+                match t.and_then(|t| t.memory?.total()) {
+                    Some(s) => format!("{}/{}/{} (+{})", mib(s.before), mib(s.peak), mib(s.after), mib(s.growth())),
+                    None => "-".to_owned(),
+                }
+            };
+            vec![mode.clone(), conns.to_string(), cell("konnq"), cell("upstream")]
+        })
+        .collect();
+    format!("THROUGHPUT MEMORY  server + agent RSS MiB before/peak/after (peak growth); after = {settle:.0} s after closing\n")
+        + &table(&["mode", "conns", "konnq", "upstream"], &rows)
+}
+
+/// Upload accounting: what the client wrote against what the target read.
+fn upload(r: &Report) -> String {
+    let rows: Vec<Vec<String>> = r
+        .throughput
+        .iter()
+        .filter_map(|t| Some((t, t.upload?)))
+        .map(|(t, u)| {
+            let pct = |n: u64| format!("{} ({:.1}%)", mib(n), 100.0 * n as f64 / (u.wrote.max(1)) as f64);
+            vec![
+                t.peer.clone(),
+                t.conns.to_string(),
+                mib(u.wrote_in_window),
+                mib(t.bytes),
+                mib(u.wrote),
+                pct(u.in_flight_at_stop()),
+                pct(u.lost()),
+                if u.capped { "capped".to_owned() } else { String::new() },
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    "UPLOAD  MiB written by the client vs read by the target\n".to_owned()
+        + &table(
+            &[
+                "peer",
+                "conns",
+                "wrote (window)",
+                "arrived (window)",
+                "wrote (all)",
+                "not arrived at stop",
+                "never arrived",
+                "",
+            ],
+            &rows,
+        )
 }
 
 fn latency(r: &Report) -> String {
@@ -313,6 +385,12 @@ mod tests {
         let row = text.lines().find(|l| l.starts_with("oneway  1 ")).expect("oneway row");
         assert!(row.contains("3.00x"), "{row}");
         assert!(text.contains("MISSED") && text.contains("MET"));
+        // Sample konnq upload x64: server 20 + 64 MiB at the peak, agent 10.
+        let memory = text.split("THROUGHPUT MEMORY").nth(1).expect("memory section");
+        let mem = memory.lines().find(|l| l.starts_with("upload  64 ")).expect("upload memory row");
+        assert!(mem.contains("30/94/32 (+64)"), "{mem}");
+        let up = text.lines().find(|l| l.starts_with("konnq     64 ")).expect("upload accounting row");
+        assert!(up.contains("(0.0%)") && up.contains("(0.4%)"), "{up}");
     }
 
     #[test]

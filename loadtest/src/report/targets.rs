@@ -15,6 +15,12 @@ pub const SOAK_DIAL_RATE: f64 = 300.0;
 pub const SOAK_SECS: f64 = 600.0;
 /// Send lag beyond which the latency figures are flagged as disturbed.
 pub const LAG_WARN_US: f64 = 5000.0;
+/// Uploading connections the upload targets are defined at.
+pub const UPLOAD_CONNS: usize = 64;
+/// Most server + agent RSS growth while 64 connections upload, MiB.
+pub const UPLOAD_GROWTH_MIB: f64 = 64.0;
+/// Upload throughput at least this fraction of one-way (download) throughput.
+pub const UPLOAD_VS_DOWNLOAD: f64 = 0.9;
 
 /// Every target check for `report`.
 pub fn evaluate(report: &Report) -> Vec<TargetCheck> {
@@ -28,6 +34,7 @@ pub fn evaluate(report: &Report) -> Vec<TargetCheck> {
     out.extend(dial(report));
     out.extend(memory(report));
     out.extend(soak(report));
+    out.extend(upload(report));
     out
 }
 
@@ -180,6 +187,45 @@ fn soak(r: &Report) -> Vec<TargetCheck> {
     vec![check("soak-rss", "server + agent RSS", rss), check("soak-fds", "server + agent fd count", fds)]
 }
 
+/// konnq's uploads: bounded memory, and as fast as downloads in the same run.
+fn upload(r: &Report) -> Vec<TargetCheck> {
+    let cell = |mode: &str| r.throughput.iter().find(|t| t.peer == KONNQ && t.mode == mode && t.conns == UPLOAD_CONNS);
+    let growth = |peer: &str| {
+        r.throughput
+            .iter()
+            .find(|t| t.peer == peer && t.mode == "upload" && t.conns == UPLOAD_CONNS)
+            .and_then(|t| t.memory?.growth())
+            .map(|b| b as f64 / f64::from(1 << 20))
+    };
+    let mut mem = absolute(
+        "upload-memory-64",
+        format!("server + agent RSS growth, {UPLOAD_CONNS} uploading conns <= {UPLOAD_GROWTH_MIB} MiB"),
+        "MiB",
+        growth(KONNQ),
+        UPLOAD_GROWTH_MIB,
+    );
+    mem.upstream = growth(UPSTREAM);
+    let (up, down) = (cell("upload").map(|t| t.gbit_per_s), cell("oneway").map(|t| t.gbit_per_s));
+    let (verdict, note) = match (up, down) {
+        (Some(u), Some(d)) if d > 0.0 => {
+            let v = if u >= UPLOAD_VS_DOWNLOAD * d { Verdict::Met } else { Verdict::Missed };
+            (v, format!("upload/one-way = {:.2} (one-way {d:.2} Gbit/s)", u / d))
+        }
+        (None, _) => (Verdict::NotMeasured, "no konnq upload figure".to_owned()),
+        _ => (Verdict::NotMeasured, "no konnq one-way figure".to_owned()),
+    };
+    let speed = TargetCheck {
+        id: "upload-vs-download-64".to_owned(),
+        target: format!("upload throughput, {UPLOAD_CONNS} conns >= {UPLOAD_VS_DOWNLOAD}x one-way in the same run"),
+        konnq: up,
+        upstream: None,
+        unit: "Gbit/s".to_owned(),
+        verdict,
+        note,
+    };
+    vec![mem, speed]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,7 +239,7 @@ mod tests {
     #[test]
     fn evaluates_every_target() {
         let checks = evaluate(&sample_report());
-        assert_eq!(checks.len(), 11);
+        assert_eq!(checks.len(), 13);
         // konnq 3.0 vs upstream 1.0 Gbit/s one-way with 1 connection.
         let t = find(&checks, "throughput-oneway-1");
         assert_eq!(t.verdict, Verdict::Met, "{t:?}");
@@ -204,6 +250,28 @@ mod tests {
         assert_eq!(find(&checks, "memory-abs").verdict, Verdict::Met);
         assert_eq!(find(&checks, "soak-rss").verdict, Verdict::Met);
         assert_eq!(find(&checks, "soak-fds").verdict, Verdict::Missed);
+        // Sample konnq: server +1 MiB per conn, agent flat: 64 MiB at 64 conns.
+        let m = find(&checks, "upload-memory-64");
+        assert_eq!((m.verdict, m.konnq, m.upstream), (Verdict::Met, Some(64.0), Some(128.0)), "{m:?}");
+        let u = find(&checks, "upload-vs-download-64");
+        assert_eq!(u.verdict, Verdict::Met, "{u:?}");
+        assert!(u.note.starts_with("upload/one-way = 1.00"), "{u:?}");
+    }
+
+    #[test]
+    fn upload_targets_can_miss() {
+        let mut r = sample_report();
+        for t in r.throughput.iter_mut().filter(|t| t.peer == "konnq" && t.mode == "upload" && t.conns == 64) {
+            t.gbit_per_s *= 0.85;
+            if let Some(s) = t.memory.as_mut().and_then(|m| m.server.as_mut()) {
+                s.peak += 1 << 20;
+            }
+        }
+        let checks = evaluate(&r);
+        assert_eq!(find(&checks, "upload-memory-64").verdict, Verdict::Missed);
+        assert_eq!(find(&checks, "upload-vs-download-64").verdict, Verdict::Missed);
+        r.throughput.retain(|t| t.mode != "oneway");
+        assert_eq!(find(&evaluate(&r), "upload-vs-download-64").verdict, Verdict::NotMeasured);
     }
 
     #[test]

@@ -22,12 +22,36 @@ fn cpu(peer: &str) -> CpuSplit {
     CpuSplit { runner: 0.6, target: 0.2, server: tunnel, agent: tunnel }
 }
 
+fn memory(peer: &str, conns: usize) -> Option<crate::rss::Memory> {
+    let span = |before: u64, per_conn: u64| crate::rss::Span {
+        before: before << 20,
+        peak: (before + per_conn * conns as u64) << 20,
+        after: (before + 1) << 20,
+    };
+    (peer != "direct").then(|| crate::rss::Memory {
+        server: Some(span(20, if peer == "konnq" { 1 } else { 2 })),
+        agent: Some(span(10, 0)),
+        settle_secs: 12.0,
+    })
+}
+
+fn upload(gbps: f64) -> UploadFigures {
+    let window = (gbps * 5.0e9 / 8.0) as u64;
+    UploadFigures {
+        wrote_in_window: window + 1000,
+        wrote: window * 6 / 5,
+        arrived_at_stop: window * 6 / 5 - (8 << 20),
+        arrived_after_close: window * 6 / 5,
+        capped: false,
+    }
+}
+
 pub fn sample_report() -> Report {
     let mut r = Report::default();
     r.meta.frontend = "grpc".into();
     for (peer, gbps) in [("konnq", 3.0), ("upstream", 1.0), ("direct", 20.0)] {
         r.peers.push(PeerInfo { name: peer.into(), available: true, detail: format!("{peer} binaries") });
-        for mode in ["oneway", "echo"] {
+        for mode in ["oneway", "echo", "upload"] {
             for conns in [1, 8, 64] {
                 r.throughput.push(ThroughputResult {
                     peer: peer.into(),
@@ -41,6 +65,8 @@ pub fn sample_report() -> Report {
                     cpu_secs_per_gb: (peer != "direct").then_some(4.0 / (gbps * 5.0 / 8.0)),
                     errors: 0,
                     cpu: cpu(peer),
+                    memory: memory(peer, conns),
+                    upload: (mode == "upload").then(|| upload(gbps)),
                 });
             }
         }

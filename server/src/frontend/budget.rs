@@ -1,18 +1,19 @@
 //! The budget for partly received gRPC messages on the HTTP/2 frontend.
 //!
-//! A message larger than the stream window arrives only if its bytes are
-//! credited back before it is complete, so those bytes are held beyond
-//! what flow control bounds. A message gets that early credit only with a
+//! A message's bytes are credited back once its session has forwarded it.
+//! A message larger than half the stream window might then never arrive,
+//! so its bytes are credited as they come, and held beyond what flow
+//! control bounds. A message gets that early credit only with a
 //! reservation of its whole size, all or nothing, from its connection's
-//! budget and from the process-wide one; the reservation is returned when
-//! the session takes the message, or when its stream or connection ends.
-//! A message without one is credited only as the session takes it: it
-//! waits, within the windows, until a reservation succeeds. All or nothing,
-//! so that several messages never each hold part of the budget with none
-//! able to complete.
+//! budget and from the process-wide one; the reservation is returned once
+//! the session has forwarded the message, or when its stream or connection
+//! ends. A message without one waits, within the windows, until a
+//! reservation succeeds. All or nothing, so that several messages never
+//! each hold part of the budget with none able to complete.
 //!
-//! Messages that fit the windows need no reservation to complete:
-//! kube-apiserver's packets (32 KiB of data) never wait for the budget.
+//! Messages no larger than half the window need no reservation to
+//! complete: kube-apiserver's packets (32 KiB of data) never wait for the
+//! budget.
 
 use std::sync::{Arc, Mutex, Weak};
 

@@ -14,10 +14,11 @@
 //! One task per connection runs everything: frame parsing, flow control both
 //! ways, HPACK decoding, keep-alive pings and graceful GOAWAY. Each Proxy
 //! stream is served by [`session::run`] on its own task, connected by an
-//! inbound queue (credited back to the client as the session consumes it, so
-//! a slow session stalls only its own stream) and a bounded outbound channel.
-//! A message larger than the stream window is credited as it arrives only
-//! within the partial-message budgets of [`super::budget`].
+//! inbound queue and a bounded outbound channel. A message's bytes are
+//! credited back to the client once its session has forwarded it into QUIC,
+//! so a slow session or a stalled agent side stalls only its own stream and
+//! client; a message larger than half the stream window is credited as it
+//! arrives, and only within the partial-message budgets of [`super::budget`].
 //!
 //! Every protocol violation closes the connection with GOAWAY naming the
 //! error (or resets just the stream, where RFC 9113 says a stream error),
@@ -39,6 +40,7 @@ use futures::{Stream, StreamExt};
 use konnq_shared::hpack::Decoder;
 use konnq_shared::konnectivity::data_head;
 use konnq_shared::proto::Packet;
+use prometheus_client::metrics::gauge::Gauge;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -58,9 +60,18 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Packets buffered toward one client before the session waits: bounded, so
 /// a client that stops reading stalls only its own connection.
 const OUTBOUND_PACKETS: usize = 4;
-/// Stream receive window we advertise.
-const STREAM_WINDOW: u32 = 1024 * 1024;
-/// Connection receive window we advertise.
+/// Stream receive window we advertise: what one client may have sent that
+/// its session has not yet written into QUIC. 256 KiB keeps a Unix-socket
+/// or loopback client at full speed, and 64 uploading clients whose agent
+/// side is slower hold 16 MiB in the server, not 64 MiB.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// Larger messages are credited as they arrive, within the partial-message
+/// budgets. One no larger than half the window completes within it once the
+/// messages before it are forwarded: credit not yet sent back is always
+/// under a quarter window (WINDOW_UPDATEs go out a quarter window at a time).
+const EARLY_CREDIT_ABOVE: usize = STREAM_WINDOW as usize / 2;
+/// Connection receive window we advertise (credited as frames arrive; see
+/// [`Connection::conn_credit`]).
 const CONN_WINDOW: u32 = 4 * 1024 * 1024;
 /// Concurrent streams per connection we allow.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -217,6 +228,12 @@ struct InboundShared {
 #[derive(Default)]
 struct InboundState {
     queue: VecDeque<Queued>,
+    /// What the packet the session took last holds. The session asks for
+    /// the next packet only after it has forwarded that one (written it
+    /// into QUIC), so it is released then: the client never has more than
+    /// about a stream window of bytes between itself and QUIC, and a
+    /// stalled agent side stops the client instead of filling the server.
+    taken: Held,
     ended: bool,
     waker: Option<Waker>,
 }
@@ -224,16 +241,32 @@ struct InboundState {
 /// A packet (or the status ending the stream) for the session.
 struct Queued {
     item: Result<Packet, Status>,
-    /// Bytes to credit back when the session takes it.
+    held: Held,
+}
+
+/// What a received message holds until its session has forwarded it.
+#[derive(Default)]
+struct Held {
+    /// Bytes to credit back to the client's stream window.
     credit: u32,
-    /// The message's budget reservation, returned when it is taken.
-    _reservation: Option<Reservation>,
+    /// Message bytes, counted in `konnq_server_frontend_buffered_bytes`.
+    bytes: u32,
+    /// The message's partial-message budget reservation, if it had one.
+    reservation: Option<Reservation>,
 }
 
 impl InboundShared {
-    fn push(&self, item: Result<Packet, Status>, credit: u32, reservation: Option<Reservation>) {
+    fn push(&self, item: Result<Packet, Status>, held: Held) {
+        self.conn.buffered.inc_by(i64::from(held.bytes));
         let mut st = self.state.lock().unwrap();
-        st.queue.push_back(Queued { item, credit, _reservation: reservation });
+        if st.ended {
+            // The session is gone (the connection stops pushing once it
+            // ends the stream itself): nothing will take the packet.
+            drop(st);
+            self.conn.release(self.stream_id, held);
+            return;
+        }
+        st.queue.push_back(Queued { item, held });
         if let Some(w) = st.waker.take() {
             w.wake();
         }
@@ -251,7 +284,7 @@ impl InboundShared {
     /// session reads `CANCELLED`, what a gRPC server reports for a stream
     /// reset by its client or lost with its connection.
     fn cancel(&self, why: &str) {
-        self.push(Err(Status::cancelled(why)), 0, None);
+        self.push(Err(Status::cancelled(why)), Held::default());
         self.end();
     }
 }
@@ -262,50 +295,72 @@ impl Stream for Inbound {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let shared = &self.shared;
         let mut st = shared.state.lock().unwrap();
-        if let Some(Queued { item, credit, _reservation }) = st.queue.pop_front() {
-            if st.queue.is_empty() {
-                st.queue = VecDeque::new();
+        let forwarded = std::mem::take(&mut st.taken);
+        let poll = match st.queue.pop_front() {
+            Some(Queued { item, held }) => {
+                st.taken = held;
+                if st.queue.is_empty() {
+                    st.queue = VecDeque::new();
+                }
+                Poll::Ready(Some(item))
             }
-            drop(st);
-            if credit > 0 {
-                shared.conn.consumed(shared.stream_id, credit);
+            None if st.ended => Poll::Ready(None),
+            None => {
+                st.waker = Some(cx.waker().clone());
+                Poll::Pending
             }
-            return Poll::Ready(Some(item));
-        }
-        if st.ended {
-            return Poll::Ready(None);
-        }
-        st.waker = Some(cx.waker().clone());
-        Poll::Pending
+        };
+        drop(st);
+        shared.conn.release(shared.stream_id, forwarded);
+        poll
     }
 }
 
 impl Drop for Inbound {
-    /// Packets the session never took still return their bytes to the
-    /// connection window, or a long-lived connection would shrink it away.
+    /// Packets the session never took (or did not forward) still release
+    /// what they hold, or a long-lived connection would shrink its windows
+    /// and budget away.
     fn drop(&mut self) {
-        let unread: u32 = {
+        let held: Vec<Held> = {
             let mut st = self.shared.state.lock().unwrap();
             st.ended = true;
-            st.queue.drain(..).map(|q| q.credit).sum()
+            let taken = std::mem::take(&mut st.taken);
+            std::iter::once(taken).chain(st.queue.drain(..).map(|q| q.held)).collect()
         };
-        if unread > 0 {
-            self.shared.conn.consumed(self.shared.stream_id, unread);
+        for held in held {
+            self.shared.conn.release(self.shared.stream_id, held);
         }
     }
 }
 
 /// Shared between a connection and its streams' inbound queues: bytes the
-/// sessions consumed, to be credited back with WINDOW_UPDATE.
+/// sessions forwarded, to be credited back with WINDOW_UPDATE.
 struct ConnShared {
     consumed: Mutex<Vec<(u32, u32)>>,
     waker: AtomicWaker,
+    /// `konnq_server_frontend_buffered_bytes`: message bytes received and
+    /// not yet forwarded, of every connection.
+    buffered: Gauge,
 }
 
 impl ConnShared {
-    fn consumed(&self, stream_id: u32, n: u32) {
-        self.consumed.lock().unwrap().push((stream_id, n));
-        self.waker.wake();
+    fn new(buffered: Gauge) -> ConnShared {
+        ConnShared { consumed: Mutex::new(Vec::new()), waker: AtomicWaker::new(), buffered }
+    }
+
+    /// A session is done with a message of `stream_id` (or never will take
+    /// it): its bytes leave the gauge, its reservation goes back to the
+    /// budgets and its credit to the connection task.
+    fn release(&self, stream_id: u32, held: Held) {
+        let Held { credit, bytes, reservation } = held;
+        drop(reservation);
+        if bytes > 0 {
+            self.buffered.dec_by(i64::from(bytes));
+        }
+        if credit > 0 {
+            self.consumed.lock().unwrap().push((stream_id, credit));
+            self.waker.wake();
+        }
     }
 }
 
@@ -376,15 +431,14 @@ impl Partial {
         (b.len() >= 5).then(|| 5 + u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize)
     }
 
-    fn uncredited(&self) -> u32 {
-        self.buf.len() as u32 - self.credited
+    /// The whole message's size if it is too large to complete within the
+    /// stream window without early credit.
+    fn early_credit_size(&self) -> Option<usize> {
+        self.size().filter(|&size| size > EARLY_CREDIT_ABOVE)
     }
 
-    /// Drops the message; returns its bytes not credited yet.
-    fn discard(&mut self) -> u32 {
-        let uncredited = self.uncredited();
-        *self = Partial::default();
-        uncredited
+    fn uncredited(&self) -> u32 {
+        self.buf.len() as u32 - self.credited
     }
 }
 
@@ -429,6 +483,7 @@ struct Connection<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     fn new(io: IO, ctx: SessionCtx, limits: Limits, stopping: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
+        let shared = Arc::new(ConnShared::new(ctx.metrics.frontend_buffered.clone()));
         Connection {
             io,
             ctx,
@@ -446,7 +501,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             header_block: None,
             streams: HashMap::new(),
             outbound: StreamMap::new(),
-            shared: Arc::new(ConnShared { consumed: Mutex::new(Vec::new()), waker: AtomicWaker::new() }),
+            shared,
             last_stream_id: 0,
             conn_recv_window: CONN_WINDOW as i64,
             conn_owed: 0,
@@ -971,6 +1026,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             return Err(proto_err(FLOW_CONTROL_ERROR, "DATA beyond the connection window"));
         }
         self.conn_recv_window -= flow_len as i64;
+        self.conn_credit(flow_len);
         if flags & PADDED != 0 {
             payload = unpad(payload)?;
         }
@@ -979,14 +1035,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             if stream_id > self.last_stream_id {
                 return Err(proto_err(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            // A stream already closed: its bytes still count on the connection.
-            self.credit(stream_id, flow_len);
+            // A stream already closed (its bytes counted on the connection above).
             return Ok(());
         };
         if flow_len as i64 > st.recv_window {
             self.rst(stream_id, FLOW_CONTROL_ERROR);
             self.close_stream(stream_id);
-            self.credit(stream_id, flow_len);
             return Ok(());
         }
         st.recv_window -= flow_len as i64;
@@ -994,36 +1048,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             // The client's side had ended: a stream error (RFC 9113 §5.1).
             self.rst(stream_id, STREAM_CLOSED);
             self.close_stream(stream_id);
-            self.credit(stream_id, flow_len);
             return Ok(());
         };
-        // Credit accounting: padding is consumed now; bytes of a message
-        // queued whole when the session takes it, so a slow session stalls
-        // only its own stream; bytes of a partial message now if it has a
-        // budget reservation (a message may be larger than the window, see
-        // `settle`), else when the session takes the message.
-        let mut now = flow_len - payload.len() as u32;
+        // Credit accounting: padding is credited now; a message's bytes once
+        // its session has forwarded it, so a slow session or a stalled agent
+        // stalls only its own stream and client; bytes of a message larger
+        // than half the window as they arrive if it holds a budget
+        // reservation (see `settle`).
+        let padding = flow_len - payload.len() as u32;
         let mut close = false;
         match assemble(&mut st.partial, payload, self.max_message_bytes, &inbound) {
             Ok(()) if end_stream => {
                 if !st.partial.buf.is_empty() {
-                    inbound.push(Err(Status::internal("stream ended inside a message")), 0, None);
-                    now += st.partial.discard();
+                    inbound.push(Err(Status::internal("stream ended inside a message")), Held::default());
+                    st.partial = Partial::default();
                 }
                 inbound.end();
                 st.inbound = None;
             }
             Ok(()) => {}
-            Err(unread) => {
+            Err(()) => {
                 // The session ends the stream with the status queued; nothing
                 // more the client sends on it is read.
-                now += unread + st.partial.discard();
+                st.partial = Partial::default();
                 inbound.end();
                 st.inbound = None;
                 close = st.done;
             }
         }
-        self.credit(stream_id, now);
+        self.credit(stream_id, padding);
         self.settle(stream_id);
         if close {
             self.close_stream(stream_id);
@@ -1031,15 +1084,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         Ok(())
     }
 
-    /// Early credit for a stream's partial message: once the message holds
-    /// a reservation of its whole size (taken here if it fits both
-    /// budgets), every byte of it is credited as it arrives; until then the
-    /// stream waits in `starved` (see [`super::budget`]).
+    /// Early credit for a stream's partial message larger than
+    /// [`EARLY_CREDIT_ABOVE`]: once the message holds a reservation of its
+    /// whole size (taken here if it fits both budgets), every byte of it is
+    /// credited as it arrives; until then the stream waits in `starved`
+    /// (see [`super::budget`]). Smaller messages complete within the window.
     fn settle(&mut self, id: u32) {
         let Some(st) = self.streams.get_mut(&id).filter(|st| st.inbound.is_some()) else {
             return;
         };
-        let Some(size) = st.partial.size() else {
+        let Some(size) = st.partial.early_credit_size() else {
             return;
         };
         if st.partial.reservation.is_none() {
@@ -1073,7 +1127,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     fn starved_need(&self) -> Option<usize> {
         let id = self.starved.front()?;
         let st = self.streams.get(id).filter(|st| st.inbound.is_some() && st.partial.reservation.is_none());
-        Some(st.and_then(|st| st.partial.size()).unwrap_or(0))
+        Some(st.and_then(|st| st.partial.early_credit_size()).unwrap_or(0))
     }
 
     fn watch_budgets(&self, watch: bool) {
@@ -1086,8 +1140,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
     }
 
-    /// Records `n` consumed bytes on a stream (and the connection) and sends
-    /// WINDOW_UPDATEs once enough have gathered.
+    /// Records `n` consumed bytes on a stream and sends its WINDOW_UPDATE
+    /// once enough have gathered.
     fn credit(&mut self, stream_id: u32, n: u32) {
         if n == 0 {
             return;
@@ -1105,6 +1159,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         if let Some(inc) = stream_update {
             self.window_update(stream_id, inc);
         }
+    }
+
+    /// Records `n` received bytes on the connection window. The connection
+    /// credits every DATA frame as it arrives, as grpc-go's server does: the
+    /// stream windows alone hold back a slow stream, so a stream whose
+    /// session waits never stalls the other streams of its connection.
+    fn conn_credit(&mut self, n: u32) {
         self.conn_owed += n;
         if self.conn_owed >= CONN_WINDOW / 4 {
             self.conn_recv_window += self.conn_owed as i64;
@@ -1241,13 +1302,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// Forgets a stream: its session sees the end of its inbound packets and
     /// a closed outbound channel.
     fn close_stream(&mut self, id: u32) {
-        if let Some(mut st) = self.streams.remove(&id) {
+        if let Some(st) = self.streams.remove(&id) {
             if let Some(inbound) = st.inbound {
                 inbound.end();
             }
-            // Only the connection window is still owed its bytes.
-            let unread = st.partial.discard();
-            self.credit(id, unread);
         }
         self.outbound.remove(&id);
     }
@@ -1327,20 +1385,16 @@ fn percent_encode(message: &str) -> Vec<u8> {
 /// Splits DATA payload into gRPC messages, queueing each decoded packet on
 /// `inbound` with the bytes of it not yet credited; what is left of an
 /// incomplete message stays in `partial`. On a violation the status that
-/// ends the stream is queued instead, and the bytes of `data` left unread
-/// are returned, to be credited now.
-fn assemble(partial: &mut Partial, mut data: Bytes, max_message: usize, inbound: &InboundShared) -> Result<(), u32> {
-    let refuse = |status: Status, unread: usize| {
-        inbound.push(Err(status), 0, None);
-        unread as u32
-    };
+/// ends the stream is queued instead, and the rest of `data` is not read.
+fn assemble(partial: &mut Partial, mut data: Bytes, max_message: usize, inbound: &InboundShared) -> Result<(), ()> {
+    let refuse = |status: Status| inbound.push(Err(status), Held::default());
     while !data.is_empty() {
         if partial.buf.is_empty() && data.len() >= 5 {
-            let len = message_len(&data[..5], max_message).map_err(|s| refuse(s, data.len()))?;
+            let len = message_len(&data[..5], max_message).map_err(refuse)?;
             if data.len() >= 5 + len {
                 let mut message = data.split_to(5 + len);
                 message.advance(5);
-                queue(inbound, message, 5 + len as u32, None).map_err(|()| data.len() as u32)?;
+                queue(inbound, message, 5 + len as u32, None)?;
                 continue;
             }
         }
@@ -1350,7 +1404,12 @@ fn assemble(partial: &mut Partial, mut data: Bytes, max_message: usize, inbound:
             if partial.buf.len() < 5 {
                 return Ok(());
             }
-            message_len(&partial.buf[..5], max_message).map_err(|s| refuse(s, data.len()))?;
+            let len = message_len(&partial.buf[..5], max_message).map_err(refuse)?;
+            // One allocation for a message that completes within the window;
+            // a larger one gets its buffer with its reservation (`settle`).
+            if 5 + len <= EARLY_CREDIT_ABOVE {
+                partial.buf.reserve(5 + len - partial.buf.len());
+            }
         }
         let need = partial.size().unwrap_or(5) - partial.buf.len();
         let take = need.min(data.len());
@@ -1360,7 +1419,7 @@ fn assemble(partial: &mut Partial, mut data: Bytes, max_message: usize, inbound:
             let credit = buf.len() as u32 - credited;
             let mut message = buf.freeze();
             message.advance(5);
-            queue(inbound, message, credit, reservation).map_err(|()| data.len() as u32)?;
+            queue(inbound, message, credit, reservation)?;
         }
     }
     Ok(())
@@ -1383,13 +1442,15 @@ fn message_len(head: &[u8], max_message: usize) -> Result<usize, Status> {
 /// Queues the packet `message` holds, or (undecodable) the status that
 /// ends the stream; either way with the message's credit and reservation.
 fn queue(inbound: &InboundShared, message: Bytes, credit: u32, reservation: Option<Reservation>) -> Result<(), ()> {
+    let bytes = message.len() as u32;
     match Packet::decode(message) {
         Ok(packet) => {
-            inbound.push(Ok(packet), credit, reservation);
+            inbound.push(Ok(packet), Held { credit, bytes, reservation });
             Ok(())
         }
         Err(e) => {
-            inbound.push(Err(Status::internal(format!("undecodable Packet: {e}"))), credit, reservation);
+            let status = Status::internal(format!("undecodable Packet: {e}"));
+            inbound.push(Err(status), Held { credit, bytes: 0, reservation });
             Err(())
         }
     }
@@ -1422,14 +1483,14 @@ mod tests {
     fn inbound() -> Arc<InboundShared> {
         Arc::new(InboundShared {
             state: Mutex::new(InboundState::default()),
-            conn: Arc::new(ConnShared { consumed: Mutex::new(Vec::new()), waker: AtomicWaker::new() }),
+            conn: Arc::new(ConnShared::new(Gauge::default())),
             stream_id: 1,
         })
     }
 
     fn queued(inbound: &InboundShared) -> Vec<(Result<Packet, Status>, u32)> {
         let mut st = inbound.state.lock().unwrap();
-        st.queue.drain(..).map(|q| (q.item, q.credit)).collect()
+        st.queue.drain(..).map(|q| (q.item, q.held.credit)).collect()
     }
 
     #[test]
@@ -1465,22 +1526,52 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_is_returned_when_the_session_takes_the_message() {
+    fn only_messages_larger_than_half_the_window_ask_for_early_credit() {
+        let inbound = inbound();
+        for (body, early) in [(32 * 1024, false), (3 * STREAM_WINDOW as usize, true)] {
+            let wire = message(&konnq_shared::konnectivity::data(1, Bytes::from(vec![7u8; body])));
+            let mut partial = Partial::default();
+            assemble(&mut partial, Bytes::copy_from_slice(&wire[..MAX_FRAME]), 1 << 24, &inbound).unwrap();
+            assert_eq!(partial.early_credit_size(), early.then_some(wire.len()), "a message of {body} bytes");
+        }
+    }
+
+    #[test]
+    fn what_a_message_holds_is_released_once_the_session_has_forwarded_it() {
         let metrics = crate::metrics::Metrics::new();
         let process = PartialBudget::new(1000, metrics.partial_message_bytes.clone());
         let conn = PartialBudget::new(1000, Default::default());
         let wire = message(&konnq_shared::konnectivity::data(1, Bytes::from(vec![7; 100])));
+        let (m, bytes) = (wire.len() as u32, wire.len() as i64 - 5);
         let inbound = inbound();
+        // Two messages; the first got a reservation, as a large one does.
         let mut partial = Partial::default();
         assemble(&mut partial, Bytes::copy_from_slice(&wire[..50]), 1 << 20, &inbound).unwrap();
-        let size = partial.size().expect("the prefix is in");
-        partial.reservation = Reservation::take(&conn, &process, size);
+        partial.reservation = Reservation::take(&conn, &process, partial.size().expect("the prefix is in"));
         assert_eq!(metrics.partial_message_bytes.get(), wire.len() as i64);
         assemble(&mut partial, Bytes::copy_from_slice(&wire[50..]), 1 << 20, &inbound).unwrap();
-        assert_eq!(process.used(), wire.len(), "held while the message waits for the session");
-        let mut session = Inbound { shared: inbound };
-        assert!(futures::executor::block_on(session.next()).is_some_and(|p| p.is_ok()));
-        assert_eq!((conn.used(), process.used()), (0, 0), "returned once taken");
+        assemble(&mut partial, Bytes::from(wire.clone()), 1 << 20, &inbound).unwrap();
+        let held = || {
+            let credited = inbound.conn.consumed.lock().unwrap().iter().map(|(_, n)| n).sum::<u32>();
+            (credited, inbound.conn.buffered.get(), process.used())
+        };
+        assert_eq!(held(), (0, 2 * bytes, m as usize), "queued");
+
+        let mut session = Inbound { shared: Arc::clone(&inbound) };
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(Pin::new(&mut session).poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(held(), (0, 2 * bytes, m as usize), "taken, not yet forwarded");
+        assert!(matches!(Pin::new(&mut session).poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(held(), (m, bytes, 0), "the first one was forwarded");
+        assert!(Pin::new(&mut session).poll_next(&mut cx).is_pending());
+        assert_eq!(held(), (2 * m, 0, 0), "both were forwarded");
+        assert_eq!(conn.used(), 0);
+
+        // Once the session is gone, what arrives is released at once.
+        drop(session);
+        assemble(&mut partial, Bytes::from(wire.clone()), 1 << 20, &inbound).unwrap();
+        assert_eq!(held(), (3 * m, 0, 0), "nothing is held or credited twice");
     }
 
     #[test]
@@ -1507,11 +1598,9 @@ mod tests {
     fn oversize_and_compressed_messages_are_refused() {
         let refused = |bytes: &'static [u8]| {
             let inbound = inbound();
-            let unread = assemble(&mut Partial::default(), Bytes::from_static(bytes), 100, &inbound).unwrap_err();
+            assert!(assemble(&mut Partial::default(), Bytes::from_static(bytes), 100, &inbound).is_err());
             let got = queued(&inbound);
-            assert_eq!(got.len(), 1);
-            // Every byte is credited: unread now, or when the status is taken.
-            assert_eq!(unread + got[0].1, bytes.len() as u32);
+            assert_eq!(got.len(), 1, "one status, then nothing more read");
             got[0].0.as_ref().unwrap_err().code()
         };
         assert_eq!(refused(&[0, 0, 0, 1, 0, 9]), tonic::Code::ResourceExhausted);
