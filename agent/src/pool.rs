@@ -219,11 +219,6 @@ impl Pool {
         self.state().servers.values().filter(|h| h.transport == Transport::Udp).map(|h| h.endpoint.clone()).collect()
     }
 
-    /// How many held connections use `transport`.
-    pub fn count_on(&self, transport: Transport) -> usize {
-        self.state().servers.values().filter(|h| h.transport == transport).count()
-    }
-
     /// The longest round-trip time of the held connections.
     pub fn max_rtt(&self) -> std::time::Duration {
         self.state().servers.values().map(|h| h.conn.rtt()).max().unwrap_or_default()

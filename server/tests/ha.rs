@@ -362,11 +362,7 @@ async fn a_draining_agent_gets_no_new_dials_and_its_open_connections_finish() {
 async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout() {
     // Idle timeout 30 s: only the ICMP check can close the connection
     // within the test's limit.
-    let quic = konnq_shared::config::RawQuicConfig {
-        keep_alive_interval: Some(Duration::from_millis(500)),
-        idle_timeout: Some(Duration::from_secs(30)),
-        ..Default::default()
-    };
+    let quic = quic_long_idle();
     let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
     let relay = Relay::start(lab.server.agent_addr).await;
     let _agent = lab
@@ -382,12 +378,8 @@ async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout
     assert_eq!(within(LIMIT, echo_through(&mut open, b"alive")).await, b"alive");
 
     relay.kill().await;
-    let killed = std::time::Instant::now();
-    match within(LIMIT, open.next()).await {
-        Event::Close(why) => assert!(!why.is_empty(), "CLOSE_RSP says why"),
-        other => panic!("expected CLOSE_RSP, got {other:?}"),
-    }
-    eprintln!("the client was told {} ms after the agent's socket closed", killed.elapsed().as_millis());
+    let told = told_closed(&mut open, std::time::Instant::now(), LIMIT).await;
+    eprintln!("the client was told {} ms after the agent's socket closed", told.as_millis());
     assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 1.0);
 }
 
@@ -455,12 +447,8 @@ async fn a_forged_icmp_for_a_live_agent_cuts_nothing() {
     let agent_port = agent.quic_local_addrs()[0].port();
     let agent_addr = SocketAddr::from(([127, 0, 0, 1], agent_port));
     forge_port_unreachable(lab.server.agent_addr, agent_addr);
-    within(LIMIT, async {
-        while lab.metric("konnq_server_agents_unreachable_checks_total").await < 1.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let checks = || metric(&lab.server.metrics.render(), "konnq_server_agents_unreachable_checks_total");
+    eventually("the server checked the agent", LIMIT, || checks() >= 1.0).await;
     assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 0.0, "the agent answered");
     assert_eq!(lab.server.backend.agent_count(), 1);
     assert_eq!(within(LIMIT, echo_through(&mut open, b"after")).await, b"after");

@@ -156,11 +156,7 @@ impl TcpRelay {
 async fn a_dead_agent_over_tcp_has_its_clients_told_when_its_connection_ends() {
     // Idle timeout 30 s: only the end of the TCP connection can close the
     // agent's connection within the test's limit.
-    let quic = konnq_shared::config::RawQuicConfig {
-        keep_alive_interval: Some(Duration::from_millis(500)),
-        idle_timeout: Some(Duration::from_secs(30)),
-        ..Default::default()
-    };
+    let quic = quic_long_idle();
     let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
     let relay = TcpRelay::start(lab.server.agent_addr).await;
     let agent = lab
@@ -177,12 +173,8 @@ async fn a_dead_agent_over_tcp_has_its_clients_told_when_its_connection_ends() {
     assert_eq!(within(LIMIT, echo_through(&mut open, b"alive")).await, b"alive");
 
     relay.kill().await;
-    let killed = std::time::Instant::now();
-    match within(LIMIT, open.next()).await {
-        Event::Close(why) => assert!(!why.is_empty(), "CLOSE_RSP says why"),
-        other => panic!("expected CLOSE_RSP, got {other:?}"),
-    }
-    eprintln!("the client was told {} ms after the agent's TCP connection closed", killed.elapsed().as_millis());
+    let told = told_closed(&mut open, std::time::Instant::now(), LIMIT).await;
+    eprintln!("the client was told {} ms after the agent's TCP connection closed", told.as_millis());
     eventually("the server forgot the agent", LIMIT, || lab.server.backend.agent_count() == 0).await;
     agent.shutdown().await;
 }

@@ -42,7 +42,7 @@ pub fn is_tcp_link(addr: SocketAddr) -> bool {
 
 /// The agent TCP links, by the address quinn knows each by.
 pub struct TcpLinks {
-    links: Mutex<HashMap<SocketAddr, Link>>,
+    links: Mutex<HashMap<SocketAddr, OutboundTx>>,
     next: AtomicU32,
     /// Datagrams from every link, for [`MuxSocket::poll_recv`].
     inbound: mpsc::Sender<(SocketAddr, Bytes)>,
@@ -50,20 +50,13 @@ pub struct TcpLinks {
     mapped: bool,
 }
 
-struct Link {
-    outbound: OutboundTx,
-    /// The agent's real address, for logs.
-    real: SocketAddr,
-}
-
 impl TcpLinks {
-    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Link>> {
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, OutboundTx>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new link from `real`: its address and the queue of datagrams to
-    /// write to it.
-    fn add(&self, real: SocketAddr) -> (SocketAddr, OutboundRx) {
+    /// A new link: its address and the queue of datagrams to write to it.
+    fn add(&self) -> (SocketAddr, OutboundRx) {
         let (tx, rx) = stream_socket::outbound();
         let mut links = self.links();
         let addr = loop {
@@ -75,17 +68,12 @@ impl TcpLinks {
                 break addr;
             }
         };
-        links.insert(addr, Link { outbound: tx, real });
+        links.insert(addr, tx);
         (addr, rx)
     }
 
     fn remove(&self, addr: SocketAddr) {
         self.links().remove(&addr);
-    }
-
-    /// The real address behind a link's address.
-    pub fn real(&self, addr: SocketAddr) -> Option<SocketAddr> {
-        self.links().get(&addr).map(|l| l.real)
     }
 }
 
@@ -158,7 +146,7 @@ impl AsyncUdpSocket for MuxSocket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         if is_tcp_link(transmit.destination) {
             if let Some(link) = self.links.links().get(&transmit.destination) {
-                link.outbound.enqueue(transmit);
+                link.enqueue(transmit);
             }
             // A link that ended: its datagrams go nowhere (never to UDP).
             return Ok(());
@@ -252,7 +240,7 @@ async fn run_link(
         warn!(%real, "refusing a TCP connection on the agent port: {e}");
         return;
     }
-    let (addr, outbound) = links.add(real);
+    let (addr, outbound) = links.add();
     debug!(%real, link = %addr, "agent TCP link up");
     let inbound = links.inbound.clone();
     let why = stream_socket::pump(stream, outbound, inbound, move |d| (addr, d), Some(idle)).await;

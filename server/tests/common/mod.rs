@@ -40,6 +40,27 @@ pub struct Lab {
     pub socket: PathBuf,
 }
 
+/// Keep-alives every 500 ms and a 30 s idle timeout: in a test of how a
+/// dead agent is noticed, only a faster mechanism than the timeout can end
+/// the connection within the test's limit.
+pub fn quic_long_idle() -> RawQuicConfig {
+    RawQuicConfig {
+        keep_alive_interval: Some(Duration::from_millis(500)),
+        idle_timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    }
+}
+
+/// Waits (at most `limit`) for `open`'s CLOSE_RSP, which must say why;
+/// returns how long after `since` it came.
+pub async fn told_closed(open: &mut Stream, since: std::time::Instant, limit: Duration) -> Duration {
+    match within(limit, open.next()).await {
+        Event::Close(why) => assert!(!why.is_empty(), "CLOSE_RSP says why"),
+        other => panic!("expected CLOSE_RSP, got {other:?}"),
+    }
+    since.elapsed()
+}
+
 pub fn quic_fast() -> RawQuicConfig {
     RawQuicConfig {
         keep_alive_interval: Some(Duration::from_millis(300)),
