@@ -149,6 +149,12 @@ async fn echo(stream: &mut (quinn::SendStream, quinn::RecvStream), payload: &[u8
     assert!(back == payload, "echo differs");
 }
 
+/// One echo round trip; false once the stream is gone.
+async fn try_echo(stream: &mut (quinn::SendStream, quinn::RecvStream), payload: &[u8]) -> bool {
+    let mut back = vec![0u8; payload.len()];
+    stream.0.write_all(payload).await.is_ok() && stream.1.read_exact(&mut back).await.is_ok() && back == payload
+}
+
 async fn http_get(addr: &str, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -240,10 +246,22 @@ async fn sigterm_drains_and_a_second_sigterm_exits_at_once() {
     assert_eq!(Control::from_frame(kind, &body).expect("valid control message"), Control::Drain);
     agent.log_line("draining").await;
     echo(&mut proxied, b"after the first SIGTERM").await;
-    assert!(agent.still_running(), "the agent waits for its open connection");
+    // Keep the connection busy, so the drain cannot end on its own as idle
+    // (after `QUIET`) however long the machine takes to deliver the second
+    // signal; the traffic ends when the agent closes the connection.
+    let busy = tokio::spawn(async move {
+        let mut rounds = 0u32;
+        while rounds < 2_000 && try_echo(&mut proxied, b"still busy").await {
+            rounds += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(konnq_agent::QUIET + Duration::from_millis(500)).await;
+    assert!(agent.still_running(), "the agent waits for its busy connection");
 
     agent.signal("TERM");
     let exit = agent.exited().await;
     assert!(exit.success(), "exit status {exit:?}");
     agent.log_line("second signal").await;
+    tokio::time::timeout(LIMIT, busy).await.expect("the proxied connection ends with the agent").expect("echo task");
 }
