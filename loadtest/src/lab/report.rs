@@ -152,6 +152,7 @@ impl LabReport {
 
 const K: &str = "konnq";
 const U: &str = "upstream";
+const KT: &str = "konnq-tcp";
 
 /// The targets for konnq on this report.
 pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
@@ -218,6 +219,22 @@ pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
         t.note = format!("median of rounds: konnq {}; upstream {}", listed(&konnq), listed(&upstream));
     }
     out.push(t);
+    // The same target for konnq over its TCP transport, when the run had it.
+    let tcp = r.slow_reader_ratios(KT);
+    if !tcp.is_empty() {
+        let mut t = absolute(
+            "slow_reader_p99_ratio_tcp",
+            "over the TCP transport: other connections' ping p99 with one stalled reader ≤ 1.05 × baseline".into(),
+            "× baseline",
+            median_round(&tcp).map(|(_, v)| v),
+            1.05,
+        );
+        t.upstream = median_round(&upstream).map(|(_, v)| v);
+        if tcp.len() > 1 {
+            t.note = format!("median of rounds: konnq-tcp {}; upstream {}", listed(&tcp), listed(&upstream));
+        }
+        out.push(t);
+    }
     out
 }
 
@@ -520,6 +537,19 @@ mod tests {
         assert_eq!(verdict(&t, "hol_goodput_loss1"), Verdict::Missed);
         assert_eq!(verdict(&t, "hol_ping_p99_vs_upstream_loss5"), Verdict::NotMeasured);
         assert!(evaluate(&LabReport::default()).iter().all(|c| c.verdict == Verdict::NotMeasured));
+    }
+
+    #[test]
+    fn konnq_over_tcp_gets_its_own_slow_reader_target() {
+        let mut r = sample();
+        assert!(evaluate(&r).iter().all(|c| c.id != "slow_reader_p99_ratio_tcp"), "only when measured");
+        r.cells.push(cell("slow-reader", "baseline", "konnq-tcp", 0.0, outcome(51, 100, None)));
+        r.cells.push(cell("slow-reader", "stalled-reader", "konnq-tcp", 0.0, outcome(51, 130, None)));
+        let t = evaluate(&r);
+        assert_eq!(verdict(&t, "slow_reader_p99_ratio_tcp"), Verdict::Missed);
+        assert_eq!(verdict(&t, "slow_reader_p99_ratio"), Verdict::Met, "the QUIC target is konnq's own cells");
+        let tcp = t.iter().find(|c| c.id == "slow_reader_p99_ratio_tcp").unwrap();
+        assert!((tcp.konnq.unwrap() - 1.3).abs() < 0.01, "{tcp:?}");
     }
 
     #[test]

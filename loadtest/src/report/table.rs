@@ -87,6 +87,15 @@ fn gbps(r: &Report, peer: &str, mode: &str, conns: usize) -> Option<f64> {
     r.throughput.iter().find(|t| t.peer == peer && t.mode == mode && t.conns == conns).map(|t| t.gbit_per_s)
 }
 
+/// The tunnels and baselines with cells in `r`, in column order; konnq over
+/// its TCP transport only when the run measured it.
+fn throughput_peers(r: &Report) -> Vec<&'static str> {
+    ["konnq", "konnq-tcp", "upstream", "direct"]
+        .into_iter()
+        .filter(|p| *p != "konnq-tcp" || r.throughput.iter().any(|t| t.peer == *p))
+        .collect()
+}
+
 fn throughput(r: &Report) -> String {
     let mut keys: Vec<(String, usize)> = Vec::new();
     for t in &r.throughput {
@@ -97,11 +106,15 @@ fn throughput(r: &Report) -> String {
     if keys.is_empty() {
         return String::new();
     }
+    let peers = throughput_peers(r);
+    let find = |peer: &str, mode: &str, conns: usize| {
+        r.throughput.iter().find(|t| t.peer == peer && t.mode == mode && t.conns == conns)
+    };
     let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|(mode, conns)| {
             let cell = |peer: &str| {
-                r.throughput.iter().find(|t| t.peer == peer && &t.mode == mode && t.conns == *conns).map_or_else(
+                find(peer, mode, *conns).map_or_else(
                     || "-".to_owned(),
                     |t| match t.cpu_secs_per_gb {
                         Some(c) => format!("{:.2} ({c:.2} s/GB)", t.gbit_per_s),
@@ -110,32 +123,28 @@ fn throughput(r: &Report) -> String {
                 )
             };
             let k = gbps(r, "konnq", mode, *conns).unwrap_or(0.0);
-            vec![
-                mode.clone(),
-                conns.to_string(),
-                cell("konnq"),
-                cell("upstream"),
-                cell("direct"),
-                times(ratio(k, gbps(r, "upstream", mode, *conns))),
-            ]
+            let mut row = vec![mode.clone(), conns.to_string()];
+            row.extend(peers.iter().map(|p| cell(p)));
+            row.push(times(ratio(k, gbps(r, "upstream", mode, *conns))));
+            row
         })
         .collect();
     let cpu_rows: Vec<Vec<String>> = keys
         .iter()
         .map(|(mode, conns)| {
-            let cell = |peer: &str| {
-                r.throughput
-                    .iter()
-                    .find(|t| t.peer == peer && &t.mode == mode && t.conns == *conns)
-                    .map_or_else(|| "-".to_owned(), |t| cores(&t.cpu))
-            };
-            vec![mode.clone(), conns.to_string(), cell("konnq"), cell("upstream"), cell("direct")]
+            let mut row = vec![mode.clone(), conns.to_string()];
+            row.extend(peers.iter().map(|p| find(p, mode, *conns).map_or_else(|| "-".to_owned(), |t| cores(&t.cpu))));
+            row
         })
         .collect();
+    let mut headers = vec!["mode", "conns"];
+    headers.extend(&peers);
+    let cpu_headers = headers.clone();
+    headers.push("konnq/upstream");
     "THROUGHPUT  Gbit/s (server + agent CPU seconds per GB moved)\n".to_owned()
-        + &table(&["mode", "conns", "konnq", "upstream", "direct", "konnq/upstream"], &rows)
+        + &table(&headers, &rows)
         + &format!("\nTHROUGHPUT {CPU}\n")
-        + &table(&["mode", "conns", "konnq", "upstream", "direct"], &cpu_rows)
+        + &table(&cpu_headers, &cpu_rows)
 }
 
 fn mib(bytes: u64) -> String {
@@ -153,6 +162,7 @@ fn throughput_memory(r: &Report) -> String {
     let Some(settle) = r.throughput.iter().find_map(|t| t.memory).map(|m| m.settle_secs) else {
         return String::new();
     };
+    let peers: Vec<&str> = throughput_peers(r).into_iter().filter(|p| *p != "direct").collect();
     let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|(mode, conns)| {
@@ -163,11 +173,15 @@ fn throughput_memory(r: &Report) -> String {
                     None => "-".to_owned(),
                 }
             };
-            vec![mode.clone(), conns.to_string(), cell("konnq"), cell("upstream")]
+            let mut row = vec![mode.clone(), conns.to_string()];
+            row.extend(peers.iter().map(|p| cell(p)));
+            row
         })
         .collect();
+    let mut headers = vec!["mode", "conns"];
+    headers.extend(&peers);
     format!("THROUGHPUT MEMORY  server + agent RSS MiB before/peak/after (peak growth); after = {settle:.0} s after closing\n")
-        + &table(&["mode", "conns", "konnq", "upstream"], &rows)
+        + &table(&headers, &rows)
 }
 
 /// Upload accounting: what the client wrote against what the target read.
@@ -391,6 +405,26 @@ mod tests {
         assert!(mem.contains("30/94/32 (+64)"), "{mem}");
         let up = text.lines().find(|l| l.starts_with("konnq     64 ")).expect("upload accounting row");
         assert!(up.contains("(0.0%)") && up.contains("(0.4%)"), "{up}");
+    }
+
+    #[test]
+    fn konnq_over_tcp_gets_its_own_column_when_measured() {
+        let mut r = sample_report();
+        let without = render(&r);
+        assert!(!without.contains("konnq-tcp"), "no column for a peer the run did not measure");
+        let mut tcp =
+            r.throughput.iter().find(|t| t.peer == "konnq" && t.mode == "oneway" && t.conns == 1).cloned().unwrap();
+        tcp.peer = "konnq-tcp".into();
+        tcp.gbit_per_s = 2.5;
+        r.throughput.push(tcp);
+        let text = render(&r);
+        let header = text.lines().find(|l| l.starts_with("mode ") && l.contains("konnq/upstream")).expect("header");
+        let cols: Vec<&str> = header.split_whitespace().collect();
+        assert_eq!(cols, ["mode", "conns", "konnq", "konnq-tcp", "upstream", "direct", "konnq/upstream"]);
+        let row = text.lines().find(|l| l.starts_with("oneway  1 ")).expect("oneway row");
+        assert!(row.contains("2.50 ("), "the konnq-tcp cell: {row}");
+        let memory = text.split("THROUGHPUT MEMORY").nth(1).expect("memory section");
+        assert!(memory.lines().nth(1).is_some_and(|h| h.contains("konnq-tcp")), "{memory}");
     }
 
     #[test]
