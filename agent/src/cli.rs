@@ -26,7 +26,8 @@ pub const AGENT_ID_ENV: &str = "PROXY_AGENT_ID";
 ///
 /// Signals: SIGTERM or SIGINT stops the agent. SIGUSR1 moves its QUIC
 /// connections to a new local UDP port (e.g. after the node's address or NAT
-/// mapping changed); proxied connections survive.
+/// mapping changed); proxied connections survive. Connections over the TCP
+/// transport cannot move and stay as they are.
 #[derive(Debug, Parser)]
 #[command(name = "konnq-agent", version, args_override_self = true)]
 pub struct Cli {

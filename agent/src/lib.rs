@@ -147,6 +147,14 @@ impl AgentHandle {
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
+        let over_tcp = self.pool.tcp_count();
+        if over_tcp > 0 {
+            info!(
+                connections = over_tcp,
+                "connections over TCP stay as they are: a TCP connection cannot move to a new address \
+                 (if the old one stopped working, the agent reconnects when the connection breaks)"
+            );
+        }
         match failed {
             Some(e) => Err(e.into()),
             None => Ok(moved),

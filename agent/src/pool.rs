@@ -219,6 +219,11 @@ impl Pool {
         self.state().servers.values().filter(|h| h.transport == Transport::Udp).map(|h| h.endpoint.clone()).collect()
     }
 
+    /// How many held connections run over TCP.
+    pub fn tcp_count(&self) -> usize {
+        self.state().servers.values().filter(|h| h.transport == Transport::Tcp).count()
+    }
+
     /// The longest round-trip time of the held connections.
     pub fn max_rtt(&self) -> std::time::Duration {
         self.state().servers.values().map(|h| h.conn.rtt()).max().unwrap_or_default()

@@ -35,6 +35,11 @@ async fn an_agent_over_tcp_proxies_as_one_over_udp_does() {
     for s in &mut streams {
         assert!(within(LIMIT, echo_through(s, &payload)).await == payload, "2 MiB echoed intact over TCP");
     }
+    // SIGUSR1's move: a TCP connection has no UDP socket to move, and stays.
+    assert_eq!(agent.rebind().expect("rebind"), Vec::<SocketAddr>::new());
+    assert_eq!(agent.metrics.socket_rebinds.get(), 0);
+    assert_eq!(within(LIMIT, echo_through(&mut streams[0], b"after the move")).await, b"after the move");
+    assert_eq!(lab.metric(TCP_AGENTS).await, 1.0);
     agent.shutdown().await;
 }
 
