@@ -226,6 +226,9 @@ impl Lab {
         let to = from.peer();
         let rx = self.with_ns(to, move || UdpSocket::bind((to.addr(), 0)))?.map_err(LabError::io("bind receiver"))?;
         let target = rx.local_addr().map_err(LabError::io("receiver address"))?;
+        // Room for the whole burst: a receiver thread the host does not
+        // schedule for a while must not turn into loss the link did not make.
+        receive_buffer(&rx, 8 << 20);
         let tx = self.with_ns(from, move || UdpSocket::bind((from.addr(), 0)))?.map_err(LabError::io("bind sender"))?;
         let link = self.link();
         let dir = if from == Side::A { &link.a_to_b } else { &link.b_to_a };
@@ -329,6 +332,20 @@ fn ping(sock: &UdpSocket, probes: u32, interval: Duration) -> io::Result<Vec<Opt
 
 /// Counts distinct sequence numbers until the sender is done and the link has been
 /// quiet for `grace`, all within `limit`.
+/// Asks for a receive buffer of `bytes`, beyond `net.core.rmem_max` when
+/// the process may (SO_RCVBUFFORCE, root); best effort.
+fn receive_buffer(sock: &UdpSocket, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    let len = std::mem::size_of::<i32>() as libc::socklen_t;
+    let value = &bytes as *const i32 as *const libc::c_void;
+    // SAFETY: a valid socket and a pointer to an i32 of `len` bytes.
+    unsafe {
+        if libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value, len) != 0 {
+            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, value, len);
+        }
+    }
+}
+
 fn count_datagrams(sock: &UdpSocket, n: u32, done: &AtomicBool, grace: Duration, limit: Duration) -> io::Result<u32> {
     sock.set_read_timeout(Some(Duration::from_millis(20)))?;
     let start = Instant::now();
