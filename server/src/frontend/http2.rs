@@ -400,6 +400,166 @@ struct StreamState {
     parked: Option<Outbound>,
     /// Trailers sent: the response is complete.
     done: bool,
+    /// The client's side ended (END_STREAM): anything but WINDOW_UPDATE,
+    /// PRIORITY or RST_STREAM from it on this stream is a STREAM_CLOSED error.
+    client_ended: bool,
+    /// A request we do not serve: no session; the response (see
+    /// [`Connection::refuse`]) goes out as the windows allow while the
+    /// request's body, if any, is read and dropped.
+    refused: bool,
+    /// The request's content-length, checked against its DATA.
+    content_length: Option<u64>,
+    /// DATA payload bytes received, padding excluded.
+    data_received: u64,
+}
+
+impl StreamState {
+    fn new(send_window: i64, end_stream: bool, content_length: Option<u64>) -> StreamState {
+        StreamState {
+            inbound: None,
+            recv_window: STREAM_WINDOW as i64,
+            owed: 0,
+            partial: Partial::default(),
+            send_window,
+            pending: VecDeque::new(),
+            pending_len: 0,
+            parked: None,
+            done: false,
+            client_ended: end_stream,
+            refused: false,
+            content_length,
+            data_received: 0,
+        }
+    }
+}
+
+/// Streams closed lately, and whether the client's side had ended (END_STREAM
+/// or its RST_STREAM): a frame the client sends on such a stream after that
+/// is its error (STREAM_CLOSED), while frames on a stream we reset may have
+/// crossed our RST_STREAM and are ignored (RFC 9113 §5.1). Bounded: a stream
+/// older than the last [`CLOSED_REMEMBERED`] is no longer told apart.
+#[derive(Default)]
+struct ClosedStreams {
+    order: VecDeque<u32>,
+    peer_done: HashMap<u32, bool>,
+}
+
+/// How many closed streams a connection remembers.
+const CLOSED_REMEMBERED: usize = 1024;
+
+impl ClosedStreams {
+    fn record(&mut self, id: u32, peer_done: bool) {
+        if self.peer_done.insert(id, peer_done).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > CLOSED_REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.peer_done.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// `Some(true)`: closed after the client's side ended; `Some(false)`:
+    /// closed by us while it was open; `None`: not a stream closed lately.
+    fn get(&self, id: u32) -> Option<bool> {
+        self.peer_done.get(&id).copied()
+    }
+
+    fn client_ended(&mut self, id: u32) {
+        if let Some(done) = self.peer_done.get_mut(&id) {
+            *done = true;
+        }
+    }
+}
+
+/// Fields of a header block checked as RFC 9113 §8.2-8.3 require of a
+/// request (and §8.1 of trailers): the first problem found, if any.
+#[derive(Default)]
+struct FieldCheck {
+    method: Option<Vec<u8>>,
+    path: Option<Vec<u8>>,
+    /// How many of :method, :scheme, :path, :authority were seen.
+    counts: [u8; 4],
+    pseudo: bool,
+    regular_seen: bool,
+    grpc: bool,
+    content_length: Option<u64>,
+    malformed: Option<String>,
+}
+
+impl FieldCheck {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        if self.malformed.is_some() {
+            return;
+        }
+        self.malformed = self.problem(name, value);
+    }
+
+    fn problem(&mut self, name: &[u8], value: &[u8]) -> Option<String> {
+        let shown = || konnq_shared::logging::untrusted(&String::from_utf8_lossy(name)).to_string();
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            self.pseudo = true;
+            if self.regular_seen {
+                return Some(format!("pseudo-header {} after a regular field", shown()));
+            }
+            let slot = match pseudo {
+                b"method" => 0,
+                b"scheme" => 1,
+                b"path" => 2,
+                b"authority" => 3,
+                _ => return Some(format!("pseudo-header {} is not one of a request", shown())),
+            };
+            self.counts[slot] += 1;
+            if self.counts[slot] > 1 {
+                return Some(format!("pseudo-header {} repeated", shown()));
+            }
+            match slot {
+                0 => self.method = Some(value.to_vec()),
+                2 if value.is_empty() => return Some("empty :path".into()),
+                2 => self.path = Some(value.to_vec()),
+                _ => {}
+            }
+            return None;
+        }
+        self.regular_seen = true;
+        if name.is_empty() || name.iter().any(|b| b.is_ascii_uppercase()) {
+            return Some(format!("field name {} is empty or has uppercase letters", shown()));
+        }
+        match name {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade" => {
+                Some(format!("connection-specific field {}", shown()))
+            }
+            b"te" if value != b"trailers" => Some("te other than \"trailers\"".into()),
+            b"content-type" => {
+                self.grpc = value.starts_with(b"application/grpc");
+                None
+            }
+            b"content-length" => {
+                let n = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+                match (n, self.content_length) {
+                    (None, _) => Some("content-length not a number".into()),
+                    (Some(n), Some(before)) if n != before => Some("content-length given twice, differently".into()),
+                    (Some(n), _) => {
+                        self.content_length = Some(n);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// A request's problem: a malformed field, or a pseudo-header missing.
+    fn request_problem(&self) -> Option<String> {
+        if let Some(m) = &self.malformed {
+            return Some(m.clone());
+        }
+        // CONNECT carries no :scheme or :path (RFC 9113 §8.5).
+        let connect = self.method.as_deref() == Some(b"CONNECT");
+        let needed: &[(usize, &str)] =
+            if connect { &[(0, ":method")] } else { &[(0, ":method"), (1, ":scheme"), (2, ":path")] };
+        needed.iter().find(|(slot, _)| self.counts[*slot] == 0).map(|(_, name)| format!("no {name}"))
+    }
 }
 
 enum Event {
@@ -442,6 +602,15 @@ impl Partial {
     }
 }
 
+/// A header block waiting for CONTINUATION frames.
+struct PendingBlock {
+    stream_id: u32,
+    end_stream: bool,
+    /// The HEADERS frame made the stream depend on itself.
+    self_dependent: bool,
+    block: Vec<u8>,
+}
+
 struct Connection<IO> {
     io: IO,
     ctx: SessionCtx,
@@ -458,9 +627,10 @@ struct Connection<IO> {
     /// Written bytes may sit in a TLS layer until flushed.
     needs_flush: bool,
     decoder: Decoder,
-    /// A header block waiting for CONTINUATION: stream id, END_STREAM, bytes.
-    header_block: Option<(u32, bool, Vec<u8>)>,
+    /// A header block waiting for CONTINUATION.
+    header_block: Option<PendingBlock>,
     streams: HashMap<u32, StreamState>,
+    closed: ClosedStreams,
     outbound: StreamMap<u32, Outbound>,
     shared: Arc<ConnShared>,
     last_stream_id: u32,
@@ -500,6 +670,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             decoder: Decoder::new(HEADER_TABLE_SIZE),
             header_block: None,
             streams: HashMap::new(),
+            closed: ClosedStreams::default(),
             outbound: StreamMap::new(),
             shared,
             last_stream_id: 0,
@@ -735,8 +906,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     }
 
     fn on_frame(&mut self, kind: u8, flags: u8, stream_id: u32, payload: Bytes) -> Result<(), ConnError> {
-        if let Some((expected, _, _)) = &self.header_block {
-            if kind != CONTINUATION || stream_id != *expected {
+        if let Some(pending) = &self.header_block {
+            if kind != CONTINUATION || stream_id != pending.stream_id {
                 return Err(proto_err(PROTOCOL_ERROR, "header block interrupted before END_HEADERS"));
             }
         }
@@ -744,23 +915,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             DATA => self.on_data(flags, stream_id, payload),
             HEADERS => self.on_headers(flags, stream_id, payload),
             CONTINUATION => {
-                let Some((id, end_stream, mut block)) = self.header_block.take() else {
+                let Some(mut pending) = self.header_block.take() else {
                     return Err(proto_err(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
                 };
-                if block.len() + payload.len() > MAX_HEADER_BLOCK {
+                if pending.block.len() + payload.len() > MAX_HEADER_BLOCK {
                     return Err(proto_err(PROTOCOL_ERROR, format!("header block over {MAX_HEADER_BLOCK} bytes")));
                 }
-                block.extend_from_slice(&payload);
+                pending.block.extend_from_slice(&payload);
                 if flags & END_HEADERS != 0 {
-                    self.on_header_block(id, end_stream, &block)
+                    self.on_header_block(pending)
                 } else {
-                    self.header_block = Some((id, end_stream, block));
+                    self.header_block = Some(pending);
                     Ok(())
                 }
             }
             PRIORITY => {
+                if stream_id == 0 {
+                    return Err(proto_err(PROTOCOL_ERROR, "PRIORITY on stream 0"));
+                }
                 if payload.len() != 5 {
                     return Err(proto_err(FRAME_SIZE_ERROR, "PRIORITY frame not 5 bytes"));
+                }
+                if depends_on(&payload) == stream_id {
+                    // A stream error (RFC 9113 §5.3.1); priorities are
+                    // otherwise ignored.
+                    self.reset_stream(stream_id, PROTOCOL_ERROR, "stream depends on itself");
                 }
                 Ok(())
             }
@@ -771,10 +950,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 if stream_id > self.last_stream_id {
                     return Err(proto_err(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
-                if let Some(inbound) = self.streams.get(&stream_id).and_then(|st| st.inbound.as_ref()) {
-                    inbound.cancel("stream reset by the client");
+                if let Some(st) = self.streams.get_mut(&stream_id) {
+                    st.client_ended = true;
+                    if let Some(inbound) = &st.inbound {
+                        inbound.cancel("stream reset by the client");
+                    }
                 }
                 self.close_stream(stream_id);
+                self.closed.client_ended(stream_id);
                 Ok(())
             }
             SETTINGS => self.on_settings(flags, stream_id, &payload),
@@ -867,20 +1050,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             if self.conn_send_window > MAX_WINDOW {
                 return Err(proto_err(FLOW_CONTROL_ERROR, "connection window above 2^31-1"));
             }
-        } else if let Some(st) = self.streams.get_mut(&stream_id) {
-            if inc == 0 {
-                self.rst(stream_id, PROTOCOL_ERROR);
-                self.close_stream(stream_id);
-                return Ok(());
-            }
-            st.send_window += inc;
-            if st.send_window > MAX_WINDOW {
-                self.rst(stream_id, FLOW_CONTROL_ERROR);
-                self.close_stream(stream_id);
-                return Ok(());
-            }
         } else if stream_id > self.last_stream_id {
             return Err(proto_err(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
+        } else if inc == 0 {
+            // A stream error whatever the stream's state (RFC 9113 §6.9).
+            self.reset_stream(stream_id, PROTOCOL_ERROR, "stream WINDOW_UPDATE of 0");
+            return Ok(());
+        } else if let Some(st) = self.streams.get_mut(&stream_id) {
+            st.send_window += inc;
+            if st.send_window > MAX_WINDOW {
+                self.reset_stream(stream_id, FLOW_CONTROL_ERROR, "stream window above 2^31-1");
+                return Ok(());
+            }
         }
         self.flush_pending();
         Ok(())
@@ -893,71 +1074,66 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         if flags & PADDED != 0 {
             payload = unpad(payload)?;
         }
+        let mut self_dependent = false;
         if flags & PRIORITY_FLAG != 0 {
             if payload.len() < 5 {
                 return Err(proto_err(PROTOCOL_ERROR, "HEADERS too short for its priority"));
             }
+            self_dependent = depends_on(&payload) == stream_id;
             payload.advance(5);
         }
-        let end_stream = flags & END_STREAM != 0;
+        let pending =
+            PendingBlock { stream_id, end_stream: flags & END_STREAM != 0, self_dependent, block: payload.to_vec() };
         if flags & END_HEADERS != 0 {
-            self.on_header_block(stream_id, end_stream, &payload)
+            self.on_header_block(pending)
         } else {
-            self.header_block = Some((stream_id, end_stream, payload.to_vec()));
+            self.header_block = Some(pending);
             Ok(())
         }
     }
 
-    fn on_header_block(&mut self, stream_id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+    fn on_header_block(&mut self, pending: PendingBlock) -> Result<(), ConnError> {
+        let PendingBlock { stream_id, end_stream, self_dependent, block } = pending;
         // Every block is decoded, even for streams we refuse, so the HPACK
         // table stays in step with the client's.
-        let mut method_post = false;
-        let mut path_ok = false;
-        let mut grpc = false;
-        let mut path = Vec::new();
+        let mut check = FieldCheck::default();
         self.decoder
-            .decode(block, |name, value| match name {
-                b":method" => method_post = value == b"POST",
-                b":path" => {
-                    path_ok = value == PROXY_PATH;
-                    path = value.to_vec();
-                }
-                b"content-type" => grpc = value.starts_with(b"application/grpc"),
-                _ => {}
-            })
+            .decode(&block, |name, value| check.field(name, value))
             .map_err(|e| proto_err(COMPRESSION_ERROR, format!("bad header block: {e}")))?;
 
         if stream_id <= self.last_stream_id {
-            return self.on_trailers(stream_id, end_stream);
+            return self.on_trailers(stream_id, end_stream, &check);
         }
         if stream_id.is_multiple_of(2) {
             return Err(proto_err(PROTOCOL_ERROR, "client stream with an even id"));
         }
         self.last_stream_id = stream_id;
-        if self.stopped {
-            self.rst(stream_id, REFUSED_STREAM);
+        if self_dependent {
+            self.refuse_stream(stream_id, end_stream, PROTOCOL_ERROR, "stream depends on itself");
             return Ok(());
         }
-        if self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
+        if self.stopped || self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
             self.rst(stream_id, REFUSED_STREAM);
+            self.closed.record(stream_id, end_stream);
             return Ok(());
         }
-        let refusal = if !method_post {
-            Some(Status::unimplemented("only POST is served"))
-        } else if !grpc {
-            Some(Status::invalid_argument("content-type must be application/grpc"))
-        } else if !path_ok {
-            Some(Status::unimplemented(format!("unknown method {}", String::from_utf8_lossy(&path))))
-        } else {
-            None
-        };
-        if let Some(status) = refusal {
-            self.ctx.metrics.frontend_error("http2_request");
-            debug!(stream_id, "refusing request: {}", konnq_shared::logging::untrusted(status.message()));
-            self.trailers(stream_id, false, &status);
-            if !end_stream {
-                self.rst(stream_id, NO_ERROR);
-            }
+        if let Some(problem) = check.request_problem() {
+            // A malformed request: a stream error (RFC 9113 §8.1.1).
+            self.refuse_stream(stream_id, end_stream, PROTOCOL_ERROR, &format!("malformed request: {problem}"));
+            return Ok(());
+        }
+        let post = check.method.as_deref() == Some(b"POST");
+        if !post || !check.grpc {
+            // Not a gRPC call (a browser, curl, a scanner): a plain HTTP
+            // answer saying what is served.
+            let status: &[u8] = if post { b"415" } else { b"405" };
+            self.refuse(stream_id, end_stream, check.content_length, Refusal::Http(status));
+            return Ok(());
+        }
+        if check.path.as_deref() != Some(PROXY_PATH) {
+            let path = String::from_utf8_lossy(check.path.as_deref().unwrap_or_default()).into_owned();
+            let status = Status::unimplemented(format!("unknown method {path}"));
+            self.refuse(stream_id, end_stream, check.content_length, Refusal::Grpc(status));
             return Ok(());
         }
 
@@ -971,20 +1147,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
         let (tx, rx) = mpsc::channel(OUTBOUND_PACKETS);
         self.outbound.insert(stream_id, outbound(rx));
-        self.streams.insert(
-            stream_id,
-            StreamState {
-                inbound: (!end_stream).then(|| Arc::clone(&inbound)),
-                recv_window: STREAM_WINDOW as i64,
-                owed: 0,
-                partial: Partial::default(),
-                send_window: self.peer_initial_window,
-                pending: VecDeque::new(),
-                pending_len: 0,
-                parked: None,
-                done: false,
-            },
-        );
+        let mut st = StreamState::new(self.peer_initial_window, end_stream, check.content_length);
+        st.inbound = (!end_stream).then(|| Arc::clone(&inbound));
+        self.streams.insert(stream_id, st);
         // Headers at once, as clients that wait for them before sending
         // (tonic's) expect.
         self.response_headers(stream_id);
@@ -992,27 +1157,121 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         Ok(())
     }
 
+    /// Answers a request we do not serve. The stream stays open until the
+    /// response is out (a plain HTTP answer has a body, sent as the client's
+    /// windows allow) and the client's side has ended; what the client
+    /// sends meanwhile is read, checked and dropped.
+    fn refuse(&mut self, id: u32, end_stream: bool, content_length: Option<u64>, refusal: Refusal) {
+        self.ctx.metrics.frontend_error("http2_request");
+        let mut st = StreamState::new(self.peer_initial_window, end_stream, content_length);
+        st.refused = true;
+        match refusal {
+            Refusal::Grpc(status) => {
+                debug!(stream_id = id, "refusing request: {}", konnq_shared::logging::untrusted(status.message()));
+                self.streams.insert(id, st);
+                self.trailers(id, false, &status);
+                self.end_refused(id);
+                if !end_stream {
+                    // A gRPC client still sending is asked to stop, as
+                    // after any complete response (RFC 9113 §8.1).
+                    self.rst(id, NO_ERROR);
+                    self.close_stream(id);
+                }
+            }
+            Refusal::Http(code) => {
+                debug!(stream_id = id, status = %String::from_utf8_lossy(code), "refusing a request that is no gRPC call");
+                let body = Bytes::from_static(REFUSAL_BODY);
+                st.pending_len = body.len();
+                st.pending.push_back(body);
+                self.streams.insert(id, st);
+                let mut block = Vec::with_capacity(48);
+                literal(&mut block, b":status", code);
+                literal(&mut block, b"content-type", b"text/plain; charset=utf-8");
+                self.frame(HEADERS, END_HEADERS, id, &block);
+                self.send_pending(id);
+            }
+        }
+    }
+
+    /// A refused stream whose response is out: closed once the client's
+    /// side has ended too.
+    fn end_refused(&mut self, id: u32) {
+        if let Some(st) = self.streams.get_mut(&id) {
+            st.done = true;
+            if st.client_ended {
+                self.close_stream(id);
+            }
+        }
+    }
+
+    /// A stream error on a stream that opens with it: RST_STREAM, and the
+    /// stream is remembered as closed.
+    fn refuse_stream(&mut self, id: u32, end_stream: bool, code: u32, why: &str) {
+        debug!(stream_id = id, "resetting stream: {why}");
+        self.ctx.metrics.frontend_error("http2_request");
+        self.rst(id, code);
+        self.closed.record(id, end_stream);
+    }
+
+    /// A stream error on a stream that may be open or closed: RST_STREAM,
+    /// and its session, if any, told.
+    fn reset_stream(&mut self, id: u32, code: u32, why: &str) {
+        debug!(stream_id = id, "resetting stream: {why}");
+        if let Some(inbound) = self.streams.get(&id).and_then(|st| st.inbound.as_ref()) {
+            inbound.cancel(why);
+        }
+        self.rst(id, code);
+        self.close_stream(id);
+    }
+
     /// A header block on a stream opened before: trailers, which end the
     /// client's side. Without END_STREAM it is no trailer; on a stream we
-    /// no longer know it opens a stream whose identifier is not greater
-    /// than the last one (RFC 9113 §5.1.1).
-    fn on_trailers(&mut self, stream_id: u32, end_stream: bool) -> Result<(), ConnError> {
+    /// never opened it opens a stream whose identifier is not greater than
+    /// the last one (RFC 9113 §5.1.1); after the client's side ended, it is
+    /// a STREAM_CLOSED error (§5.1).
+    fn on_trailers(&mut self, stream_id: u32, end_stream: bool, check: &FieldCheck) -> Result<(), ConnError> {
         let Some(st) = self.streams.get_mut(&stream_id) else {
-            if end_stream {
+            return match self.closed.get(stream_id) {
+                Some(true) => Err(proto_err(STREAM_CLOSED, format!("HEADERS on closed stream {stream_id}"))),
                 // Trailers that crossed our end of the stream.
-                return Ok(());
-            }
-            let last = self.last_stream_id;
-            return Err(proto_err(
-                PROTOCOL_ERROR,
-                format!("stream identifier went backwards: {stream_id} is not greater than the last one, {last}"),
-            ));
+                Some(false) if end_stream => Ok(()),
+                _ => {
+                    let last = self.last_stream_id;
+                    Err(proto_err(
+                        PROTOCOL_ERROR,
+                        format!(
+                            "stream identifier went backwards: {stream_id} is not greater than the last one, {last}"
+                        ),
+                    ))
+                }
+            };
         };
+        if st.client_ended {
+            self.reset_stream(stream_id, STREAM_CLOSED, "HEADERS after the client's END_STREAM");
+            return Ok(());
+        }
         if !end_stream {
             return Err(proto_err(PROTOCOL_ERROR, "second HEADERS without END_STREAM"));
         }
+        st.client_ended = true;
+        let problem = if check.pseudo {
+            Some("pseudo-header in trailers".to_owned())
+        } else if let Some(m) = &check.malformed {
+            Some(m.clone())
+        } else {
+            st.content_length
+                .filter(|&n| n != st.data_received)
+                .map(|n| format!("content-length {n} but {} bytes of DATA", st.data_received))
+        };
+        if let Some(problem) = problem {
+            self.reset_stream(stream_id, PROTOCOL_ERROR, &format!("malformed request: {problem}"));
+            return Ok(());
+        }
         if let Some(inbound) = st.inbound.take() {
             inbound.end();
+        }
+        if st.refused && st.done {
+            self.close_stream(stream_id);
         }
         Ok(())
     }
@@ -1035,19 +1294,42 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             if stream_id > self.last_stream_id {
                 return Err(proto_err(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            // A stream already closed (its bytes counted on the connection above).
+            // A closed stream (its bytes counted on the connection above):
+            // the client's error if its side had ended (RFC 9113 §6.1),
+            // otherwise sent before our RST_STREAM reached it.
+            if self.closed.get(stream_id) == Some(true) {
+                self.rst(stream_id, STREAM_CLOSED);
+            }
             return Ok(());
         };
+        if st.client_ended {
+            self.reset_stream(stream_id, STREAM_CLOSED, "DATA after the client's END_STREAM");
+            return Ok(());
+        }
         if flow_len as i64 > st.recv_window {
-            self.rst(stream_id, FLOW_CONTROL_ERROR);
-            self.close_stream(stream_id);
+            self.reset_stream(stream_id, FLOW_CONTROL_ERROR, "DATA beyond the stream window");
             return Ok(());
         }
         st.recv_window -= flow_len as i64;
+        st.data_received += payload.len() as u64;
+        st.client_ended = end_stream;
+        if let Some(n) = st.content_length {
+            if st.data_received > n || (end_stream && st.data_received != n) {
+                let why = format!("malformed request: content-length {n} but {} bytes of DATA", st.data_received);
+                self.reset_stream(stream_id, PROTOCOL_ERROR, &why);
+                return Ok(());
+            }
+        }
         let Some(inbound) = st.inbound.clone() else {
-            // The client's side had ended: a stream error (RFC 9113 §5.1).
-            self.rst(stream_id, STREAM_CLOSED);
-            self.close_stream(stream_id);
+            // A refused request's body, or one we stopped reading: dropped.
+            // A refused stream ends once both sides have; one whose window
+            // the client used up without ending is reset.
+            let (refused, done, window) = (st.refused, st.done, st.recv_window);
+            if refused && done && end_stream {
+                self.close_stream(stream_id);
+            } else if refused && window == 0 {
+                self.reset_stream(stream_id, NO_ERROR, "a refused request's body is too long");
+            }
             return Ok(());
         };
         // Credit accounting: padding is credited now; a message's bytes once
@@ -1246,6 +1528,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             if let Some(rx) = st.parked.take() {
                 self.outbound.insert(id, rx);
             }
+            if st.refused && !st.done {
+                // A refusal's body is out: end our side.
+                self.frame(DATA, END_STREAM, id, &[]);
+                self.end_refused(id);
+            }
         }
     }
 
@@ -1278,7 +1565,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             return;
         };
         st.done = true;
-        let client_open = st.inbound.is_some();
+        let client_open = !st.client_ended;
         self.trailers(id, true, status);
         if client_open {
             self.rst(id, NO_ERROR);
@@ -1303,6 +1590,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
     /// a closed outbound channel.
     fn close_stream(&mut self, id: u32) {
         if let Some(st) = self.streams.remove(&id) {
+            self.closed.record(id, st.client_ended);
             if let Some(inbound) = st.inbound {
                 inbound.end();
             }
@@ -1310,6 +1598,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         self.outbound.remove(&id);
     }
 }
+
+/// The stream a PRIORITY frame's (or a HEADERS frame's priority) payload
+/// makes its stream depend on.
+fn depends_on(payload: &[u8]) -> u32 {
+    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff
+}
+
+/// How a request we do not serve is answered.
+enum Refusal {
+    /// A gRPC call to another method: a trailers-only gRPC status.
+    Grpc(Status),
+    /// Not a gRPC call: this HTTP status with [`REFUSAL_BODY`].
+    Http(&'static [u8]),
+}
+
+/// The body of a plain HTTP refusal.
+const REFUSAL_BODY: &[u8] =
+    b"konnq-server serves gRPC only: POST /ProxyService/Proxy with content-type application/grpc\n";
 
 /// Appends a frame header and reserves room for its `len`-byte payload.
 fn put_frame_head(buf: &mut BytesMut, kind: u8, flags: u8, stream_id: u32, len: usize) {

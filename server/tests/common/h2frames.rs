@@ -23,8 +23,14 @@ pub const END_HEADERS: u8 = 0x4;
 pub const PADDED: u8 = 0x8;
 pub const PRIORITY: u8 = 0x20;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+pub const PRIORITY_FRAME: u8 = 0x2;
+pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+pub const NO_ERROR: u32 = 0x0;
 pub const PROTOCOL_ERROR: u32 = 0x1;
+pub const FLOW_CONTROL_ERROR: u32 = 0x3;
+pub const STREAM_CLOSED: u32 = 0x5;
 pub const FRAME_SIZE_ERROR: u32 = 0x6;
+pub const REFUSED_STREAM: u32 = 0x7;
 pub const COMPRESSION_ERROR: u32 = 0x9;
 /// SETTINGS_MAX_FRAME_SIZE's default, which neither side changes.
 pub const MAX_FRAME: usize = 16_384;
