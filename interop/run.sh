@@ -3,7 +3,8 @@
 # against real konnq-server and konnq-agent processes, at several client
 # versions (one Go module each), plus kube-apiserver 1.37's own egress dialer
 # (egress137: HTTP-CONNECT over UDS and TCP+mTLS) and `go tool pprof`'s
-# profile parser on /debug/pprof/profile (pprof); then kc036 once more with
+# profile parser on /debug/pprof/profile (pprof), h2spec's HTTP/2 conformance
+# cases against the gRPC frontend (h2spec); then kc036 once more with
 # the agent on its TCP transport (KONNQ_AGENT_TRANSPORT=tcp). See README.md.
 #
 # Usage: interop/run.sh [extra go test flags, e.g. -run Reusable]
@@ -13,7 +14,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-modules=(kc031 kc036 kc037 egress137 pprof)
+modules=(kc031 kc036 kc037 egress137 pprof h2spec)
 
 command -v go >/dev/null || { echo "run.sh: go is not installed" >&2; exit 2; }
 
@@ -43,7 +44,7 @@ for m in "${modules[@]}"; do
 	rc=0
 	(cd "$here/$m" && go vet ./... && go test -count=1 -timeout 10m -v ./... "$@") >"$log" 2>&1 || rc=$?
 	# Per-scenario results and go test's summary lines.
-	grep -E '^\s*--- (PASS|FAIL|SKIP)|^(ok|FAIL|PASS|panic:)|^\s+[a-z_]+\.go:[0-9]+: (module selects|conn\.Close|ReusableTunnel\.Close|dial error after|tunnel creation failed|dial failed after|kube-apiserver 1\.37 with|[0-9]+ of [0-9]+ server-first)' "$log" || true
+	grep -E '^\s*--- (PASS|FAIL|SKIP)|^(ok|FAIL|PASS|panic:)|^\s+[a-z_]+\.go:[0-9]+: (module selects|conn\.Close|ReusableTunnel\.Close|dial error after|tunnel creation failed|dial failed after|kube-apiserver 1\.37 with|[0-9]+ of [0-9]+ server-first)|^[0-9]+ tests, [0-9]+ passed' "$log" || true
 	if [[ $rc -ne 0 ]]; then
 		status=1
 		echo "==> $m FAILED (exit $rc); full output:"
