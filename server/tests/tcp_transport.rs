@@ -234,3 +234,47 @@ async fn auto_moves_back_to_udp_when_it_answers_again_and_open_transfers_finish(
     assert_eq!(agent.metrics.tcp_fallbacks.get(), 1);
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_over_tcp_without_a_trusted_client_certificate_are_refused() {
+    let lab = Lab::new().await;
+    let other = konnq_shared::certs::generate(&lab.dir.path().join("other-pki"), &[]).expect("second CA");
+    let over_tcp = |raw: &mut konnq_shared::config::RawAgentConfig| {
+        raw.transport = Some(AgentTransport::Tcp);
+        raw.sync_interval = Some(Duration::from_millis(100));
+    };
+    let untrusted = lab
+        .agent_with(|raw| {
+            over_tcp(raw);
+            raw.agent_cert = Some(other.agent_cert.clone());
+            raw.agent_key = Some(other.agent_key.clone());
+        })
+        .await;
+    let anonymous = lab
+        .agent_with(|raw| {
+            over_tcp(raw);
+            raw.agent_cert = None;
+            raw.agent_key = None;
+        })
+        .await;
+    let failures = |a: &konnq_agent::AgentHandle| a.metrics.connect_failures.get();
+    eventually("both agents refused several times", LIMIT, || failures(&untrusted) >= 3 && failures(&anonymous) >= 3)
+        .await;
+    assert_eq!(lab.server.backend.agent_count(), 0);
+    assert_eq!(lab.metric(TCP_AGENTS).await, 0.0);
+
+    // A trusted agent over TCP is admitted meanwhile and carries a dial.
+    let good = lab.agent_with(over_tcp).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    assert_eq!(lab.metric(TCP_AGENTS).await, 1.0);
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut s = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut s, b"trusted, over tcp")).await, b"trusted, over tcp");
+    let (u, a) = (failures(&untrusted), failures(&anonymous));
+    eventually("refused again", LIMIT, || failures(&untrusted) > u && failures(&anonymous) > a).await;
+    assert_eq!(lab.server.backend.agent_count(), 1);
+    for agent in [untrusted, anonymous, good] {
+        agent.shutdown().await;
+    }
+}
