@@ -173,6 +173,12 @@ pub struct RunArgs {
     /// Size of the one exchange each dialed connection makes.
     #[arg(long, default_value_t = 100)]
     pub dial_bytes: usize,
+    /// Dial open loop: start this many connections per second on a fixed
+    /// schedule, whatever the answers' latency, instead of
+    /// `dial-concurrency` closed-loop workers (at most 4,096 in flight; a
+    /// start the cap refuses counts as an error).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub dial_rate: Option<f64>,
 
     /// Scale: idle proxied connections to hold (at most 10,000).
     #[arg(long, default_value_t = 10_000)]
@@ -250,6 +256,7 @@ impl RunArgs {
                 secs: self.dial_secs,
                 warmup_secs: self.dial_warmup_secs,
                 bytes: self.dial_bytes,
+                rate: self.dial_rate,
             },
             scale: settings::Scale {
                 conns: self.scale_conns,

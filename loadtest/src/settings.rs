@@ -130,6 +130,8 @@ pub struct Dial {
     pub secs: f64,
     pub warmup_secs: f64,
     pub bytes: usize,
+    /// Open loop at this many connections per second (None: closed loop).
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,7 +208,7 @@ impl Settings {
             ..self.throughput.clone()
         };
         self.latency = Latency { rate: 200.0, conns: 4, secs: 0.6, warmup_secs: 0.2, bytes: 1024 };
-        self.dial = Dial { concurrency: 4, secs: 0.5, warmup_secs: 0.1, bytes: 100 };
+        self.dial = Dial { concurrency: 4, secs: 0.5, warmup_secs: 0.1, bytes: 100, rate: self.dial.rate };
         self.scale = Scale { conns: 50, parallel: 16, settle_secs: 0.3, max_ramp_secs: 20.0 };
         self.soak = Soak {
             secs: 2.0,
@@ -307,7 +309,7 @@ pub fn example() -> Settings {
             settle_secs: 0.0,
         },
         latency: Latency { rate: 2000.0, conns: 32, secs: 15.0, warmup_secs: 2.0, bytes: 1024 },
-        dial: Dial { concurrency: 32, secs: 10.0, warmup_secs: 1.0, bytes: 100 },
+        dial: Dial { concurrency: 32, secs: 10.0, warmup_secs: 1.0, bytes: 100, rate: None },
         scale: Scale { conns: 10_000, parallel: 64, settle_secs: 3.0, max_ramp_secs: 180.0 },
         soak: Soak {
             secs: 600.0,

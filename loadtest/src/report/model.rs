@@ -156,6 +156,10 @@ pub struct LatencyResult {
 pub struct DialResult {
     pub peer: String,
     pub concurrency: usize,
+    /// Open loop: connections started per second on a fixed schedule
+    /// (None: `concurrency` closed-loop workers).
+    #[serde(default)]
+    pub rate: Option<f64>,
     pub secs: f64,
     pub dials: u64,
     pub errors: u64,

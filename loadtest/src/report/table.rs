@@ -277,7 +277,11 @@ fn dial(r: &Report) -> String {
             ]
         })
         .collect();
-    format!("DIAL  concurrency {}, one small exchange per connection; DIAL_REQ→DIAL_RSP µs\n", first.concurrency)
+    let how = match first.rate {
+        Some(rate) => format!("open loop, {rate} new connections/s"),
+        None => format!("concurrency {}", first.concurrency),
+    };
+    format!("DIAL  {how}, one small exchange per connection; DIAL_REQ→DIAL_RSP µs\n")
         + &table(
             &["peer", "dials/s", "p50", "p90", "p99", "p99.9", "connect p99", "whole conn p99", "errors", CPU],
             &rows,

@@ -124,6 +124,9 @@ fn latency_p99(r: &Report) -> TargetCheck {
 
 fn dial(r: &Report) -> Vec<TargetCheck> {
     let get = |peer: &str| r.dial.iter().find(|d| d.peer == peer);
+    if let Some(rate) = get(KONNQ).and_then(|d| d.rate) {
+        return open_loop_dial(r, rate);
+    }
     let cond = get(KONNQ)
         .map(|d| d.concurrency)
         .filter(|&c| c != DIAL_CONCURRENCY)
@@ -145,6 +148,36 @@ fn dial(r: &Report) -> Vec<TargetCheck> {
         2000.0,
     );
     vec![with_condition(rate, cond.clone()), with_condition(p99, cond)]
+}
+
+/// Open-loop dials: DIAL_REQ→DIAL_RSP p99 ≤ 1 ms and ≤ 0.5× upstream's at
+/// the same rate; the machine's load during the window is in the note.
+fn open_loop_dial(r: &Report, rate: f64) -> Vec<TargetCheck> {
+    let get = |peer: &str| r.dial.iter().find(|d| d.peer == peer && d.rate == Some(rate));
+    let p99 = |peer: &str| get(peer).map(|d| d.dial.p99_us);
+    // Cores busy in the window: the tunnel, the load generator, the target.
+    let busy = |peer: &str| {
+        get(peer).map(|d| d.cpu.runner + d.cpu.target + d.cpu.server.unwrap_or(0.0) + d.cpu.agent.unwrap_or(0.0))
+    };
+    let cores = r.meta.machine.nproc.max(1) as f64;
+    let note = busy(KONNQ).map(|b| format!("konnq's cell kept {:.0}% of the {cores} cores busy", 100.0 * b / cores));
+    let abs = absolute(
+        "dial-open-p99",
+        format!("open loop at {rate}/s: DIAL_REQ→DIAL_RSP p99 <= 1 ms"),
+        "µs",
+        p99(KONNQ),
+        1000.0,
+    );
+    let rel = relative(
+        "dial-open-p99-vs-upstream",
+        format!("open loop at {rate}/s: DIAL_REQ→DIAL_RSP p99 <= 0.5x upstream"),
+        "µs",
+        p99(KONNQ),
+        p99(UPSTREAM),
+        0.5,
+        false,
+    );
+    vec![with_condition(abs, note.clone()), with_condition(rel, note)]
 }
 
 fn memory(r: &Report) -> Vec<TargetCheck> {
@@ -234,6 +267,25 @@ mod tests {
 
     fn find<'a>(checks: &'a [TargetCheck], id: &str) -> &'a TargetCheck {
         checks.iter().find(|c| c.id == id).unwrap_or_else(|| panic!("no check {id}"))
+    }
+
+    #[test]
+    fn open_loop_dials_get_their_own_targets() {
+        let mut r = sample_report();
+        r.meta.machine.nproc = 2;
+        for d in &mut r.dial {
+            d.rate = Some(2000.0);
+            d.cpu = CpuSplit { runner: 0.3, target: 0.1, server: Some(0.2), agent: Some(0.2) };
+        }
+        let checks = evaluate(&r);
+        assert!(checks.iter().all(|c| c.id != "dial-p99" && c.id != "dial-rate"), "no closed-loop targets");
+        let abs = find(&checks, "dial-open-p99");
+        let konnq_p99 = r.dial.iter().find(|d| d.peer == KONNQ).unwrap().dial.p99_us;
+        assert_eq!(abs.konnq, Some(konnq_p99));
+        assert_eq!(abs.verdict, if konnq_p99 <= 1000.0 { Verdict::Met } else { Verdict::Missed });
+        assert!(abs.note.contains("40% of the 2 cores"), "{}", abs.note);
+        let rel = find(&checks, "dial-open-p99-vs-upstream");
+        assert!(rel.upstream.is_some(), "{rel:?}");
     }
 
     #[test]

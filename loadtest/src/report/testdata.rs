@@ -92,6 +92,7 @@ pub fn sample_report() -> Report {
         r.dial.push(DialResult {
             peer: peer.into(),
             concurrency: 32,
+            rate: None,
             secs: 10.0,
             dials: 50_000,
             errors: 0,

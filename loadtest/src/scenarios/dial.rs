@@ -3,6 +3,7 @@
 //! tunnel), one small exchange, close" until the time is up. Counts
 //! completed connections per second and the DIAL_REQ→DIAL_RSP latency.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -58,6 +59,7 @@ impl Measured {
         DialResult {
             peer: peer.to_owned(),
             concurrency: s.concurrency,
+            rate: s.rate,
             secs: self.secs,
             dials: self.dials,
             errors: self.errors,
@@ -70,8 +72,14 @@ impl Measured {
     }
 }
 
+/// Connections in flight at most in the open loop.
+const OPEN_LOOP_IN_FLIGHT: usize = 4096;
+
 /// One round: `s.warmup_secs` unrecorded, then `s.secs` recorded.
 pub async fn measure(peer: &Peer, targets: Targets, s: &Dial, progress: &Progress) -> anyhow::Result<Measured> {
+    if let Some(rate) = s.rate {
+        return open_loop(peer, targets, s, rate, progress).await;
+    }
     let label = format!("{} dial c={}", peer.kind.name(), s.concurrency);
     let counters = progress.stage(label, Duration::from_secs_f64(s.warmup_secs + s.secs));
     let start = Instant::now();
@@ -128,4 +136,104 @@ pub async fn measure(peer: &Peer, targets: Targets, s: &Dial, progress: &Progres
     }
     // Connections started in the window, per second of the window.
     Ok(Measured { dial, connect, total, dials, errors, secs: s.secs, cpu })
+}
+
+/// Open loop: the i-th connection starts at `i / rate` seconds, whether or
+/// not the ones before it were answered, so a slow answer cannot lower the
+/// offered load (closed-loop workers wait, and hide the queueing they cause).
+async fn open_loop(
+    peer: &Peer,
+    targets: Targets,
+    s: &Dial,
+    rate: f64,
+    progress: &Progress,
+) -> anyhow::Result<Measured> {
+    anyhow::ensure!(rate > 0.0 && rate.is_finite(), "dial rate must be positive, not {rate}");
+    let label = format!("{} dial {rate}/s open loop", peer.kind.name());
+    let counters = progress.stage(label, Duration::from_secs_f64(s.warmup_secs + s.secs));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(s.warmup_secs);
+    let end = measure_from + Duration::from_secs_f64(s.secs);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_IN_FLIGHT));
+    let mut set: JoinSet<Outcome> = JoinSet::new();
+    let mut t = Tally { dial: histogram(), connect: histogram(), total: histogram(), dials: 0, errors: 0 };
+    let mut mark0 = None;
+    for i in 0u64.. {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        if at >= end {
+            break;
+        }
+        sleep_until(at).await;
+        let measured = at >= measure_from;
+        if measured && mark0.is_none() {
+            mark0 = Some(cpu_mark(peer, targets));
+        }
+        // Finished ones are counted as we go: the set holds only those in flight.
+        while let Some(done) = set.try_join_next() {
+            t.add(done?);
+        }
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            t.errors += u64::from(measured);
+            counters.error();
+            continue;
+        };
+        let (dialer, c, bytes) = (peer.dialer.clone(), Arc::clone(&counters), s.bytes);
+        set.spawn(async move {
+            let _permit = permit;
+            let t0 = Instant::now();
+            let one = async {
+                let (mut conn, timing) = super::dial(&dialer, targets.echo).await?;
+                super::one_exchange(&mut conn, bytes).await?;
+                conn.close().await?;
+                anyhow::Ok(timing)
+            };
+            let r = one.await;
+            match &r {
+                Ok(_) => c.op(),
+                Err(_) => c.error(),
+            }
+            Outcome { measured, timing: r.ok(), whole: t0.elapsed() }
+        });
+    }
+    sleep_until(end).await;
+    let mark0 = mark0.unwrap_or_else(|| cpu_mark(peer, targets));
+    let cpu = cpu_split(&mark0, &cpu_mark(peer, targets));
+    // Those still in flight: bounded by the dial's own timeouts.
+    while let Some(done) = set.join_next().await {
+        t.add(done?);
+    }
+    Ok(Measured {
+        dial: t.dial,
+        connect: t.connect,
+        total: t.total,
+        dials: t.dials,
+        errors: t.errors,
+        secs: s.secs,
+        cpu,
+    })
+}
+
+/// One open-loop connection: started in the window or not, its timing if it
+/// worked, and how long the whole connection took.
+struct Outcome {
+    measured: bool,
+    timing: Option<super::Timing>,
+    whole: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, o: Outcome) {
+        if !o.measured {
+            return;
+        }
+        match o.timing {
+            Some(timing) => {
+                record(&mut self.dial, ns(timing.dial));
+                record(&mut self.connect, ns(timing.connect));
+                record(&mut self.total, ns(o.whole));
+                self.dials += 1;
+            }
+            None => self.errors += 1,
+        }
+    }
 }
