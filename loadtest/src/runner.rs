@@ -121,7 +121,6 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
     let _ = printer.await;
     target_proc.stop(Duration::from_secs(2)).await;
 
-    report.targets = report::targets::evaluate(&report);
     report.meta = report::Meta {
         date_utc: crate::machine::now_utc(),
         command,
@@ -134,6 +133,8 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
         loadavg_end: crate::machine::loadavg(),
         revision: crate::machine::revision(),
     };
+    // After the meta: some targets read the machine's figures.
+    report.targets = report::targets::evaluate(&report);
     Ok(report)
 }
 
