@@ -19,8 +19,6 @@ use tokio::net::UnixStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-type Frame = (u8, u8, u32, Vec<u8>);
-
 /// What the server must answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
@@ -289,19 +287,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-async fn read_frame(io: &mut UnixStream) -> std::io::Result<Option<Frame>> {
-    let mut head = [0u8; 9];
-    if io.read(&mut head[..1]).await? == 0 {
-        return Ok(None);
-    }
-    io.read_exact(&mut head[1..]).await?;
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    let mut payload = vec![0; len];
-    io.read_exact(&mut payload).await?;
-    Ok(Some((head[3], head[4], stream_id, payload)))
-}
-
 fn code(payload: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(payload[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -320,7 +305,7 @@ async fn run(socket: &std::path::Path, case: &Case) -> Result<(), String> {
     let mut then = case.then;
     let mut pinged = false;
     loop {
-        let Some((kind, flags, id, payload)) = read_frame(&mut io).await.map_err(|e| format!("read: {e}"))? else {
+        let Some((kind, flags, id, payload)) = try_read_frame(&mut io).await.map_err(|e| format!("read: {e}"))? else {
             return Err("the connection closed without the expected answer".into());
         };
         match (kind, case.expect) {
@@ -417,7 +402,7 @@ async fn requests_that_are_no_grpc_call_get_a_plain_http_refusal() {
         let (mut fields, mut body) = (Vec::new(), Vec::new());
         loop {
             let (kind, flags, id, payload) =
-                within(LIMIT, read_frame(&mut io)).await.expect("read").expect("the response");
+                within(LIMIT, try_read_frame(&mut io)).await.expect("read").expect("the response");
             match kind {
                 HEADERS if id == 1 => fields = decoder.decode(&payload).expect("hpack"),
                 DATA if id == 1 => body.extend(payload),

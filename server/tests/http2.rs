@@ -28,30 +28,12 @@ use tokio::net::UnixStream;
 const LIMIT: Duration = Duration::from_secs(60);
 const PROXY_PATH: &str = "/ProxyService/Proxy";
 
-type Frame = (u8, u8, u32, Vec<u8>);
-
 /// A PADDED frame's payload: pad length, `body`, `pad` zero bytes.
 fn padded(pad: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![pad];
     out.extend_from_slice(body);
     out.resize(out.len() + pad as usize, 0);
     out
-}
-
-/// Reads one frame; `None` on a clean end of the connection between frames.
-/// The server must keep to the default maximum frame size.
-async fn try_read_frame(io: &mut UnixStream) -> std::io::Result<Option<Frame>> {
-    let mut head = [0u8; 9];
-    if io.read(&mut head[..1]).await? == 0 {
-        return Ok(None);
-    }
-    io.read_exact(&mut head[1..]).await?;
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    assert!(len <= MAX_FRAME, "server sent a {len}-byte frame of type {} (limit {MAX_FRAME})", head[3]);
-    let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    let mut payload = vec![0; len];
-    io.read_exact(&mut payload).await?;
-    Ok(Some((head[3], head[4], stream_id, payload)))
 }
 
 /// One stream as the client sees it.

@@ -204,38 +204,44 @@ pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
         true,
     ));
     // Slow reader: the stalled run's p99 over the baseline's, per peer, the
-    // median round.
-    let (konnq, upstream) = (r.slow_reader_ratios(K), r.slow_reader_ratios(U));
-    let mut t = absolute(
+    // median round; for konnq over TCP too when the run had it.
+    let upstream = r.slow_reader_ratios(U);
+    out.push(slow_reader_target(
         "slow_reader_p99_ratio",
-        "other connections' ping p99 with one stalled reader ≤ 1.05 × baseline".into(),
-        "× baseline",
-        median_round(&konnq).map(|(_, v)| v),
-        1.05,
-    );
-    t.upstream = median_round(&upstream).map(|(_, v)| v);
-    let listed = |v: &[(u32, f64)]| v.iter().map(|(_, x)| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-    if konnq.len() > 1 {
-        t.note = format!("median of rounds: konnq {}; upstream {}", listed(&konnq), listed(&upstream));
-    }
-    out.push(t);
-    // The same target for konnq over its TCP transport, when the run had it.
+        "other connections' ping p99 with one stalled reader ≤ 1.05 × baseline",
+        K,
+        &r.slow_reader_ratios(K),
+        &upstream,
+    ));
     let tcp = r.slow_reader_ratios(KT);
     if !tcp.is_empty() {
-        let mut t = absolute(
+        out.push(slow_reader_target(
             "slow_reader_p99_ratio_tcp",
-            "over the TCP transport: other connections' ping p99 with one stalled reader ≤ 1.05 × baseline".into(),
-            "× baseline",
-            median_round(&tcp).map(|(_, v)| v),
-            1.05,
-        );
-        t.upstream = median_round(&upstream).map(|(_, v)| v);
-        if tcp.len() > 1 {
-            t.note = format!("median of rounds: konnq-tcp {}; upstream {}", listed(&tcp), listed(&upstream));
-        }
-        out.push(t);
+            "over the TCP transport: other connections' ping p99 with one stalled reader ≤ 1.05 × baseline",
+            KT,
+            &tcp,
+            &upstream,
+        ));
     }
     out
+}
+
+/// The slow-reader target of `peer` from its per-round ratios (the median
+/// round decides), upstream's beside.
+fn slow_reader_target(
+    id: &str,
+    target: &str,
+    peer: &str,
+    ratios: &[(u32, f64)],
+    upstream: &[(u32, f64)],
+) -> TargetCheck {
+    let mut t = absolute(id, target.into(), "× baseline", median_round(ratios).map(|(_, v)| v), 1.05);
+    t.upstream = median_round(upstream).map(|(_, v)| v);
+    let listed = |v: &[(u32, f64)]| v.iter().map(|(_, x)| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+    if ratios.len() > 1 {
+        t.note = format!("median of rounds: {peer} {}; upstream {}", listed(ratios), listed(upstream));
+    }
+    t
 }
 
 /// The middle value of `(round, value)` pairs, and its round; the lower

@@ -39,6 +39,25 @@ pub const DEFAULT_WINDOW: i64 = 65_535;
 
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A frame as read: type, flags, stream id, payload.
+pub type Frame = (u8, u8, u32, Vec<u8>);
+
+/// Reads one frame; `None` on a clean end of the connection between frames.
+/// The server must keep to the default maximum frame size.
+pub async fn try_read_frame(io: &mut tokio::net::UnixStream) -> std::io::Result<Option<Frame>> {
+    let mut head = [0u8; 9];
+    if tokio::io::AsyncReadExt::read(io, &mut head[..1]).await? == 0 {
+        return Ok(None);
+    }
+    tokio::io::AsyncReadExt::read_exact(io, &mut head[1..]).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    assert!(len <= MAX_FRAME, "server sent a {len}-byte frame of type {} (limit {MAX_FRAME})", head[3]);
+    let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    tokio::io::AsyncReadExt::read_exact(io, &mut payload).await?;
+    Ok(Some((head[3], head[4], stream_id, payload)))
+}
+
 pub fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
     let len = (payload.len() as u32).to_be_bytes();
     let mut out = vec![len[1], len[2], len[3], kind, flags];
