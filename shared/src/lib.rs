@@ -19,6 +19,8 @@
 //! - [`client`]: a Konnectivity client over a Unix socket (demo, load tests).
 //! - [`profiling`]: `/debug/pprof/` for both admin ports (`--enable-profiling`):
 //!   CPU profiles as profile.proto for `go tool pprof`.
+//! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed
+//!   on stable by `tests/fuzz_corpora.rs`.
 
 pub mod proto {
     tonic::include_proto!("_");
@@ -28,6 +30,8 @@ pub mod certs;
 pub mod client;
 pub mod codec;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gauge;
 pub mod hpack;
 pub mod konnectivity;

@@ -1,0 +1,81 @@
+//! Bodies of the fuzz targets in `fuzz/` (cargo-fuzz, nightly), kept here
+//! as plain functions so `tests/fuzz_corpora.rs` replays the committed
+//! corpora through the same code on stable.
+//!
+//! Each function takes arbitrary bytes and panics only when a property
+//! fails: a decoder panicking, a value that does not survive re-encoding, or
+//! two ways of decoding the same input disagreeing. Errors on malformed
+//! input are expected and are formatted (their `Display` runs too).
+//!
+//! - [`hpack`]: konnq's HPACK decoder against loona-hpack's.
+//! - [`wire`]: the server↔agent frames ([`crate::wire`]).
+//! - [`stream_datagrams`]: QUIC datagrams framed over TCP.
+//! - [`konnectivity_packet`]: client packets as the frontends classify them.
+//! - [`config`]: the server's and agent's TOML configuration.
+
+mod hpack;
+mod stream;
+mod wire;
+
+pub use self::hpack::hpack;
+pub use self::stream::stream_datagrams;
+pub use self::wire::wire;
+
+use prost::Message;
+
+use crate::config::{AgentConfig, ServerConfig};
+use crate::konnectivity::{self as k, FrontendPacket};
+use crate::proto::Packet;
+
+/// Sizes of the pieces arbitrary input is cut into, drawn from `seed`: 1 to
+/// 64 bytes, so the fuzzer controls where frames are split.
+pub struct Chunks(u32);
+
+impl Chunks {
+    pub fn new(seed: u8) -> Chunks {
+        Chunks(u32::from(seed) | 0x100)
+    }
+
+    pub fn next_len(&mut self) -> usize {
+        self.0 = self.0.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        1 + (self.0 >> 16) as usize % 64
+    }
+}
+
+/// A Konnectivity `Packet` as prost decodes it from a client, classified
+/// as the gRPC and HTTP/2 frontends classify it; DIAL_REQs are checked and
+/// DATA heads rebuilt with [`k::data_head`], which must match prost.
+pub fn konnectivity_packet(data: &[u8]) {
+    let Ok(packet) = Packet::decode(data) else { return };
+    let encoded = packet.encode_to_vec();
+    assert_eq!(Packet::decode(&encoded[..]).as_ref(), Ok(&packet), "prost round trip");
+    match FrontendPacket::try_from(packet) {
+        Ok(FrontendPacket::DialReq(req)) => {
+            if let Err(reason) = k::check_dial(&req) {
+                assert!(!reason.is_empty());
+            }
+        }
+        Ok(FrontendPacket::Data { connect_id, data }) => {
+            let mut ours = k::data_head(connect_id, data.len());
+            ours.extend_from_slice(&data);
+            assert_eq!(ours, k::data(connect_id, data).encode_to_vec(), "data_head disagrees with prost");
+        }
+        Ok(_) => {}
+        Err(malformed) => drop(malformed.to_string()),
+    }
+}
+
+/// Any UTF-8 text as the server's and the agent's TOML configuration: `Ok`
+/// or `Err`, never a panic. Both results are formatted, so the masking
+/// `Debug` impls and the problem lists run too.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match ServerConfig::from_toml_str(text) {
+        Ok(config) => drop(format!("{config:?}")),
+        Err(e) => drop(e.to_string()),
+    }
+    match AgentConfig::from_toml_str(text) {
+        Ok(config) => drop(format!("{config:?}")),
+        Err(e) => drop(e.to_string()),
+    }
+}
