@@ -22,6 +22,8 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod leases;
 pub mod listeners;
 pub mod metrics;

@@ -30,7 +30,7 @@ use crate::metrics::{DialFailure, Metrics};
 use konnq_shared::gauge::GaugeGuard;
 
 /// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes a client may send after its CONNECT head before the 200.
