@@ -35,6 +35,21 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test --workspace"
 cargo test --workspace --all-targets
 
+# Short runs of the fuzz targets (fuzz/), where nightly and cargo-fuzz are
+# installed; cargo test above already replayed their corpora on stable. New
+# inputs go to a scratch directory, not to the committed corpora.
+if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+    echo "== fuzz (10 s per target)"
+    fuzz_scratch=$(mktemp -d)
+    for target in $(cargo +nightly fuzz list); do
+        mkdir -p "$fuzz_scratch/$target"
+        cargo +nightly fuzz run "$target" "$fuzz_scratch/$target" "fuzz/corpus/$target" -- -max_total_time=10
+    done
+    rm -rf "$fuzz_scratch"
+else
+    echo "== fuzz: short fuzz runs skipped (needs a nightly toolchain and cargo-fuzz)"
+fi
+
 if [ -x interop/run.sh ]; then
     echo "== interop (real konnectivity-client)"
     # Debug binaries (dependencies optimised) reuse what cargo test just
