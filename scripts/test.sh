@@ -40,10 +40,14 @@ cargo test --workspace --all-targets
 # inputs go to a scratch directory, not to the committed corpora.
 if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
     echo "== fuzz (10 s per target)"
+    # The instrumented build takes minutes; keep it outside the clone so
+    # that later runs on this machine reuse it (cargo rebuilds what changed).
+    fuzz_target_dir="${KONNQ_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/konnq/fuzz-target}"
     fuzz_scratch=$(mktemp -d)
     for target in $(cargo +nightly fuzz list); do
         mkdir -p "$fuzz_scratch/$target"
-        cargo +nightly fuzz run "$target" "$fuzz_scratch/$target" "fuzz/corpus/$target" -- -max_total_time=10
+        cargo +nightly fuzz run --target-dir "$fuzz_target_dir" "$target" "$fuzz_scratch/$target" \
+            "fuzz/corpus/$target" -- -max_total_time=10
     done
     rm -rf "$fuzz_scratch"
 else
