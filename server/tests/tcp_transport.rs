@@ -278,3 +278,41 @@ async fn agents_over_tcp_without_a_trusted_client_certificate_are_refused() {
         agent.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_peer_over_tcp_is_closed_and_changes_nothing_for_other_agents() {
+    let lab = Lab::new().await;
+    let agent = lab.agent_with(|raw| raw.transport = Some(AgentTransport::Tcp)).await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+
+    // A peer with a trusted certificate, over the TCP transport, that opens
+    // its control stream and sends bytes that are no Hello.
+    let link = konnq_shared::stream_socket::StreamSocket::connect(lab.server.agent_addr).await.expect("TCP link");
+    let socket: std::sync::Arc<dyn quinn::AsyncUdpSocket> = link.clone();
+    let runtime = quinn::default_runtime().expect("runtime");
+    let mut endpoint =
+        quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), None, socket, runtime)
+            .expect("endpoint over TCP");
+    let cert = Some((lab.certs.agent_cert.as_path(), lab.certs.agent_key.as_path()));
+    let tls = konnq_shared::tls::client_config(&lab.certs.ca_cert, cert, &[konnq_shared::tls::ALPN_KONNQ])
+        .expect("client TLS");
+    endpoint
+        .set_default_client_config(quinn::ClientConfig::new(konnq_shared::quic::client_crypto(tls).expect("QUIC TLS")));
+    let conn = within(LIMIT, async { endpoint.connect(lab.server.agent_addr, "localhost").expect("connect").await })
+        .await
+        .expect("handshake over TCP");
+    let (mut send, _recv) = within(LIMIT, conn.open_bi()).await.expect("control stream");
+    send.write_all(&[0xff; 64]).await.expect("write garbage");
+    let _ = send.finish();
+    let why = within(LIMIT, conn.closed()).await;
+    assert!(matches!(why, quinn::ConnectionError::ApplicationClosed(_)), "closed by the server: {why:?}");
+
+    // Nothing changed for the agent and its open connection.
+    assert_eq!(lab.server.backend.agent_count(), 1);
+    assert_eq!(within(LIMIT, echo_through(&mut open, b"after the rogue peer")).await, b"after the rogue peer");
+    assert!(agent.is_connected());
+    agent.shutdown().await;
+}
