@@ -27,6 +27,25 @@ use crate::config::{AgentConfig, ServerConfig};
 use crate::konnectivity::{self as k, FrontendPacket};
 use crate::proto::Packet;
 
+/// Calls `target` on every file of `fuzz/corpus/<name>/` under `root` (the
+/// repository), in name order: the stable replay of a fuzz corpus. Panics,
+/// naming the file, when `target` does, and when the corpus is missing or
+/// empty, so a replay cannot pass without inputs.
+pub fn replay_corpus(root: &std::path::Path, name: &str, target: impl Fn(&[u8])) {
+    let dir = root.join("fuzz/corpus").join(name);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {} unreadable: {e}", dir.display()))
+        .map(|entry| entry.expect("readable entry").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "corpus {} is empty", dir.display());
+    for file in &files {
+        let input = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(&input)));
+        assert!(outcome.is_ok(), "{name}: {} fails", file.display());
+    }
+}
+
 /// Sizes of the pieces arbitrary input is cut into, drawn from `seed`: 1 to
 /// 64 bytes, so the fuzzer controls where frames are split.
 pub struct Chunks(u32);

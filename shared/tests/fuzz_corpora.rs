@@ -2,25 +2,13 @@
 //! fuzz targets' bodies on stable, so every input the fuzzers kept, and
 //! every crash they found, stays a regression test.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use konnq_shared::fuzzing;
 
-/// Calls `target` on every file of `fuzz/corpus/<name>/`; a missing or
-/// empty corpus fails the test.
+/// Replays `fuzz/corpus/<name>/` through `target`.
 fn replay(name: &str, target: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(name);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {} unreadable: {e}", dir.display()))
-        .map(|entry| entry.expect("readable entry").path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "corpus {} is empty", dir.display());
-    for file in &files {
-        let input = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let outcome = std::panic::catch_unwind(|| target(&input));
-        assert!(outcome.is_ok(), "{name}: {} fails", file.display());
-    }
+    fuzzing::replay_corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), name, target);
 }
 
 #[test]
