@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use konnq_protocol::wire::{self, DialHeader, DialResult};
 use konnq_shared::quic::{codes, read_chunks, read_frame, write_all_chunks, FrameError};
-use konnq_shared::wire::{self, DialHeader, DialResult};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use konnq_protocol::wire::{self, Control, Hello, SecretToken};
 use konnq_shared::config::{AgentConfig, AgentIdentifiers, AgentTransport};
 use konnq_shared::logging::untrusted;
 use konnq_shared::quic::{self, codes, read_frame};
 use konnq_shared::stream_socket::StreamSocket;
-use konnq_shared::wire::{self, Control, Hello, SecretToken};
 use quinn::VarInt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};

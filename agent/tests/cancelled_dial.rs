@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use konnq_protocol::wire::DialResult;
 use konnq_shared::config::RawAgentConfig;
 use konnq_shared::quic::codes;
-use konnq_shared::wire::DialResult;
 use quinn::VarInt;
 
 mod common;

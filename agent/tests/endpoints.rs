@@ -9,8 +9,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use konnq_protocol::wire::DialResult;
 use konnq_shared::config::RawAgentConfig;
-use konnq_shared::wire::DialResult;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;

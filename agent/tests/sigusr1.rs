@@ -13,8 +13,8 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use konnq_protocol::wire::{self, Control, DialResult};
 use konnq_shared::quic::read_frame;
-use konnq_shared::wire::{self, Control, DialResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| konnq_shared::fuzzing::stream_datagrams(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| konnq_protocol::fuzzing::stream_datagrams(data));

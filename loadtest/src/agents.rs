@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use konnq_protocol::wire::{self, Control, Hello};
 use konnq_shared::config::QuicConfig;
 use konnq_shared::quic::read_frame;
-use konnq_shared::wire::{self, Control, Hello};
 
 #[derive(Debug, Args)]
 pub struct AgentsArgs {

@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use konnq_protocol::wire::{self, Control, DialHeader, DialResult, Hello};
 use konnq_shared::config::{ProxyStrategies, ProxyStrategy};
 use konnq_shared::quic::{codes, read_frame, FrameError};
-use konnq_shared::wire::{self, Control, DialHeader, DialResult, Hello};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};

@@ -2,7 +2,7 @@
 //! a plain function so `tests/fuzz_corpora.rs` replays the committed corpus
 //! through the same code on stable. It panics only when a property fails.
 
-use konnq_shared::konnectivity::{check_dial, DialReq};
+use konnq_protocol::konnectivity::{check_dial, DialReq};
 
 use crate::frontend::connect::{parse_head, Head, HeadError, MAX_HEAD};
 
@@ -15,7 +15,7 @@ use crate::frontend::connect::{parse_head, Head, HeadError, MAX_HEAD};
 pub fn http_connect(data: &[u8]) {
     let Some((&seed, stream)) = data.split_first() else { return };
     let whole = parse_head(stream);
-    let mut pieces = konnq_shared::fuzzing::Chunks::new(seed);
+    let mut pieces = konnq_protocol::fuzzing::Chunks::new(seed);
     let mut fed = 0;
     let first = loop {
         if fed == stream.len() {

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use common::kube_api::{write_kubeconfig, FakeApiserver, Tokens, AGENT_ACCOUNT, AUDIENCE};
 use common::*;
+use konnq_protocol::wire::{Control, Hello};
 use konnq_shared::config::RawServerConfig;
 use konnq_shared::quic::codes;
-use konnq_shared::wire::{Control, Hello};
 
 const LIMIT: Duration = Duration::from_secs(15);
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use konnq_shared::wire::{Control, Hello};
+use konnq_protocol::wire::{Control, Hello};
 
 const LIMIT: Duration = Duration::from_secs(15);
 

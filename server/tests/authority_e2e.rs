@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::h2frames::*;
 use common::*;
-use konnq_shared::konnectivity::{client, data};
+use konnq_protocol::konnectivity::{client, data};
 use konnq_shared::proto::{packet::Payload, Packet, PacketType};
 use loona_hpack::{Decoder, Encoder};
 use prost::Message;

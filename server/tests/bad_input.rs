@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use konnq_shared::konnectivity::client;
+use konnq_protocol::konnectivity::client;
+use konnq_protocol::wire::{self, Control, DialHeader, DialResult};
 use konnq_shared::proto::proxy_service_client::ProxyServiceClient;
 use konnq_shared::proto::{packet::Payload, Packet, PacketType};
 use konnq_shared::quic::{codes, read_frame};
-use konnq_shared::wire::{self, Control, DialHeader, DialResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::transport::Channel;

@@ -249,7 +249,7 @@ async fn grpc_over_tcp_requires_a_client_certificate_from_the_server_ca() {
             Err(_) => true,
             Ok(mut c) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
-                tx.send(konnq_shared::konnectivity::client::dial_req(&echo, 1)).await.unwrap();
+                tx.send(konnq_protocol::konnectivity::client::dial_req(&echo, 1)).await.unwrap();
                 c.proxy(tokio_stream::wrappers::ReceiverStream::new(rx)).await.is_err()
             }
         };

@@ -8,5 +8,5 @@ use std::path::Path;
 #[test]
 fn http_connect() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    konnq_shared::fuzzing::replay_corpus(&root, "http_connect", konnq_server::fuzzing::http_connect);
+    konnq_protocol::fuzzing::replay_corpus(&root, "http_connect", konnq_server::fuzzing::http_connect);
 }

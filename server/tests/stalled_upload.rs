@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use konnq_protocol::konnectivity::data;
 use konnq_shared::config::QuicConfig;
-use konnq_shared::konnectivity::data;
 
 /// Uploading connections.
 const CONNS: usize = 8;

@@ -112,7 +112,7 @@ async fn garbage_on_the_agent_tcp_port_is_refused_and_changes_nothing() {
     assert_eq!(lab.metric("konnq_server_agent_tcp_refused_total").await, 3.0);
     // A konnq preamble, then frames of random bytes (no QUIC packet), then
     // an empty frame: the datagrams are dropped, the empty frame ends it.
-    let mut bad = konnq_shared::stream_datagrams::PREAMBLE.to_vec();
+    let mut bad = konnq_protocol::stream_datagrams::PREAMBLE.to_vec();
     for n in [1usize, 17, 1200, 65535] {
         bad.extend((n as u16).to_be_bytes());
         bad.extend(random_bytes(n));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use konnq_shared::konnectivity::client;
+use konnq_protocol::konnectivity::client;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -252,7 +252,7 @@ async fn four_mib_messages_are_accepted() {
     let reader = async { s.read_exact(big.len()).await };
     let b = big.clone();
     tokio::spawn(async move {
-        tx.send(konnq_shared::konnectivity::data(id, b.into())).await.unwrap();
+        tx.send(konnq_protocol::konnectivity::data(id, b.into())).await.unwrap();
     });
     let echoed = within(Duration::from_secs(30), reader).await;
     assert!(echoed == big);

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Streaming;
 
-use crate::konnectivity::{client, data};
 use crate::proto::proxy_service_client::ProxyServiceClient;
 use crate::proto::{packet::Payload, Packet, PacketType};
+use konnq_protocol::konnectivity::{client, data};
 
 /// Largest gRPC message the client sends or accepts.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;

@@ -1,17 +1,17 @@
 //! konnq's common crate, shared by konnq-server, konnq-agent and the tools.
 //!
-//! - [`proto`]: the Konnectivity protocol as kube-apiserver speaks it
-//!   (`ProxyService.Proxy`, `Packet`), compiled from `proto/konnectivity.proto`;
-//!   [`konnectivity`] classifies client packets and builds answers; [`codec`]
-//!   is the gRPC codec with small per-stream buffers (konnq's client side).
-//! - [`wire`]: konnq's own server↔agent frames (dial header, dial result,
-//!   control messages), sans-IO; [`quic`] the QUIC transport settings and
-//!   stream helpers; [`cc`] konnq's BBR-style QUIC congestion controller;
-//!   [`tls`] rustls configurations (ring only); [`certs`] development
-//!   certificates; [`stream_datagrams`] (sans-IO) and [`stream_socket`]
-//!   carry QUIC over TCP where UDP is blocked.
-//! - [`hpack`]: the HPACK decoder of the server's HTTP/2 frontend
-//!   (table-driven Huffman decoding, no allocation per string).
+//! The protocol itself (Konnectivity messages, konnq's wire frames, HPACK)
+//! is sans-IO in `konnq_protocol`; this crate holds what runs it over real
+//! transports.
+//!
+//! - [`proto`]: the gRPC service `ProxyService.Proxy` as kube-apiserver calls
+//!   it (tonic, over `konnq_protocol::proto`'s messages, which it
+//!   re-exports); [`codec`] is the gRPC codec with small per-stream buffers
+//!   (konnq's client side).
+//! - [`quic`]: the QUIC transport settings and stream helpers; [`cc`]
+//!   konnq's BBR-style QUIC congestion controller; [`tls`] rustls
+//!   configurations (ring only); [`certs`] development certificates;
+//!   [`stream_socket`] carries QUIC over TCP where UDP is blocked.
 //! - [`config`]: validated TOML/flag configuration of both binaries.
 //! - [`kube`]: the kube-apiserver client (kubeconfig or in-cluster) and how
 //!   its failures are told; [`leases`]: server Leases (names, labels,
@@ -19,10 +19,11 @@
 //! - [`client`]: a Konnectivity client over a Unix socket (demo, load tests).
 //! - [`profiling`]: `/debug/pprof/` for both admin ports (`--enable-profiling`):
 //!   CPU profiles as profile.proto for `go tool pprof`.
-//! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed
-//!   on stable by `tests/fuzz_corpora.rs`.
+//! - `fuzzing` (hidden): the body of the `config` fuzz target in `fuzz/`,
+//!   replayed on stable by `tests/fuzz_corpora.rs`.
 
 pub mod proto {
+    pub use konnq_protocol::proto::*;
     tonic::include_proto!("_");
 }
 pub mod cc;
@@ -33,8 +34,6 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gauge;
-pub mod hpack;
-pub mod konnectivity;
 pub mod kube;
 pub mod leases;
 pub mod logging;
@@ -44,7 +43,5 @@ pub mod prom;
 pub mod quic;
 pub mod runtime;
 pub mod signal;
-pub mod stream_datagrams;
 pub mod stream_socket;
 pub mod tls;
-pub mod wire;

@@ -230,7 +230,7 @@ pub enum FrameError {
     #[error("reading {what}: {source}")]
     Read { what: &'static str, source: quinn::ReadError },
     #[error(transparent)]
-    Wire(#[from] crate::wire::WireError),
+    Wire(#[from] konnq_protocol::wire::WireError),
 }
 
 /// Reads exactly one frame (header, then body) and never a byte beyond it,
@@ -240,9 +240,9 @@ pub async fn read_frame(
     max: usize,
     what: &'static str,
 ) -> Result<(u8, Vec<u8>), FrameError> {
-    let mut header = [0u8; crate::wire::HEADER_LEN];
+    let mut header = [0u8; konnq_protocol::wire::HEADER_LEN];
     read_exact(recv, &mut header, what).await?;
-    let (kind, len) = crate::wire::decode_header(&header, max, what)?;
+    let (kind, len) = konnq_protocol::wire::decode_header(&header, max, what)?;
     let mut body = vec![0u8; len];
     read_exact(recv, &mut body, what).await?;
     Ok((kind, body))

@@ -1,4 +1,4 @@
-//! QUIC over TCP: the IO around [`crate::stream_datagrams`].
+//! QUIC over TCP: the IO around [`konnq_protocol::stream_datagrams`].
 //!
 //! - [`pump`] moves frames between a TCP connection and two channels;
 //!   both sides use it.
@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::stream_datagrams::{self, StreamDatagramError, PREAMBLE};
+use konnq_protocol::stream_datagrams::{self, StreamDatagramError, PREAMBLE};
 
 /// Datagrams queued per direction of one TCP connection, at most.
 pub const QUEUE: usize = 1024;

@@ -1,37 +1,11 @@
-//! Replays the committed fuzz corpora (`fuzz/corpus/<target>/`) through the
-//! fuzz targets' bodies on stable, so every input the fuzzers kept, and
-//! every crash they found, stays a regression test.
+//! Replays the committed corpus of the `config` fuzz target
+//! (`fuzz/corpus/config/`) on stable, so every input the fuzzer kept stays a
+//! regression test.
 
 use std::path::Path;
 
-use konnq_shared::fuzzing;
-
-/// Replays `fuzz/corpus/<name>/` through `target`.
-fn replay(name: &str, target: fn(&[u8])) {
-    fuzzing::replay_corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), name, target);
-}
-
-#[test]
-fn hpack() {
-    replay("hpack", fuzzing::hpack);
-}
-
-#[test]
-fn wire() {
-    replay("wire", fuzzing::wire);
-}
-
-#[test]
-fn stream_datagrams() {
-    replay("stream_datagrams", fuzzing::stream_datagrams);
-}
-
-#[test]
-fn konnectivity_packet() {
-    replay("konnectivity_packet", fuzzing::konnectivity_packet);
-}
-
 #[test]
 fn config() {
-    replay("config", fuzzing::config);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    konnq_protocol::fuzzing::replay_corpus(&root, "config", konnq_shared::fuzzing::config);
 }

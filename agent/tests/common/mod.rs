@@ -2,9 +2,9 @@
 //! endpoint that answers the agent's Hello and opens dial streams as
 //! konnq-server does, so the tests need only the agent's own crate.
 
+use konnq_protocol::wire::{self, Control, DialHeader, DialResult, Hello};
 use konnq_shared::certs::GeneratedCerts;
 use konnq_shared::quic::read_frame;
-use konnq_shared::wire::{self, Control, DialHeader, DialResult, Hello};
 
 /// A QUIC server endpoint on 127.0.0.1 with the generated server certificate.
 pub fn server_endpoint(certs: &GeneratedCerts) -> quinn::Endpoint {

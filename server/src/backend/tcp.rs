@@ -1,5 +1,5 @@
 //! Agents whose network drops UDP: QUIC datagrams framed over TCP on the
-//! agent port (see [`konnq_shared::stream_datagrams`]).
+//! agent port (see [`konnq_protocol::stream_datagrams`]).
 //!
 //! One quinn endpoint serves both transports. [`MuxSocket`] stands in for
 //! its UDP socket: it passes UDP through, and gives each agent TCP
@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use konnq_shared::stream_datagrams::{self, PREAMBLE};
+use konnq_protocol::stream_datagrams::{self, PREAMBLE};
 use konnq_shared::stream_socket::{self, OutboundRx, OutboundTx, QUEUE};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};

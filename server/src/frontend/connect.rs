@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use konnq_shared::konnectivity::{check_dial, DialReq};
+use konnq_protocol::konnectivity::{check_dial, DialReq};
 use konnq_shared::logging::untrusted;
 use konnq_shared::quic::{codes, read_coalesced};
 use quinn::VarInt;

@@ -37,8 +37,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
-use konnq_shared::hpack::Decoder;
-use konnq_shared::konnectivity::data_head;
+use konnq_protocol::hpack::Decoder;
+use konnq_protocol::konnectivity::data_head;
 use konnq_shared::proto::Packet;
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message;
@@ -1802,7 +1802,7 @@ mod tests {
     #[test]
     fn messages_split_at_every_point_reassemble_and_credit_each_byte_once() {
         let packets: Vec<Packet> = (0..3)
-            .map(|i| konnq_shared::konnectivity::data(i + 1, Bytes::from(vec![i as u8; 40 + i as usize])))
+            .map(|i| konnq_protocol::konnectivity::data(i + 1, Bytes::from(vec![i as u8; 40 + i as usize])))
             .collect();
         let wire: Vec<u8> = packets.iter().flat_map(message).collect();
         for early_credit in [false, true] {
@@ -1835,7 +1835,7 @@ mod tests {
     fn only_messages_larger_than_half_the_window_ask_for_early_credit() {
         let inbound = inbound();
         for (body, early) in [(32 * 1024, false), (3 * STREAM_WINDOW as usize, true)] {
-            let wire = message(&konnq_shared::konnectivity::data(1, Bytes::from(vec![7u8; body])));
+            let wire = message(&konnq_protocol::konnectivity::data(1, Bytes::from(vec![7u8; body])));
             let mut partial = Partial::default();
             assemble(&mut partial, Bytes::copy_from_slice(&wire[..MAX_FRAME]), 1 << 24, &inbound).unwrap();
             assert_eq!(partial.early_credit_size(), early.then_some(wire.len()), "a message of {body} bytes");
@@ -1847,7 +1847,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new();
         let process = PartialBudget::new(1000, metrics.partial_message_bytes.clone());
         let conn = PartialBudget::new(1000, Default::default());
-        let wire = message(&konnq_shared::konnectivity::data(1, Bytes::from(vec![7; 100])));
+        let wire = message(&konnq_protocol::konnectivity::data(1, Bytes::from(vec![7; 100])));
         let (m, bytes) = (wire.len() as u32, wire.len() as i64 - 5);
         let inbound = inbound();
         // Two messages; the first got a reservation, as a large one does.

@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use futures::{Stream, StreamExt};
+use konnq_protocol::konnectivity::{self as k, FrontendPacket};
 use konnq_shared::gauge::GaugeGuard;
-use konnq_shared::konnectivity::{self as k, FrontendPacket};
 use konnq_shared::logging::untrusted;
 use konnq_shared::proto::{Packet, PacketType};
 use konnq_shared::quic::{codes, read_chunks};

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
+use konnq_protocol::konnectivity::{client, data};
 use konnq_shared::certs::GeneratedCerts;
 use konnq_shared::config::{RawAgentConfig, RawQuicConfig, RawServerConfig};
-use konnq_shared::konnectivity::{client, data};
 use konnq_shared::proto::proxy_service_client::ProxyServiceClient;
 use konnq_shared::proto::{packet::Payload, Packet, PacketType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -392,14 +392,14 @@ pub async fn firehose() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Atomic
 /// Returns the server's answer, the connection, its endpoint and the
 /// control stream, which stays open as long as its halves are kept.
 pub struct RawAgent {
-    pub answer: konnq_shared::wire::Control,
+    pub answer: konnq_protocol::wire::Control,
     pub conn: quinn::Connection,
     pub endpoint: quinn::Endpoint,
     pub control: (quinn::SendStream, quinn::RecvStream),
 }
 
-pub async fn raw_agent(lab: &Lab, hello: konnq_shared::wire::Hello, client_cert: bool) -> RawAgent {
-    use konnq_shared::wire::{self, Control};
+pub async fn raw_agent(lab: &Lab, hello: konnq_protocol::wire::Hello, client_cert: bool) -> RawAgent {
+    use konnq_protocol::wire::{self, Control};
     let cert = client_cert.then_some((lab.certs.agent_cert.as_path(), lab.certs.agent_key.as_path()));
     let tls = konnq_shared::tls::client_config(&lab.certs.ca_cert, cert, &[konnq_shared::tls::ALPN_KONNQ])
         .expect("client TLS");

@@ -1,6 +1,6 @@
 //! Which transports carry the agent↔server connection: QUIC over UDP, and
 //! the same QUIC datagrams framed over TCP where UDP is blocked (see
-//! [`crate::stream_datagrams`]).
+//! [`konnq_protocol::stream_datagrams`]).
 
 use std::fmt;
 use std::str::FromStr;
