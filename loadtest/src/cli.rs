@@ -1,4 +1,4 @@
-//! Command line: `run`, `smoke`, `lab`, `roll`, `agents`, and the hidden
+//! Command line: `run`, `smoke`, `lab`, `roll`, `agents`, `fleet`, and the hidden
 //! subcommands the runner uses for its own child processes (`target`,
 //! `builtin-server`, `builtin-agent`).
 
@@ -37,6 +37,11 @@ pub enum Command {
     /// connects to a konnq-server at once; reports how long until every one
     /// is admitted and what the server refused on the way.
     Agents(crate::agents::AgentsArgs),
+    /// Thousands of agents on one server: N agents simulated from this
+    /// process, each with its own connection and socket, against konnq's
+    /// and upstream's server; reports RSS per agent, idle CPU and how long
+    /// until all are admitted, at start and after a server restart.
+    Fleet(Box<crate::fleet::FleetArgs>),
     /// (internal) Serve the echo and source targets.
     #[command(hide = true)]
     Target {

@@ -17,6 +17,8 @@
 //! - Thin drivers: [`conn`] (the client frontends), [`peers`] (server and
 //!   agent processes), [`target`] (the target process), [`upstream`] (go
 //!   build), [`scenarios`], [`runner`].
+//! - [`fleet`]: thousands of simulated agents on one server (RSS per
+//!   agent, idle CPU, time to readmit them all after a restart).
 //! - [`roll`]: rolling restarts and crashes of three servers behind nginx
 //!   and three agents, every dial recorded.
 //! - [`builtin`]: konnq-server / konnq-agent from the linked libraries, so
@@ -27,6 +29,7 @@ pub mod builtin;
 pub mod child;
 pub mod cli;
 pub mod conn;
+pub mod fleet;
 pub mod lab;
 pub mod machine;
 pub mod peers;

@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(konnq_loadtest::roll::main(settings, argv))
         }
         Command::Agents(args) => runtime()?.block_on(konnq_loadtest::agents::main(args)),
+        Command::Fleet(args) => runtime()?.block_on(konnq_loadtest::fleet::main(*args)),
         Command::Smoke(args) => {
             let settings = args.settings()?;
             runtime()?.block_on(konnq_loadtest::runner::main(settings, argv))

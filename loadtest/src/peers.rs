@@ -126,7 +126,7 @@ pub(crate) struct Ports {
 }
 
 impl Ports {
-    fn pick() -> anyhow::Result<Ports> {
+    pub(crate) fn pick() -> anyhow::Result<Ports> {
         let mut taken = Vec::new();
         let mut next = || -> anyhow::Result<u16> {
             let p = free_port(&taken)?;
