@@ -184,6 +184,12 @@ pub struct RunArgs {
     /// start the cap refuses counts as an error).
     #[arg(long, value_name = "PER_SECOND")]
     pub dial_rate: Option<f64>,
+    /// Dial: the load generator. rust (konnq-loadtest's own client: the
+    /// server's capacity) or go (kube-apiserver's client library,
+    /// konnectivity-client over grpc-go, built from loadtest/upstream:
+    /// what kube-apiserver sees; closed loop only).
+    #[arg(long, default_value = "rust")]
+    pub dial_client: settings::DialClient,
 
     /// Scale: idle proxied connections to hold (at most 10,000).
     #[arg(long, default_value_t = 10_000)]
@@ -262,6 +268,7 @@ impl RunArgs {
                 warmup_secs: self.dial_warmup_secs,
                 bytes: self.dial_bytes,
                 rate: self.dial_rate,
+                client: self.dial_client,
             },
             scale: settings::Scale {
                 conns: self.scale_conns,
@@ -312,6 +319,14 @@ mod tests {
             Command::Smoke(s) => s.settings(),
             other => anyhow::bail!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn dial_client_is_chosen_by_name() {
+        assert_eq!(run(&["run"]).unwrap().dial.client, settings::DialClient::Rust);
+        assert_eq!(run(&["run", "--dial-client", "go"]).unwrap().dial.client, settings::DialClient::Go);
+        let err = run(&["run", "--dial-client", "java"]).unwrap_err().to_string();
+        assert!(err.contains("unknown dial client"), "{err}");
     }
 
     #[test]

@@ -313,10 +313,26 @@ async fn dial_rounds(
     failures: &mut Failures<'_>,
 ) -> Vec<report::DialResult> {
     let round = settings::Dial { secs: s.dial.secs / f64::from(s.rounds), ..s.dial.clone() };
+    let go_client = match s.dial.client {
+        settings::DialClient::Rust => None,
+        settings::DialClient::Go => {
+            failures.progress.note("building konnq-dialclient (konnectivity-client, go build)...");
+            match crate::upstream::prepare_dial_client(&s.upstream_module, &s.upstream_build_dir).await {
+                Ok(bin) => Some(bin),
+                Err(e) => {
+                    failures.add("all", format!("the Go dial client: {e}"));
+                    return Vec::new();
+                }
+            }
+        }
+    };
     let mut acc: Vec<Option<scenarios::dial::Measured>> = running.iter().map(|_| None).collect();
     for _ in 0..s.rounds {
         for (p, acc) in running.iter().zip(acc.iter_mut()) {
-            let m = scenarios::dial::measure(p, t, &round, failures.progress).await;
+            let m = match &go_client {
+                Some(bin) => scenarios::dial_go::measure(p, t, &round, bin, failures.progress).await,
+                None => scenarios::dial::measure(p, t, &round, failures.progress).await,
+            };
             if let Err(e) = m.and_then(|m| accumulate(acc, m, scenarios::dial::Measured::merge)) {
                 failures.peer(p, e);
             }

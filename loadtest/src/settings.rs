@@ -132,6 +132,42 @@ pub struct Dial {
     pub bytes: usize,
     /// Open loop at this many connections per second (None: closed loop).
     pub rate: Option<f64>,
+    /// Who makes the dials.
+    pub client: DialClient,
+}
+
+/// The dial scenario's load generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DialClient {
+    /// konnq-loadtest's own client (Rust, tonic): the server's capacity,
+    /// with the least client CPU in the way.
+    Rust,
+    /// kube-apiserver's client library (konnectivity-client over grpc-go,
+    /// the version the upstream peer is built with), as
+    /// `konnq-dialclient` (`loadtest/upstream/dialclient`): what
+    /// kube-apiserver sees.
+    Go,
+}
+
+impl DialClient {
+    pub fn name(self) -> &'static str {
+        match self {
+            DialClient::Rust => "konnq-loadtest (Rust)",
+            DialClient::Go => "konnectivity-client (Go)",
+        }
+    }
+}
+
+impl std::str::FromStr for DialClient {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rust" => Ok(DialClient::Rust),
+            "go" => Ok(DialClient::Go),
+            _ => Err(format!("unknown dial client {s:?} (rust, go)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,7 +244,14 @@ impl Settings {
             ..self.throughput.clone()
         };
         self.latency = Latency { rate: 200.0, conns: 4, secs: 0.6, warmup_secs: 0.2, bytes: 1024 };
-        self.dial = Dial { concurrency: 4, secs: 0.5, warmup_secs: 0.1, bytes: 100, rate: self.dial.rate };
+        self.dial = Dial {
+            concurrency: 4,
+            secs: 0.5,
+            warmup_secs: 0.1,
+            bytes: 100,
+            rate: self.dial.rate,
+            client: self.dial.client,
+        };
         self.scale = Scale { conns: 50, parallel: 16, settle_secs: 0.3, max_ramp_secs: 20.0 };
         self.soak = Soak {
             secs: 2.0,
@@ -309,7 +352,7 @@ pub fn example() -> Settings {
             settle_secs: 0.0,
         },
         latency: Latency { rate: 2000.0, conns: 32, secs: 15.0, warmup_secs: 2.0, bytes: 1024 },
-        dial: Dial { concurrency: 32, secs: 10.0, warmup_secs: 1.0, bytes: 100, rate: None },
+        dial: Dial { concurrency: 32, secs: 10.0, warmup_secs: 1.0, bytes: 100, rate: None, client: DialClient::Rust },
         scale: Scale { conns: 10_000, parallel: 64, settle_secs: 3.0, max_ramp_secs: 180.0 },
         soak: Soak {
             secs: 600.0,

@@ -65,6 +65,17 @@ pub async fn prepare(prebuilt: Option<&Path>, module: &Path, build_dir: &Path) -
     binaries(build_dir).map_err(|e| format!("{e} after go build ({})", go.trim()))
 }
 
+/// Builds `konnq-dialclient` (the dial scenario's Go client, package
+/// `dialclient` of our module) into `build_dir`.
+pub async fn prepare_dial_client(module: &Path, build_dir: &Path) -> Result<PathBuf, String> {
+    let out = build_dir.join("konnq-dialclient");
+    let out_str = out.to_string_lossy();
+    run_go(module, &["build", "-o", &out_str, "./dialclient"])
+        .await
+        .map_err(|e| format!("go build ./dialclient failed: {e}"))?;
+    Ok(out)
+}
+
 /// Runs `go args..` in `dir`; stdout on success, the tail of stderr on failure.
 async fn run_go(dir: &Path, args: &[&str]) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new("go");

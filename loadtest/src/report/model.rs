@@ -170,7 +170,12 @@ pub struct DialResult {
     pub connect: LatencySummary,
     /// The whole connection: connect, dial, one exchange, close.
     pub total: LatencySummary,
+    /// `runner` is the load generator's process: konnq-loadtest itself, or
+    /// konnq-dialclient with the Go client.
     pub cpu: CpuSplit,
+    /// The load generator ([`crate::settings::DialClient::name`]).
+    #[serde(default)]
+    pub client: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

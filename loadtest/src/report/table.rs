@@ -281,7 +281,8 @@ fn dial(r: &Report) -> String {
         Some(rate) => format!("open loop, {rate} new connections/s"),
         None => format!("concurrency {}", first.concurrency),
     };
-    format!("DIAL  {how}, one small exchange per connection; DIAL_REQ→DIAL_RSP µs\n")
+    let client = if first.client.is_empty() { String::new() } else { format!("; client {}", first.client) };
+    format!("DIAL  {how}, one small exchange per connection; DIAL_REQ→DIAL_RSP µs{client}; CPU runner = the client\n")
         + &table(
             &["peer", "dials/s", "p50", "p90", "p99", "p99.9", "connect p99", "whole conn p99", "errors", CPU],
             &rows,

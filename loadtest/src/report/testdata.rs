@@ -101,6 +101,7 @@ pub fn sample_report() -> Report {
             connect: latency(50),
             total: latency(base * 3),
             cpu: cpu(peer),
+            client: "konnq-loadtest (Rust)".into(),
         });
     }
     for (peer, per_conn) in [("konnq", 20.0 * 1024.0), ("upstream", 60.0 * 1024.0)] {

@@ -33,13 +33,13 @@ struct Tally {
 
 /// What one or more rounds measured for a peer, before summarising.
 pub struct Measured {
-    dial: Histogram<u64>,
-    connect: Histogram<u64>,
-    total: Histogram<u64>,
-    dials: u64,
-    errors: u64,
-    secs: f64,
-    cpu: CpuSplit,
+    pub(super) dial: Histogram<u64>,
+    pub(super) connect: Histogram<u64>,
+    pub(super) total: Histogram<u64>,
+    pub(super) dials: u64,
+    pub(super) errors: u64,
+    pub(super) secs: f64,
+    pub(super) cpu: CpuSplit,
 }
 
 impl Measured {
@@ -68,6 +68,7 @@ impl Measured {
             connect: LatencySummary::from_histogram(&self.connect),
             total: LatencySummary::from_histogram(&self.total),
             cpu: self.cpu,
+            client: s.client.name().to_owned(),
         }
     }
 }

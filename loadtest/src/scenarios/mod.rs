@@ -3,6 +3,7 @@
 //! schedule, statistics and report logic they use are pure and tested apart.
 
 pub mod dial;
+pub mod dial_go;
 pub mod latency;
 pub mod scale;
 pub mod soak;
