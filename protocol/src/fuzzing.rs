@@ -13,12 +13,15 @@
 //! - [`wire`]: the server↔agent frames ([`crate::wire`]).
 //! - [`stream_datagrams`]: QUIC datagrams framed over TCP.
 //! - [`konnectivity_packet`]: client packets as the frontends classify them.
+//! - [`session`]: the Proxy stream state machine against its invariants.
 
 mod hpack;
+mod session;
 mod stream;
 mod wire;
 
 pub use self::hpack::hpack;
+pub use self::session::session;
 pub use self::stream::stream_datagrams;
 pub use self::wire::wire;
 

@@ -5,6 +5,8 @@
 //! - [`proto`]: the Konnectivity messages as kube-apiserver speaks them
 //!   (`Packet` and its payloads), compiled from `proto/konnectivity.proto`;
 //!   [`konnectivity`] classifies client packets and builds answers.
+//! - [`session`]: one Proxy stream's rules (dial, one DIAL_RSP, exactly one
+//!   CLOSE_RSP) as a state machine the server's session driver feeds.
 //! - [`wire`]: konnq's own server↔agent frames (dial header, dial result,
 //!   control messages).
 //! - [`stream_datagrams`]: QUIC datagrams framed over a byte stream, where
@@ -21,5 +23,6 @@ pub mod proto {
 pub mod fuzzing;
 pub mod hpack;
 pub mod konnectivity;
+pub mod session;
 pub mod stream_datagrams;
 pub mod wire;

@@ -30,3 +30,8 @@ fn stream_datagrams() {
 fn konnectivity_packet() {
     replay("konnectivity_packet", fuzzing::konnectivity_packet);
 }
+
+#[test]
+fn session() {
+    replay("session", fuzzing::session);
+}
