@@ -1,39 +1,42 @@
-//! One Konnectivity Proxy stream: DIAL_REQ, the dial, then the established
-//! connection until CLOSE_REQ, remote EOF, agent loss or frontend loss.
+//! One Konnectivity Proxy stream: the async driver around
+//! [`konnq_protocol::session::Session`], which holds the stream's rules
+//! (one dial, one DIAL_RSP, exactly one CLOSE_RSP, DIAL_CLS crossing
+//! DIAL_RSP). The driver feeds it what the client, the dial and the agent
+//! stream do, and carries out the actions it answers with.
 //!
-//! Phases:
-//! 1. `await_dial`: the first DIAL_REQ starts a dial; anything else that
-//!    names a connection is answered as an unknown connection.
-//! 2. `dial`: the backend dial races the dial timeout, DIAL_CLS and the
-//!    frontend stream ending. Losing the race drops the dial future, which
-//!    resets the QUIC stream so the agent abandons the dial: no late
-//!    DIAL_RSP, nothing left open on the agent.
-//! 3. `Tunnel::run`: bytes both ways; exactly one CLOSE_RSP at the end.
+//! Phases, as the machine's states:
+//! 1. `await_dial`: client packets until the machine starts a dial.
+//! 2. `dial`: the backend dial races the next client packet; when the
+//!    machine cancels the dial, dropping the dial future resets the QUIC
+//!    stream so the agent abandons it: no late DIAL_RSP, nothing left open.
+//! 3. [`tunnel`]: bytes both ways; agent → client runs on its own task so a
+//!    slow client write never blocks reading CLOSE_REQ. Both tasks feed the
+//!    one machine, behind a mutex held only while it takes an input.
 //!
 //! Outgoing packets go through a bounded channel to the gRPC response
 //! stream; incoming packets are pulled only after the previous one was
 //! written to QUIC, so flow control holds end to end.
 
+mod events;
+mod tunnel;
+
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use futures::{Stream, StreamExt};
-use konnq_protocol::konnectivity::{self as k, FrontendPacket};
+use konnq_protocol::konnectivity::FrontendPacket;
+use konnq_protocol::session::{Action, Event, Session, Violation};
 use konnq_shared::gauge::GaugeGuard;
 use konnq_shared::logging::untrusted;
-use konnq_shared::proto::{Packet, PacketType};
-use konnq_shared::quic::{codes, read_chunks};
-use quinn::VarInt;
+use konnq_shared::proto::Packet;
 use tokio::sync::mpsc;
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::backend::{AgentConn, Backend, Dialed};
+use crate::backend::{Backend, DialError, Dialed};
 use crate::metrics::{DialFailure, Metrics, Segment};
-
-/// How long after CLOSE_REQ we wait for the agent to confirm the close.
-const CLOSE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type Outbound = mpsc::Sender<Result<Out, Status>>;
 
@@ -42,9 +45,10 @@ pub type Outbound = mpsc::Sender<Result<Out, Status>>;
 pub enum Out {
     Packet(Packet),
     /// A DATA packet whose payload is `chunks`, in order. The frontend
-    /// encodes the packet's head ([`k::data_head`]) and copies the chunks
-    /// straight into its frames: bytes from the agent are copied once on
-    /// their way to the client, not joined and encoded first.
+    /// encodes the packet's head ([`konnq_protocol::konnectivity::data_head`])
+    /// and copies the chunks straight into its frames: bytes from the agent
+    /// are copied once on their way to the client, not joined and encoded
+    /// first.
     Data {
         connect_id: i64,
         chunks: Vec<Bytes>,
@@ -54,7 +58,7 @@ pub enum Out {
 /// Everything a session needs from the server.
 #[derive(Clone)]
 pub struct SessionCtx {
-    pub backend: std::sync::Arc<Backend>,
+    pub backend: Arc<Backend>,
     pub metrics: Metrics,
 }
 
@@ -64,83 +68,181 @@ where
     S: Stream<Item = Result<Packet, Status>> + Unpin,
 {
     let _stream_gauge = GaugeGuard::inc(&ctx.metrics.proxy_streams);
-    let Some(req) = await_dial(&mut inbound, &out, &ctx.metrics).await else {
+    let mut client = Client {
+        out,
+        metrics: ctx.metrics.clone(),
+        session: Arc::new(Mutex::new(Session::new())),
+        log: events::LogCtx::default(),
+    };
+    let Some((protocol, address)) = client.await_dial(&mut inbound).await else {
         return;
     };
-    let Some(dialed) = dial(&mut inbound, &out, &ctx, &req).await else {
+    client.log.address = address.clone();
+    let Some(dialed) = client.dial(&mut inbound, &ctx, &protocol, &address).await else {
         return;
     };
-    Tunnel { inbound, out, ctx, dialed, random: req.random }.run().await;
+    tunnel::run(client, inbound, dialed).await;
 }
 
-async fn send(out: &Outbound, metrics: &Metrics, packet: Packet) -> bool {
-    let packet_type = packet.r#type;
-    deliver(out, metrics, packet_type, Out::Packet(packet)).await
+/// The client side of a session and the machine: what both the stream's
+/// task and its agent → client task use.
+#[derive(Clone)]
+struct Client {
+    out: Outbound,
+    metrics: Metrics,
+    session: Arc<Mutex<Session>>,
+    log: events::LogCtx,
 }
 
-/// Hands a packet to the frontend connection's writer, counted as sent to
-/// the client and timed: the wait is the client's back-pressure.
-async fn deliver(out: &Outbound, metrics: &Metrics, packet_type: i32, item: Out) -> bool {
-    metrics.packet(Segment::ToClient, packet_type);
-    let started = std::time::Instant::now();
-    let sent = out.send(Ok(item)).await.is_ok();
-    metrics.frontend_write_duration.observe_duration(started.elapsed());
-    sent
-}
+impl Client {
+    /// Feeds one input to the machine; counts and logs its events and
+    /// returns its actions.
+    fn step(&self, input: impl FnOnce(&mut Session)) -> Vec<Action> {
+        let (actions, events): (Vec<Action>, Vec<Event>) = {
+            let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+            input(&mut session);
+            (
+                std::iter::from_fn(|| session.poll_action()).collect(),
+                std::iter::from_fn(|| session.poll_event()).collect(),
+            )
+        };
+        for event in events {
+            events::record(&self.metrics, &self.log, event);
+        }
+        actions
+    }
 
-/// Phase 1: wait for the DIAL_REQ.
-async fn await_dial<S>(inbound: &mut S, out: &Outbound, metrics: &Metrics) -> Option<k::DialReq>
-where
-    S: Stream<Item = Result<Packet, Status>> + Unpin,
-{
-    loop {
-        match next_packet(inbound, out, metrics).await? {
-            FrontendPacket::DialReq(req) => return Some(req),
-            FrontendPacket::Data { connect_id, .. } | FrontendPacket::CloseReq { connect_id } => {
-                metrics.frontend_error("unknown_connection");
-                warn!(connect_id, "packet for an unknown connection before any dial");
-                send(out, metrics, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
+    /// Feeds what the client stream yielded: a packet, a violation, its end.
+    fn feed(&self, item: Option<Result<Packet, Status>>) -> Vec<Action> {
+        match item {
+            None => self.step(Session::handle_client_ended),
+            Some(Ok(packet)) => {
+                self.metrics.packet(Segment::FromClient, packet.r#type);
+                match FrontendPacket::try_from(packet) {
+                    Ok(p) => self.step(|s| s.handle_packet(p)),
+                    Err(e) => self.step(|s| s.handle_malformed(e)),
+                }
             }
-            FrontendPacket::DialCls { random } => debug!(random, "DIAL_CLS before any dial; ignored"),
-            FrontendPacket::Other(kind) => debug!(kind, "ignoring packet"),
+            Some(Err(status)) if is_client_violation(&status) => {
+                self.metrics.stream_error(Segment::FromClient, status.code());
+                self.metrics.frontend_error("bad_message");
+                let violation = Violation { code: status.code() as i32, message: status.message().to_owned() };
+                self.step(|s| s.handle_violation(violation))
+            }
+            Some(Err(status)) => {
+                self.metrics.stream_error(Segment::FromClient, status.code());
+                debug!("frontend stream failed: {}", untrusted(status.message()));
+                self.step(Session::handle_client_ended)
+            }
         }
     }
-}
 
-/// Pulls the next packet; `None` when the frontend stream ended or failed.
-/// A stream that fails because of what the client sent (an oversize or
-/// undecodable message, a packet whose type and payload disagree) is ended
-/// with an error status naming the violation, so the client learns why.
-async fn next_packet<S>(inbound: &mut S, out: &Outbound, metrics: &Metrics) -> Option<FrontendPacket>
-where
-    S: Stream<Item = Result<Packet, Status>> + Unpin,
-{
-    let violation = match inbound.next().await? {
-        Ok(packet) => {
-            metrics.packet(Segment::FromClient, packet.r#type);
-            match FrontendPacket::try_from(packet) {
-                Ok(p) => return Some(p),
-                Err(e) => {
-                    metrics.frontend_error("malformed_packet");
-                    Status::invalid_argument(format!("malformed packet: {e}"))
+    /// Carries out an action toward the client; `false` when the client can
+    /// no longer be written to. Actions for the dial or the agent are the
+    /// phase's own and are passed over here.
+    async fn to_client(&self, action: Action) -> bool {
+        match action {
+            Action::Send(packet) => {
+                let packet_type = packet.r#type;
+                self.deliver(packet_type, Out::Packet(packet)).await
+            }
+            Action::SendData { connect_id, chunks } => {
+                let n = chunks.iter().map(Bytes::len).sum();
+                let data = Out::Data { connect_id, chunks };
+                let sent = self.deliver(konnq_shared::proto::PacketType::Data as i32, data).await;
+                if sent {
+                    self.metrics.bytes_to_client(n);
+                }
+                sent
+            }
+            Action::EndClient(violation) => {
+                warn!("closing a Proxy stream: {}", untrusted(&violation.message));
+                let status = Status::new(tonic::Code::from_i32(violation.code), violation.message);
+                // Bounded: a client that stopped reading does not hold the session.
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.out.send(Err(status))).await;
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Hands a packet to the frontend connection's writer, counted as sent
+    /// to the client and timed: the wait is the client's back-pressure.
+    async fn deliver(&self, packet_type: i32, item: Out) -> bool {
+        self.metrics.packet(Segment::ToClient, packet_type);
+        let started = std::time::Instant::now();
+        let sent = self.out.send(Ok(item)).await.is_ok();
+        self.metrics.frontend_write_duration.observe_duration(started.elapsed());
+        sent
+    }
+
+    /// Phase 1: client packets until the machine starts a dial (its protocol
+    /// and address) or ends the session (`None`).
+    async fn await_dial<S>(&self, inbound: &mut S) -> Option<(String, String)>
+    where
+        S: Stream<Item = Result<Packet, Status>> + Unpin,
+    {
+        loop {
+            for action in self.feed(inbound.next().await) {
+                match action {
+                    Action::StartDial { protocol, address } => return Some((protocol, address)),
+                    Action::Done => return None,
+                    other => drop(self.to_client(other).await),
                 }
             }
         }
-        Err(status) if is_client_violation(&status) => {
-            metrics.stream_error(Segment::FromClient, status.code());
-            metrics.frontend_error("bad_message");
-            status
+    }
+
+    /// Phase 2: dial through an agent, answering DIAL_RSP; `None` when the
+    /// session ended instead (dropping the dial abandons it on the agent).
+    async fn dial<S>(&self, inbound: &mut S, ctx: &SessionCtx, protocol: &str, address: &str) -> Option<Dialed>
+    where
+        S: Stream<Item = Result<Packet, Status>> + Unpin,
+    {
+        let dial = ctx.backend.dial_timed(protocol, address);
+        tokio::pin!(dial);
+        loop {
+            let actions = tokio::select! {
+                result = &mut dial => return self.dialed(result).await,
+                item = inbound.next() => self.feed(item),
+            };
+            for action in actions {
+                match action {
+                    // Returning drops the dial future: that cancels it.
+                    Action::Done => return None,
+                    other => drop(self.to_client(other).await),
+                }
+            }
         }
-        Err(status) => {
-            metrics.stream_error(Segment::FromClient, status.code());
-            debug!("frontend stream failed: {}", untrusted(status.message()));
-            return None;
+    }
+
+    /// The dial's outcome, answered with DIAL_RSP.
+    async fn dialed(&self, result: Result<Dialed, DialError>) -> Option<Dialed> {
+        let actions = match &result {
+            Ok(dialed) => {
+                debug!(
+                    connect_id = dialed.connect_id,
+                    address = %untrusted(&self.log.address),
+                    agent = %untrusted(&dialed.agent.agent_id),
+                    "dial succeeded"
+                );
+                self.step(|s| s.handle_dial_ok(dialed.connect_id))
+            }
+            Err(e) => self.step(|s| s.handle_dial_failed(&e.to_string())),
+        };
+        let mut delivered = true;
+        for action in actions {
+            delivered &= self.to_client(action).await;
         }
-    };
-    warn!("closing a Proxy stream: {}", untrusted(violation.message()));
-    // Bounded: a client that stopped reading does not hold the session.
-    let _ = tokio::time::timeout(Duration::from_secs(1), out.send(Err(violation))).await;
-    None
+        match result {
+            Ok(dialed) if delivered => Some(dialed),
+            Ok(_) => {
+                self.metrics.dial_failed(DialFailure::SendResponse);
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 /// Errors tonic reports for bytes the client sent, as opposed to the
@@ -148,205 +250,4 @@ where
 fn is_client_violation(status: &Status) -> bool {
     use tonic::Code;
     matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal)
-}
-
-/// Phase 2: dial through an agent, answering DIAL_RSP.
-async fn dial<S>(inbound: &mut S, out: &Outbound, ctx: &SessionCtx, req: &k::DialReq) -> Option<Dialed>
-where
-    S: Stream<Item = Result<Packet, Status>> + Unpin,
-{
-    let metrics = &ctx.metrics;
-    if let Err(reason) = k::check_dial(req) {
-        metrics.frontend_error("bad_dial_request");
-        warn!(random = req.random, address = %untrusted(&req.address), "rejected dial: {}", untrusted(&reason));
-        send(out, metrics, k::dial_rsp_err(req.random, &reason)).await;
-        return None;
-    }
-    let dial = ctx.backend.dial_timed(&req.protocol, &req.address);
-    tokio::pin!(dial);
-    let result = loop {
-        tokio::select! {
-            r = &mut dial => break r,
-            p = next_packet(inbound, out, metrics) => match p {
-                Some(FrontendPacket::DialCls { random }) if random == req.random => {
-                    metrics.dial_failed(DialFailure::FrontendClose);
-                    info!(random, address = %untrusted(&req.address), "client cancelled the dial (DIAL_CLS)");
-                    return None;
-                }
-                Some(other) => reject_during_dial(other, out, metrics, req.random).await,
-                None => {
-                    metrics.dial_failed(DialFailure::FrontendClose);
-                    debug!(random = req.random, "frontend stream ended during the dial");
-                    return None;
-                }
-            },
-        }
-    };
-    match result {
-        Ok(dialed) => {
-            debug!(
-                random = req.random,
-                connect_id = dialed.connect_id,
-                address = %untrusted(&req.address),
-                agent = %untrusted(&dialed.agent.agent_id),
-                "dial succeeded"
-            );
-            if send(out, metrics, k::dial_rsp_ok(req.random, dialed.connect_id)).await {
-                Some(dialed)
-            } else {
-                metrics.dial_failed(DialFailure::SendResponse);
-                None
-            }
-        }
-        Err(e) => {
-            info!(random = req.random, address = %untrusted(&req.address), "dial failed: {}", untrusted(&e.to_string()));
-            send(out, metrics, k::dial_rsp_err(req.random, &e.to_string())).await;
-            None
-        }
-    }
-}
-
-async fn reject_during_dial(packet: FrontendPacket, out: &Outbound, metrics: &Metrics, random: i64) {
-    match packet {
-        FrontendPacket::DialReq(second) => {
-            metrics.frontend_error("second_dial");
-            warn!(random = second.random, "second DIAL_REQ on a stream refused");
-            send(out, metrics, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
-        }
-        FrontendPacket::Data { connect_id, .. } | FrontendPacket::CloseReq { connect_id } => {
-            metrics.frontend_error("unknown_connection");
-            warn!(connect_id, "packet for an unknown connection during a dial");
-            send(out, metrics, k::close_rsp(connect_id, &format!("unknown connectID {connect_id}"))).await;
-        }
-        FrontendPacket::DialCls { random: other } => debug!(random, other, "DIAL_CLS for another dial; ignored"),
-        FrontendPacket::Other(kind) => debug!(kind, "ignoring packet during dial"),
-    }
-}
-
-/// Phase 3: an established connection.
-struct Tunnel<S> {
-    inbound: S,
-    out: Outbound,
-    ctx: SessionCtx,
-    dialed: Dialed,
-    /// The dial's `random`: a DIAL_CLS naming it that crossed our DIAL_RSP
-    /// means the client gave up, so the connection must not live on.
-    random: i64,
-}
-
-impl<S> Tunnel<S>
-where
-    S: Stream<Item = Result<Packet, Status>> + Unpin,
-{
-    async fn run(self) {
-        let Tunnel { mut inbound, out, ctx, dialed, random } = self;
-        // `_slot` keeps the agent's stream slot taken until the tunnel ends.
-        let Dialed { connect_id, mut send, recv, agent, slot: _slot } = dialed;
-        let metrics = ctx.metrics.clone();
-        let _established = GaugeGuard::inc(&metrics.established);
-        // Agent → client runs on its own task so a slow client write never
-        // blocks reading CLOSE_REQ, and vice versa.
-        let mut downstream =
-            tokio::spawn(to_client(recv, out.clone(), connect_id, metrics.clone(), std::sync::Arc::clone(&agent)));
-        let mut send_open = true;
-        let mut share = konnq_shared::quic::SendShare::new(agent.send_clock.clone());
-        loop {
-            tokio::select! {
-                _ = &mut downstream => return,
-                p = next_packet(&mut inbound, &out, &metrics) => match p {
-                    Some(FrontendPacket::Data { connect_id: id, data }) if id == connect_id => {
-                        if send_open {
-                            let n = data.len();
-                            if konnq_shared::quic::write_shared(&mut send, &mut share, data).await.is_ok() {
-                                metrics.bytes_to_agent(n);
-                            } else {
-                                // The agent side is gone; `to_client` reports it.
-                                send_open = false;
-                            }
-                        }
-                    }
-                    Some(FrontendPacket::CloseReq { connect_id: id }) if id == connect_id => {
-                        debug!(connect_id, agent = %untrusted(&agent.agent_id), "CLOSE_REQ");
-                        let _ = send.finish();
-                        break;
-                    }
-                    Some(FrontendPacket::DialCls { random: r }) if r == random => {
-                        info!(connect_id, random, "DIAL_CLS crossed DIAL_RSP: closing the abandoned connection");
-                        let _ = send.reset(VarInt::from_u32(codes::DIAL_ABANDONED));
-                        downstream.abort();
-                        return;
-                    }
-                    Some(other) => reject_established(other, &out, &metrics, connect_id).await,
-                    None => {
-                        // The client went away without CLOSE_REQ: tear down.
-                        debug!(connect_id, "frontend stream ended; resetting the agent stream");
-                        let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
-                        downstream.abort();
-                        return;
-                    }
-                },
-            }
-        }
-        // After CLOSE_REQ the agent closes the target and finishes its side;
-        // `to_client` then sends CLOSE_RSP. Bound the wait.
-        if tokio::time::timeout(CLOSE_CONFIRM_TIMEOUT, &mut downstream).await.is_err() {
-            warn!(connect_id, "agent did not confirm the close within {CLOSE_CONFIRM_TIMEOUT:?}; resetting");
-            downstream.abort();
-            let _ = send.reset(VarInt::from_u32(codes::FRONTEND_GONE));
-            send_close(&out, &metrics, connect_id, "").await;
-        }
-    }
-}
-
-async fn reject_established(packet: FrontendPacket, out: &Outbound, metrics: &Metrics, connect_id: i64) {
-    match packet {
-        FrontendPacket::DialReq(second) => {
-            metrics.frontend_error("second_dial");
-            warn!(connect_id, random = second.random, "second DIAL_REQ on a stream refused");
-            send(out, metrics, k::dial_rsp_err(second.random, k::ONE_DIAL_PER_STREAM)).await;
-        }
-        FrontendPacket::Data { connect_id: id, .. } | FrontendPacket::CloseReq { connect_id: id } => {
-            metrics.frontend_error("unknown_connection");
-            warn!(connect_id, unknown = id, "packet for an unknown connection");
-            send(out, metrics, k::close_rsp(id, &format!("unknown connectID {id}"))).await;
-        }
-        FrontendPacket::DialCls { random } => debug!(connect_id, random, "late DIAL_CLS ignored"),
-        FrontendPacket::Other(kind) => debug!(connect_id, kind, "ignoring packet"),
-    }
-}
-
-async fn send_close(out: &Outbound, metrics: &Metrics, connect_id: i64, error: &str) {
-    send(out, metrics, k::close_rsp(connect_id, error)).await;
-}
-
-/// Agent → client: every byte as DATA, then exactly one CLOSE_RSP.
-async fn to_client(
-    mut recv: quinn::RecvStream,
-    out: Outbound,
-    connect_id: i64,
-    metrics: Metrics,
-    agent: std::sync::Arc<AgentConn>,
-) {
-    let error = loop {
-        match read_chunks(&mut recv).await {
-            Ok(Some(chunks)) => {
-                let n = chunks.iter().map(Bytes::len).sum();
-                let data = Out::Data { connect_id, chunks };
-                if !deliver(&out, &metrics, PacketType::Data as i32, data).await {
-                    // Client gone: stop the agent side too.
-                    let _ = recv.stop(VarInt::from_u32(codes::FRONTEND_GONE));
-                    return;
-                }
-                metrics.bytes_to_client(n);
-            }
-            Ok(None) => break String::new(),
-            Err(quinn::ReadError::Reset(code)) => break format!("agent reset the connection (code {code})"),
-            Err(quinn::ReadError::ConnectionLost(e)) => break agent.lost_reason(&e),
-            Err(e) => break format!("agent connection lost: {e}"),
-        }
-    };
-    if !error.is_empty() {
-        debug!(connect_id, "{error}");
-    }
-    send_close(&out, &metrics, connect_id, &error).await;
 }
