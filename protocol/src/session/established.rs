@@ -77,7 +77,6 @@ impl Session {
     /// stop reading the agent; there is no one to send CLOSE_RSP to.
     pub fn handle_client_gone(&mut self) {
         if let State::Established(_) | State::Closing(_) = self.state {
-            self.state = State::Done;
             self.actions.push_back(Action::StopAgent(ResetReason::FrontendGone));
             self.state = self.finish();
         } else {
