@@ -14,12 +14,15 @@
 //! - [`stream_datagrams`]: QUIC datagrams framed over TCP.
 //! - [`konnectivity_packet`]: client packets as the frontends classify them.
 //! - [`session`]: the Proxy stream state machine against its invariants.
+//! - [`h2`]: the HTTP/2 connection state machine, driven as the server does.
 
+pub mod h2;
 mod hpack;
 mod session;
 mod stream;
 mod wire;
 
+pub use self::h2::h2;
 pub use self::hpack::hpack;
 pub use self::session::session;
 pub use self::stream::stream_datagrams;

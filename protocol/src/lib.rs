@@ -13,6 +13,9 @@
 //!   UDP is blocked.
 //! - [`hpack`]: the HPACK decoder of the server's HTTP/2 frontend
 //!   (table-driven Huffman decoding, no allocation per string).
+//! - [`h2`]: the frontend's HTTP/2 server connection as a state machine:
+//!   bytes and time in, events and bytes out; the server's async driver
+//!   around it owns the socket, the sessions and the budgets.
 //! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed
 //!   on stable by `tests/fuzz_corpora.rs`.
 
@@ -21,6 +24,7 @@ pub mod proto {
 }
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod h2;
 pub mod hpack;
 pub mod konnectivity;
 pub mod session;

@@ -35,3 +35,8 @@ fn konnectivity_packet() {
 fn session() {
     replay("session", fuzzing::session);
 }
+
+#[test]
+fn h2() {
+    replay("h2", fuzzing::h2);
+}
