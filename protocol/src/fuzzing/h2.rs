@@ -72,7 +72,7 @@ pub fn parse_frames(mut out: &[u8]) -> Vec<(FrameHead, Vec<u8>)> {
     let mut frames = Vec::new();
     while !out.is_empty() {
         let head = FrameHead::parse(out).expect("a whole frame header");
-        assert!(head.len <= (1 << 24) - 1 && out.len() >= HEAD_LEN + head.len, "a whole frame: {head:?}");
+        assert!(head.len < (1 << 24) && out.len() >= HEAD_LEN + head.len, "a whole frame: {head:?}");
         assert!(!matches!(head.kind, FrameType::Unknown(_) | FrameType::PushPromise), "we send {head:?}");
         if head.kind == FrameType::Data {
             assert!(head.len <= h2::MAX_FRAME && head.stream_id % 2 == 1, "DATA {head:?}");
