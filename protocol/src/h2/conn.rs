@@ -239,6 +239,11 @@ impl Connection {
         self.conn_send_window > 0
     }
 
+    /// The largest frame payload the client accepts (its MAX_FRAME_SIZE).
+    pub fn peer_max_frame(&self) -> usize {
+        self.peer_max_frame
+    }
+
     /// The stream has response bytes the windows hold back: it should not
     /// be given more until [`Event::Writable`].
     pub fn is_blocked(&self, stream: u32) -> bool {
