@@ -204,7 +204,9 @@ impl Connection {
     /// The next event, in the order they happened.
     pub fn poll_event(&mut self) -> Option<Event> {
         let event = self.events.pop_front();
-        if self.events.is_empty() && self.events.capacity() > 64 {
+        // Drained: give the buffer back, as the write buffer is (an idle
+        // connection keeps no event-sized buffers).
+        if event.is_none() && self.events.capacity() > 0 {
             self.events = VecDeque::new();
         }
         event

@@ -215,12 +215,23 @@ impl Session {
 
     /// The next thing to do, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() {
+            // Drained: give the buffer back. A server holds thousands of
+            // idle sessions, and a packet-sized buffer kept by each is
+            // most of a session's memory.
+            self.actions = VecDeque::new();
+        }
+        action
     }
 
     /// The next notable thing to count or log.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Whether the session is over.
