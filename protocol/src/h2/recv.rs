@@ -168,10 +168,12 @@ impl Connection {
             if inc == 0 {
                 return Err(proto_err(ErrorCode::PROTOCOL_ERROR, "connection WINDOW_UPDATE of 0"));
             }
-            self.conn_send_window += inc;
-            if self.conn_send_window > MAX_WINDOW {
+            // Checked before it is applied: the window never leaves its
+            // range, even on a connection that is about to close.
+            if self.conn_send_window + inc > MAX_WINDOW {
                 return Err(proto_err(ErrorCode::FLOW_CONTROL_ERROR, "connection window above 2^31-1"));
             }
+            self.conn_send_window += inc;
         } else if stream_id > self.last_stream_id {
             return Err(proto_err(ErrorCode::PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
         } else if inc == 0 {
