@@ -156,10 +156,15 @@ async fn admit(
 }
 
 /// The connection and its control stream.
-type Session = (quinn::Connection, (quinn::SendStream, quinn::RecvStream));
+pub(crate) type Session = (quinn::Connection, (quinn::SendStream, quinn::RecvStream));
 
 /// One connection and Hello; Ok once the server sends its Welcome.
-async fn attempt(endpoint: &quinn::Endpoint, server: SocketAddr, name: &str, hello: &Hello) -> Result<Session, String> {
+pub(crate) async fn attempt(
+    endpoint: &quinn::Endpoint,
+    server: SocketAddr,
+    name: &str,
+    hello: &Hello,
+) -> Result<Session, String> {
     let conn = endpoint
         .connect(server, name)
         .map_err(|e| format!("connect: {e}"))?

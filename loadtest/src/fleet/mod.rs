@@ -238,6 +238,8 @@ async fn start_server(
             return Ok(server);
         }
         anyhow::ensure!(Instant::now() < deadline, "{} not healthy after 30 s", server.name);
+        // /healthz is the server's readiness signal; it is polled, as
+        // `peers::ready` polls /readyz.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

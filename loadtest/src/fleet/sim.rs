@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use konnq_protocol::proto::Packet;
-use konnq_protocol::wire::{self, Control, Hello};
+use konnq_protocol::wire::{self, Hello};
 use konnq_shared::config::QuicConfig;
 use konnq_shared::quic::read_frame;
 use tokio::sync::{watch, Notify};
@@ -127,16 +127,10 @@ async fn hold_konnq(endpoint: &mut Option<quinn::Endpoint>, id: &str, t: &Target
         *endpoint = Some(konnq_endpoint(t)?);
     }
     let endpoint = endpoint.as_ref().context("endpoint")?;
-    let name = t.server.ip().to_string();
-    let conn = endpoint.connect(t.server, &name)?.await.context("handshake")?;
-    let (mut send, mut recv) = conn.open_bi().await.context("control stream")?;
     let hello = Hello { agent_id: id.to_owned(), identifiers: Vec::new(), token: String::new() };
-    send.write_all(&Control::Hello(hello).encode()).await.context("hello")?;
-    let (kind, body) = read_frame(&mut recv, wire::MAX_CONTROL_BODY, "welcome").await.context("welcome")?;
-    match Control::from_frame(kind, &body) {
-        Ok(Control::Welcome { .. }) => {}
-        other => anyhow::bail!("expected a welcome, got {other:?}"),
-    }
+    let (conn, (_send, mut recv)) = crate::agents::attempt(endpoint, t.server, &t.server.ip().to_string(), &hello)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     fleet.admitted();
     // Control messages (DRAIN) are read and dropped; the connection's end
     // is what counts.
