@@ -84,7 +84,16 @@ pub const HEADER_TABLE_SIZE: usize = 4096;
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Our keep-alive PING's payload.
 const KEEPALIVE_PING: &[u8; 8] = b"konnq-ka";
+/// The PING that follows a graceful shutdown's first GOAWAY: its ACK
+/// means the client has seen that GOAWAY, so no request it sent before
+/// can still be on its way.
+const GOAWAY_PING: &[u8; 8] = b"konnq-ga";
+/// How long a graceful shutdown waits for [`GOAWAY_PING`]'s ACK before
+/// it names the last stream anyway.
+pub const GOAWAY_PING_WAIT: Duration = Duration::from_secs(1);
 /// The initial window of RFC 9113 §6.9.2.
 const DEFAULT_WINDOW: i64 = 65_535;
+/// Largest stream identifier (RFC 9113 §5.1.1).
+const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 /// Largest flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: i64 = (1 << 31) - 1;

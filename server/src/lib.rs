@@ -94,6 +94,9 @@ pub struct ServerHandle {
     pub tcp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The frontends' accept loops: each ends at shutdown, once it has
+    /// taken the connections already waiting in its listen backlog.
+    frontends: JoinSet<()>,
     endpoint: quinn::Endpoint,
     grace: std::time::Duration,
     leases: Option<leases::LeaseController>,
@@ -115,9 +118,16 @@ impl ServerHandle {
         info!(agents = self.backend.agent_count(), "shutting down: no new frontend connections; telling the agents");
         self.shutdown.send_replace(true);
         self.backend.begin_shutdown();
-        let (established, pending) = (self.metrics.established.clone(), self.metrics.pending_dials.clone());
+        let m = &self.metrics;
+        let established = m.established.clone();
+        // Client connections count too: one accepted just before the
+        // shutdown may not have sent its dial yet. Every connection taken
+        // is counted once the accept loops have ended.
+        let busy = [&m.established, &m.pending_dials, &m.frontend_connections];
+        let frontends = &mut self.frontends;
         let drained = async {
-            while established.get() > 0 || pending.get() > 0 {
+            while frontends.join_next().await.is_some() {}
+            while busy.iter().any(|g| g.get() > 0) {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         };
@@ -170,6 +180,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ctx = SessionCtx { backend: Arc::clone(&backend), metrics: metrics.clone() };
     let mut tasks = JoinSet::new();
+    let mut frontends = JoinSet::new();
     tasks.spawn(Arc::clone(&backend).serve(endpoint.clone(), tcp_config));
     tasks.spawn(Arc::clone(&backend).watch_unreachable(icmp_errors));
     if let Some(listener) = listeners.agent_tcp {
@@ -185,7 +196,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         info!(path = %path.display(), ?mode, "frontend on Unix socket");
         uds_path = Some(path);
         let incoming = UnixListenerStream::new(listener);
-        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), limits.clone(), stopped(shutdown_rx.clone())));
+        frontends.spawn(serve_frontend(mode, incoming, ctx.clone(), limits.clone(), stopped(shutdown_rx.clone())));
     }
     let mut tcp_addr = None;
     if let (Some(listener), Some(files)) = (listeners.tcp, &cfg.server_tls) {
@@ -200,7 +211,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         tcp_addr = Some(addr);
         let (incoming, accept_loop) = frontend::tls::incoming(listener, tls, stopped(shutdown_rx.clone()));
         tasks.spawn(accept_loop);
-        tasks.spawn(serve_frontend(mode, incoming, ctx.clone(), limits, stopped(shutdown_rx.clone())));
+        frontends.spawn(serve_frontend(mode, incoming, ctx.clone(), limits, stopped(shutdown_rx.clone())));
     }
     let health_addr = listeners.health.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
     let admin_addr = listeners.admin.local_addr().map_err(konnq_shared::quic::QuicSetupError::Socket)?;
@@ -240,6 +251,7 @@ pub async fn start(cfg: ServerConfig, listeners: Listeners) -> Result<ServerHand
         tcp_addr,
         shutdown,
         tasks,
+        frontends,
         endpoint,
         grace: cfg.graceful_shutdown_timeout,
         leases,

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub agent_connections: Gauge,
     /// HTTP-CONNECT client connections open.
     pub http_connections: Gauge,
+    /// Frontend client connections open (gRPC and HTTP-CONNECT). Not
+    /// exported: graceful shutdown waits for them.
+    pub frontend_connections: Gauge,
     /// Bytes of gRPC messages the frontend received from clients and has
     /// not yet written into QUIC (queued for, or held by, their sessions).
     pub frontend_buffered: Gauge,
@@ -210,6 +213,7 @@ impl Metrics {
             established: Gauge::default(),
             frontend_buffered: Gauge::default(),
             http_connections: Gauge::default(),
+            frontend_connections: Gauge::default(),
             dial_duration: Histogram::new(&LATENCY_BUCKETS),
             frontend_write_duration: Histogram::new(&LATENCY_BUCKETS),
             dial_failures: CounterSet::new(DialFailure::ALL.map(|f| [("reason", f.label())])),

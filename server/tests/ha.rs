@@ -555,3 +555,91 @@ async fn a_connection_cut_by_the_graceful_shutdown_timeout_is_told_the_server_is
     within(LIMIT, stopping).await.expect("the server stopped");
     agent.shutdown().await;
 }
+
+/// Reads one HTTP/2 frame: (type, flags, stream, payload).
+async fn read_h2_frame(io: &mut tokio::net::UnixStream) -> (u8, u8, u32, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    io.read_exact(&mut head).await.expect("a frame header");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    io.read_exact(&mut payload).await.expect("a frame payload");
+    (head[3], head[4], stream, payload)
+}
+
+#[tokio::test]
+async fn a_request_sent_as_the_shutdown_begins_is_served_and_waited_for() {
+    use konnq_protocol::fuzzing::h2::{frame, request_block};
+    use konnq_protocol::h2::{Flags, FrameType, PREFACE};
+    use prost::Message;
+    use tokio::io::AsyncWriteExt;
+    const GOAWAY: u8 = 0x7;
+    const PING: u8 = 0x6;
+    const DATA: u8 = 0x0;
+
+    let lab = Lab::with(|raw| raw.graceful_shutdown_timeout = Some(Duration::from_secs(20))).await;
+    let agent = lab.agent().await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    // A client (kube-apiserver) connects just before the server's SIGTERM
+    // and sends its request before it has read anything from the server.
+    let mut io = tokio::net::UnixStream::connect(&lab.socket).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(FrameType::Settings, Flags::NONE, 0, &[]));
+    io.write_all(&hello).await.expect("preface");
+    let Lab { server, dir: _dir, .. } = lab;
+    let stopping = tokio::spawn(server.shutdown());
+    // The server's GOAWAY and PING are on their way; the request crosses them.
+    let mut goaways = Vec::new();
+    let ping = loop {
+        let (kind, _, _, payload) = within(LIMIT, read_h2_frame(&mut io)).await;
+        match kind {
+            GOAWAY => goaways.push(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])),
+            PING => break payload,
+            _ => {}
+        }
+    };
+    assert_eq!(goaways, [(1 << 31) - 1], "the first GOAWAY leaves every stream open");
+    let mut request = frame(
+        FrameType::Headers,
+        Flags::END_HEADERS,
+        1,
+        &request_block("POST", "/ProxyService/Proxy", "application/grpc"),
+    );
+    let dial = konnq_protocol::konnectivity::client::dial_req(&target.to_string(), 9).encode_to_vec();
+    let mut message = vec![0];
+    message.extend_from_slice(&(dial.len() as u32).to_be_bytes());
+    message.extend_from_slice(&dial);
+    request.extend(frame(FrameType::Data, Flags::NONE, 1, &message));
+    request.extend(frame(FrameType::Ping, Flags::ACK, 0, &ping));
+    io.write_all(&request).await.expect("request");
+
+    // Served: the dial's answer, then the final GOAWAY naming stream 1.
+    let mut dial_rsp = None;
+    let mut last = None;
+    while dial_rsp.is_none() || last.is_none() {
+        let (kind, _, stream, payload) = within(LIMIT, read_h2_frame(&mut io)).await;
+        match kind {
+            DATA if stream == 1 => {
+                let packet = konnq_shared::proto::Packet::decode(&payload[5..]).expect("a packet");
+                dial_rsp = Some(packet);
+            }
+            GOAWAY => last = Some(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])),
+            0x3 => panic!("stream {stream} reset: {payload:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(last, Some(1), "the final GOAWAY names the request");
+    match dial_rsp.and_then(|p| p.payload) {
+        Some(konnq_shared::proto::packet::Payload::DialResponse(rsp)) => {
+            assert_eq!((rsp.random, rsp.error.as_str()), (9, ""), "dialled");
+            assert!(rsp.connect_id > 0);
+        }
+        other => panic!("expected DIAL_RSP, got {other:?}"),
+    }
+    assert!(!stopping.is_finished(), "the server waits for the open connection");
+    drop(io);
+    within(LIMIT, stopping).await.expect("the server stopped");
+    agent.shutdown().await;
+}

@@ -158,7 +158,7 @@ impl Harness {
                     }
                 }
             }
-            _ => self.conn.go_away(),
+            _ => self.conn.go_away(self.now),
         }
         self.settle();
     }

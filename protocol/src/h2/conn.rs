@@ -47,8 +47,11 @@ pub struct Connection {
     pub(crate) conn_send_window: i64,
     pub(crate) peer_initial_window: i64,
     pub(crate) peer_max_frame: usize,
-    /// GOAWAY sent: no new streams.
+    /// The final GOAWAY was sent: no new streams.
     pub(crate) stopped: bool,
+    /// A graceful shutdown began (see [`Connection::go_away`]): until this
+    /// time, or the client's ACK of our PING, requests are still served.
+    pub(crate) going_away: Option<Instant>,
     /// A connection error was reported: nothing more is read.
     pub(crate) failed: bool,
     /// The time the driver passed in last.
@@ -79,6 +82,7 @@ impl Connection {
             peer_initial_window: DEFAULT_WINDOW,
             peer_max_frame: MAX_FRAME,
             stopped: false,
+            going_away: None,
             failed: false,
             now,
             deadline,
@@ -170,14 +174,22 @@ impl Connection {
 
     /// When [`Connection::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.failed).then_some(self.deadline)
+        let drain = self.going_away.filter(|_| !self.stopped);
+        (!self.failed).then(|| drain.map_or(self.deadline, |at| at.min(self.deadline)))
     }
 
     /// Keep-alive: PINGs an idle connection; fails one whose PING went
-    /// unanswered. Does nothing before [`Connection::poll_timeout`].
+    /// unanswered. Ends a graceful shutdown's wait for its PING's ACK.
+    /// Does nothing before [`Connection::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ConnectionError> {
         self.now = now;
-        if self.failed || now < self.deadline {
+        if self.failed {
+            return Ok(());
+        }
+        if self.going_away.is_some_and(|at| now >= at) {
+            self.final_go_away();
+        }
+        if now < self.deadline {
             return Ok(());
         }
         if self.ping_outstanding {
@@ -190,8 +202,25 @@ impl Connection {
         Ok(())
     }
 
-    /// Graceful shutdown: GOAWAY, new streams refused, open ones finish.
-    pub fn go_away(&mut self) {
+    /// Graceful shutdown at `now`, in two steps as RFC 9113 §6.8 advises:
+    /// GOAWAY naming the largest stream ID and a PING; requests the client
+    /// sent before it saw them are still served. At the PING's ACK (or
+    /// after [`GOAWAY_PING_WAIT`]), GOAWAY names the last stream taken and
+    /// later ones are refused. Open streams finish either way.
+    pub fn go_away(&mut self, now: Instant) {
+        if self.stopped || self.going_away.is_some() {
+            return;
+        }
+        self.now = now;
+        self.going_away = Some(now + GOAWAY_PING_WAIT);
+        let mut payload = [0u8; 8];
+        payload[..4].copy_from_slice(&MAX_STREAM_ID.to_be_bytes());
+        self.frame(FrameType::GoAway, Flags::NONE, 0, &payload);
+        self.frame(FrameType::Ping, Flags::NONE, 0, GOAWAY_PING);
+    }
+
+    /// The second GOAWAY: names the last stream taken; no new streams.
+    pub(crate) fn final_go_away(&mut self) {
         if self.stopped {
             return;
         }
@@ -226,9 +255,15 @@ impl Connection {
         }
     }
 
-    /// GOAWAY was sent (by [`Connection::go_away`]).
+    /// The final GOAWAY was sent (see [`Connection::go_away`]): no new
+    /// streams.
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// A graceful shutdown began (see [`Connection::go_away`]).
+    pub fn is_going_away(&self) -> bool {
+        self.stopped || self.going_away.is_some()
     }
 
     /// Streams open (served, or refused and still answering).

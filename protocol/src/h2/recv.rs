@@ -98,6 +98,8 @@ impl Connection {
         }
         if !flags.has(Flags::ACK) {
             self.frame(FrameType::Ping, Flags::ACK, 0, payload);
+        } else if self.going_away.is_some() && payload == GOAWAY_PING {
+            self.final_go_away();
         } else if self.ping_outstanding {
             self.ping_outstanding = false;
             self.deadline = self.now + self.config.keepalive_time;

@@ -304,12 +304,21 @@ fn keep_alive_pings_an_idle_connection_and_ends_an_unanswering_one() {
     assert_eq!(err, ConnectionError::KeepAlive(KEEPALIVE_TIMEOUT));
 }
 
+/// The last stream ID of every GOAWAY among `frames`, in order.
+fn goaway_last_ids(frames: &[(FrameHead, Vec<u8>)]) -> Vec<u32> {
+    let goaways = frames.iter().filter(|(h, _)| h.kind == FrameType::GoAway);
+    goaways.map(|(_, p)| u32::from_be_bytes([p[0], p[1], p[2], p[3]])).collect()
+}
+
 #[test]
 fn goaway_refuses_new_streams_and_eof_cancels_open_ones() {
     let mut client = Client::new();
     client.open(1);
-    client.conn.go_away();
-    assert_eq!(goaway(&client.frames()), Some(ErrorCode::NO_ERROR));
+    client.conn.go_away(client.now);
+    let first = client.frames();
+    assert_eq!(goaway(&first), Some(ErrorCode::NO_ERROR));
+    client.send(&frame(FrameType::Ping, Flags::ACK, 0, GOAWAY_PING)).unwrap();
+    assert_eq!(goaway_last_ids(&client.frames()), [1], "the final GOAWAY names stream 1");
     let block = request_block("POST", "/ProxyService/Proxy", "application/grpc");
     client.send(&frame(FrameType::Headers, Flags::END_HEADERS, 3, &block)).unwrap();
     assert_eq!(rst(&client.frames(), 3), Some(ErrorCode::REFUSED_STREAM));
@@ -337,4 +346,39 @@ fn pending_chunks_leave_in_order_whatever_the_frame_sizes() {
         assert_eq!(&out[..], &whole[..], "frames of {step}");
         assert!(queue.is_empty(), "frames of {step}: {queue:?}");
     }
+}
+
+#[test]
+fn a_graceful_shutdown_serves_requests_sent_before_the_client_saw_it() {
+    let mut client = Client::new();
+    client.conn.go_away(client.now);
+    let frames = client.frames();
+    assert_eq!(goaway_last_ids(&frames), [MAX_STREAM_ID], "first GOAWAY: any stream may still come");
+    assert!(frames.iter().any(|(h, p)| h.kind == FrameType::Ping && p[..] == GOAWAY_PING[..]), "{frames:?}");
+    assert!(client.conn.is_going_away() && !client.conn.is_stopped());
+    // A request the client sent before it read the GOAWAY is served.
+    client.open(1);
+    client.send(&frame(FrameType::Ping, Flags::ACK, 0, GOAWAY_PING)).unwrap();
+    assert_eq!(goaway_last_ids(&client.frames()), [1], "at the PING's ACK: stream 1 was the last");
+    assert!(client.conn.is_stopped());
+    let block = request_block("POST", "/ProxyService/Proxy", "application/grpc");
+    client.send(&frame(FrameType::Headers, Flags::END_HEADERS, 3, &block)).unwrap();
+    assert_eq!(rst(&client.frames(), 3), Some(ErrorCode::REFUSED_STREAM), "later ones are refused");
+    client.conn.go_away(client.now);
+    assert_eq!(client.frames(), [], "a second call sends nothing");
+}
+
+#[test]
+fn a_client_that_never_acks_gets_the_final_goaway_after_the_wait() {
+    let mut client = Client::new();
+    client.conn.go_away(client.now);
+    client.frames();
+    let due = client.now + GOAWAY_PING_WAIT;
+    assert_eq!(client.conn.poll_timeout(), Some(due), "the wait is due before the keep-alive");
+    client.conn.handle_timeout(due - Duration::from_millis(1)).unwrap();
+    assert!(!client.conn.is_stopped(), "not yet");
+    client.conn.handle_timeout(due).unwrap();
+    assert!(client.conn.is_stopped());
+    assert_eq!(goaway_last_ids(&client.frames()), [0], "no stream was taken");
+    assert_eq!(client.conn.poll_timeout(), Some(client.now + KEEPALIVE), "back to the keep-alive timer");
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -18,6 +18,8 @@ pub const MIN_PAUSE: Duration = Duration::from_millis(10);
 pub const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Shortest time between two warnings.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Most connections taken from the backlog at shutdown.
+pub const BACKLOG_AT_SHUTDOWN: usize = 4096;
 
 /// The accept-failure policy (sans-IO: callers pass the time in).
 #[derive(Debug, Default)]
@@ -86,6 +88,21 @@ where
             }
         }
     })
+}
+
+/// The connections `incoming` has ready at once, without waiting (at most
+/// [`BACKLOG_AT_SHUTDOWN`]). At shutdown, clients whose connect already
+/// succeeded (queued in the listen backlog) are served, instead of being
+/// reset when the listener closes.
+pub fn backlog<S: Stream + Unpin>(incoming: &mut S) -> Vec<S::Item> {
+    let mut ready = Vec::new();
+    while ready.len() < BACKLOG_AT_SHUTDOWN {
+        match incoming.next().now_or_never() {
+            Some(Some(item)) => ready.push(item),
+            Some(None) | None => break,
+        }
+    }
+    ready
 }
 
 #[cfg(test)]

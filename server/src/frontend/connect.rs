@@ -166,13 +166,23 @@ where
     use futures::StreamExt;
     let incoming = super::accept::with_backoff(incoming, "HTTP-CONNECT frontend");
     tokio::pin!(incoming, stop);
+    // Counted before the task starts: graceful shutdown waits for it.
+    let spawn = |io: IO| {
+        let open = GaugeGuard::inc(&ctx.metrics.frontend_connections);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            serve(io, ctx).await;
+            drop(open);
+        });
+    };
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                super::accept::backlog(&mut incoming).into_iter().for_each(spawn);
+                return;
+            }
             next = incoming.next() => match next {
-                Some(io) => {
-                    tokio::spawn(serve(io, ctx.clone()));
-                }
+                Some(io) => spawn(io),
                 None => return,
             },
         }

@@ -46,6 +46,7 @@ use bytes::BytesMut;
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
 use konnq_protocol::h2::{self, Connection as Machine, ConnectionError, Event, GrpcStatus};
+use konnq_shared::gauge::GaugeGuard;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
@@ -136,29 +137,35 @@ where
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut incoming = std::pin::pin!(super::accept::with_backoff(incoming, "gRPC frontend"));
     let mut shutdown = std::pin::pin!(shutdown);
+    let spawn = |io: IO| {
+        let (ctx, limits) = (ctx.clone(), limits.clone());
+        let mut stop = stop_rx.clone();
+        let open = GaugeGuard::inc(&ctx.metrics.frontend_connections);
+        tokio::spawn(async move {
+            let _open = open;
+            let stopping = Box::pin(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            let metrics = ctx.metrics.clone();
+            if let Err(e) = Connection::new(io, ctx, limits, stopping).run().await {
+                match e {
+                    ConnError::Io(e) => debug!("frontend connection ended: {e}"),
+                    e => {
+                        metrics.frontend_error("http2");
+                        warn!("frontend HTTP/2 connection closed: {e}");
+                    }
+                }
+            }
+        });
+    };
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => {
+                super::accept::backlog(&mut incoming).into_iter().for_each(spawn);
+                break;
+            }
             next = incoming.next() => match next {
-                Some(io) => {
-                    let (ctx, limits) = (ctx.clone(), limits.clone());
-                    let mut stop = stop_rx.clone();
-                    tokio::spawn(async move {
-                        let stopping = Box::pin(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        });
-                        let metrics = ctx.metrics.clone();
-                        if let Err(e) = Connection::new(io, ctx, limits, stopping).run().await {
-                            match e {
-                                ConnError::Io(e) => debug!("frontend connection ended: {e}"),
-                                e => {
-                                    metrics.frontend_error("http2");
-                                    warn!("frontend HTTP/2 connection closed: {e}");
-                                }
-                            }
-                        }
-                    });
-                }
+                Some(io) => spawn(io),
                 None => break,
             },
         }
@@ -300,7 +307,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Wake::Credit => self.send_credits(),
                 Wake::Budget => self.retry_starved(),
                 Wake::Timer => self.machine.handle_timeout(now())?,
-                Wake::Stop => self.machine.go_away(),
+                Wake::Stop => self.machine.go_away(now()),
             }
         }
     }
@@ -365,7 +372,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         if self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Timer);
         }
-        if !self.machine.is_stopped() && self.stopping.as_mut().poll(cx).is_ready() {
+        if !self.machine.is_going_away() && self.stopping.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Stop);
         }
         if let Some(need) = self.starved_need() {
