@@ -66,6 +66,21 @@ const PROBES: u32 = 3;
 /// acknowledgement delay (25 ms by default) and scheduling.
 const ACK_MARGIN: Duration = Duration::from_millis(50);
 
+/// More agents a dial is tried on when the connection of the agent it was
+/// sent to ends before that agent answered (a dead agent cannot have
+/// connected the client to anything, and the client sends nothing before
+/// DIAL_RSP, so the dial may go elsewhere).
+const REDIALS: usize = 2;
+
+/// Why an agent's liveness is checked (see [`probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspicion {
+    /// The kernel reported "port unreachable" for its address.
+    Icmp,
+    /// A dial sent to it drew no packet at all for a few round trips.
+    UnansweredDial,
+}
+
 /// Why a dial did not produce a connection. The text of each variant is what
 /// the client sees in DIAL_RSP.error.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +126,7 @@ pub struct AgentConn {
     streams: Arc<Semaphore>,
     /// Send order of the dial streams on `conn` (see `ShareClock`).
     pub send_clock: Arc<konnq_shared::quic::ShareClock>,
-    /// An ICMP "port unreachable" for this agent is being checked.
+    /// The agent's liveness is being checked (see [`probe`]).
     probing: std::sync::atomic::AtomicBool,
     /// Why this server closed the connection, once it did.
     closed_why: std::sync::OnceLock<String>,
@@ -293,12 +308,12 @@ impl Backend {
     /// The agent for a dial to `address`: a random one among those taking
     /// dials that the proxy strategies find for it, preferring those with a
     /// free stream slot.
-    fn pick(&self, address: &str) -> Option<Arc<AgentConn>> {
+    fn pick(&self, address: &str, lost: &[u64]) -> Option<Arc<AgentConn>> {
         let dest = Destination::of(address);
         let (strategy, agent) = {
             let agents = self.agents();
-            let ready: Vec<&Arc<AgentConn>> = agents.ready().collect();
-            let draining: Vec<&Arc<AgentConn>> = agents.draining().collect();
+            let ready: Vec<&Arc<AgentConn>> = agents.ready().filter(|a| !lost.contains(&a.key)).collect();
+            let draining: Vec<&Arc<AgentConn>> = agents.draining().filter(|a| !lost.contains(&a.key)).collect();
             let strategies = self.strategies.as_slice();
             // Draining agents only when no other one will do, as upstream's.
             let (strategy, found) = strategy::route(strategies, &dest, &ready, |a| &a.reach)
@@ -334,16 +349,59 @@ impl Backend {
         result
     }
 
-    /// Opens a dial stream on an agent and waits for its answer; only the
-    /// wait for a stream slot is bounded (by `deadline`, if any), the caller
-    /// bounds the rest. See [`Backend::dial_timed`].
+    /// Sends the dial to an agent and waits for its answer; if that
+    /// agent's connection ends first, tries up to [`REDIALS`] others. Only
+    /// the wait for a stream slot is bounded (by `deadline`, if any), the
+    /// caller bounds the rest. See [`Backend::dial_timed`].
     async fn dial(
         &self,
         protocol: &str,
         address: &str,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Dialed, DialError> {
-        let agent = self.pick(address).ok_or(DialError::NoAgent)?;
+        let mut lost = Vec::new();
+        loop {
+            let Some(agent) = self.pick(address, &lost) else {
+                return Err(DialError::NoAgent);
+            };
+            match self.dial_on(&agent, protocol, address, deadline).await {
+                Err(e)
+                    if agent.conn.close_reason().is_some()
+                        && lost.len() < REDIALS
+                        && self.can_redial(address, &agent) =>
+                {
+                    info!(
+                        agent_id = %untrusted(&agent.agent_id),
+                        address = %untrusted(address),
+                        "the agent's connection ended before it answered the dial ({}); trying another agent",
+                        untrusted(&e.to_string())
+                    );
+                    lost.push(agent.key);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Whether an agent other than `lost` would take a dial to `address`.
+    fn can_redial(&self, address: &str, lost: &AgentConn) -> bool {
+        let dest = Destination::of(address);
+        let agents = self.agents();
+        let others: Vec<&Arc<AgentConn>> = agents.all().filter(|a| a.key != lost.key).collect();
+        strategy::route(self.strategies.as_slice(), &dest, &others, |a| &a.reach).is_some()
+    }
+
+    /// Opens a dial stream on `agent` and waits for its answer. While no
+    /// packet at all comes from the agent, its liveness is checked (see
+    /// [`probe`]).
+    async fn dial_on(
+        &self,
+        agent: &Arc<AgentConn>,
+        protocol: &str,
+        address: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Dialed, DialError> {
+        let agent = Arc::clone(agent);
         let slot = self.stream_slot(&agent, deadline).await?;
         let backend_err = |reason: String| DialError::Backend { agent: agent.agent_id.clone(), reason };
         let connect_id = self.next_connect_id.fetch_add(1, Ordering::Relaxed);
@@ -358,9 +416,22 @@ impl Backend {
         };
         let send = guard.send.as_mut().expect("guard holds the send half");
         send.write_all(&header.encode()).await.map_err(|e| backend_err(e.to_string()))?;
+        let heard = agent.conn.stats().udp_rx.datagrams;
+        let silent = async {
+            // A live agent acknowledges the dial within a round trip and
+            // its acknowledgement delay, whatever the target does.
+            tokio::time::sleep(agent.conn.rtt() * 3 + ACK_MARGIN * 2).await;
+            if agent.conn.stats().udp_rx.datagrams == heard {
+                self.check_alive(&agent, Suspicion::UnansweredDial);
+            }
+            std::future::pending::<()>().await
+        };
         let recv = guard.recv.as_mut().expect("guard holds the recv half");
-        let (kind, body) =
-            read_frame(recv, wire::MAX_DIAL_BODY, "dial result").await.map_err(|e| backend_err(e.to_string()))?;
+        let answer = read_frame(recv, wire::MAX_DIAL_BODY, "dial result");
+        let (kind, body) = tokio::select! {
+            answer = answer => answer.map_err(|e| backend_err(e.to_string()))?,
+            () = silent => unreachable!("the silence check never ends"),
+        };
         match DialResult::from_frame(kind, &body).map_err(|e| backend_err(e.to_string()))? {
             DialResult::Connected => {
                 let (send, recv) = guard.into_parts();
@@ -580,6 +651,13 @@ impl Backend {
         });
     }
 
+    /// Starts a liveness check of `agent` unless one is running.
+    fn check_alive(&self, agent: &Arc<AgentConn>, why: Suspicion) {
+        if !agent.probing.swap(true, Ordering::Relaxed) {
+            tokio::spawn(probe(Arc::clone(agent), why, self.keep_alive, self.metrics.clone()));
+        }
+    }
+
     /// The server begins to shut down: every agent is told on its control
     /// stream (it sends no new dials here and looks for another server),
     /// and agents that connect from now on are refused. Open connections
@@ -604,9 +682,7 @@ impl Backend {
                     .cloned()
                     .collect();
                 for agent in hit {
-                    if !agent.probing.swap(true, Ordering::Relaxed) {
-                        tokio::spawn(probe(agent, self.keep_alive, self.metrics.clone()));
-                    }
+                    self.check_alive(&agent, Suspicion::Icmp);
                 }
             }
         };
@@ -647,37 +723,44 @@ impl Backend {
     }
 }
 
-/// After an ICMP "port unreachable" for `agent`: asks the agent for an
-/// acknowledgement (an empty QUIC DATAGRAM frame is ack-eliciting) up to
-/// [`PROBES`] times, one round trip plus [`ACK_MARGIN`] apart, and closes
-/// its connection if nothing at all arrives from it meanwhile, so every
-/// client on it is told now rather than at the idle timeout. A peer that
-/// takes no datagrams is given a keep-alive interval instead (a live agent
-/// sends at least its keep-alives).
-async fn probe(agent: Arc<AgentConn>, keep_alive: Duration, metrics: Metrics) {
+/// Asks `agent` for acknowledgements (ack-eliciting empty datagrams), at
+/// least [`PROBES`] times, one round trip plus [`ACK_MARGIN`] apart, and
+/// closes its connection if nothing at all arrives from it meanwhile, so
+/// every client on it is told now rather than at the idle timeout. After
+/// an unanswered dial (no ICMP to go by) the silence must also last a
+/// keep-alive interval plus three round trips: a live agent sends at least
+/// its keep-alives, so a few lost packets on a lossy link do not cut it.
+/// A peer that takes no datagrams is given that long in any case.
+async fn probe(agent: Arc<AgentConn>, why: Suspicion, keep_alive: Duration, metrics: Metrics) {
     let before = agent.conn.stats().udp_rx.datagrams;
     let heard = || agent.conn.close_reason().is_some() || agent.conn.stats().udp_rx.datagrams != before;
+    let patience = keep_alive + agent.conn.rtt() * 3 + ACK_MARGIN;
+    let at_least = match why {
+        Suspicion::Icmp => Duration::ZERO,
+        Suspicion::UnansweredDial => patience,
+    };
     let mut waited = Duration::ZERO;
-    for _ in 0..PROBES {
+    let mut sent = 0;
+    while (sent < PROBES || waited < at_least) && !heard() {
         let wait = match agent.conn.send_datagram(Bytes::new()) {
-            Ok(()) => agent.conn.rtt() + ACK_MARGIN,
-            Err(_) => keep_alive + agent.conn.rtt() * 3 + ACK_MARGIN,
+            Ok(()) => (agent.conn.rtt() + ACK_MARGIN).max(at_least / PROBES),
+            Err(_) => patience,
         };
         tokio::time::sleep(wait).await;
         waited += wait;
-        if heard() {
-            break;
-        }
+        sent += 1;
     }
+    let agent_id = untrusted(&agent.agent_id);
     if heard() {
-        debug!(agent_id = %untrusted(&agent.agent_id), "ICMP port unreachable for the agent's address, but the agent is alive");
+        debug!(%agent_id, ?why, "the agent is alive");
     } else {
         metrics.agents_unreachable.inc();
-        warn!(
-            agent_id = %untrusted(&agent.agent_id),
-            remote = %agent.conn.remote_address(),
-            "agent unreachable: its port answered with ICMP, and nothing came from it for {waited:?}; closing"
-        );
+        let cause = match why {
+            Suspicion::Icmp => "its port answered with ICMP",
+            Suspicion::UnansweredDial => "a dial sent to it drew no packet",
+        };
+        let remote = agent.conn.remote_address();
+        warn!(%agent_id, %remote, "agent unreachable: {cause}, and nothing came from it for {waited:?}; closing");
         agent.close(codes::SHUTDOWN, "agent unreachable");
     }
     metrics.agents_unreachable_checks.inc();

@@ -384,6 +384,47 @@ async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout
 }
 
 #[tokio::test]
+async fn a_dial_to_a_silent_agent_goes_to_another_and_its_clients_are_told_before_the_idle_timeout() {
+    // Idle timeout 30 s and no ICMP (the relay only goes silent, as a load
+    // balancer in front of a dead agent does): only the check an
+    // unanswered dial starts can close the connection within the limit.
+    let quic = quic_long_idle();
+    let lab = Lab::with(|raw| {
+        raw.quic = Some(quic.clone());
+        raw.proxy_strategies = Some("destHost,default".parse().expect("valid strategies"));
+    })
+    .await;
+    let relay = Relay::start(lab.server.agent_addr).await;
+    // Dials to 127.0.0.1 go to the agent behind the relay while it lives.
+    let _silent = lab
+        .agent_with(|raw| {
+            raw.proxy_server_port = Some(relay.addr.port());
+            raw.quic = Some(quic.clone());
+            raw.agent_identifiers = Some("ipv4=127.0.0.1".to_owned());
+        })
+        .await;
+    let _other = lab.agent_with(|raw| raw.quic = Some(quic.clone())).await;
+    within(LIMIT, lab.server.wait_for_agents(2)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut held = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut held, b"alive")).await, b"alive");
+
+    relay.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut = std::time::Instant::now();
+    let mut next = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    let redialled = cut.elapsed();
+    assert_eq!(within(LIMIT, echo_through(&mut next, b"elsewhere")).await, b"elsewhere");
+    let told = told_closed(&mut held, cut, LIMIT).await;
+    eprintln!(
+        "dial answered by the other agent {} ms after the cut; the held connection's client told after {} ms",
+        redialled.as_millis(),
+        told.as_millis()
+    );
+    assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 1.0);
+}
+
+#[tokio::test]
 async fn an_agent_sent_to_a_server_with_another_tls_key_is_reset_through_the_shared_key() {
     // Two servers with their own CAs and keys (as kubeadm gives each
     // control-plane node its own), one reset key file; the agent trusts
