@@ -268,8 +268,9 @@ where
 {
     use tokio::signal::unix::{signal as unix_signal, SignalKind};
     let mut usr1 = unix_signal(SignalKind::user_defined1()).map_err(AgentError::Signal)?;
-    let handle = start(cfg, listeners).await?;
+    // Before start-up: a SIGTERM meanwhile is a graceful stop.
     let first = signal();
+    let handle = start(cfg, listeners).await?;
     tokio::pin!(first);
     loop {
         tokio::select! {

@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
     konnq_shared::logging::init(&cfg.log);
     konnq_shared::logging::warn_each(&warnings);
     konnq_shared::runtime::start_process(cfg.worker_threads)?.block_on(async move {
+        // Before anything is bound: a SIGTERM from then on is a graceful stop.
+        let signal = konnq_shared::signal::shutdown();
         let listeners = konnq_server::Listeners::bind(&cfg).await?;
-        konnq_server::run(cfg, listeners, konnq_shared::signal::shutdown()).await.context("konnq-server")
+        konnq_server::run(cfg, listeners, signal).await.context("konnq-server")
     })
 }
