@@ -47,7 +47,13 @@ struct State {
     /// Connections ended since the sync loop last looked: `Some(true)` if
     /// every one had lived long (see [`Pool::take_loss`]).
     lost: Option<bool>,
+    /// UDP endpoints whose connection a restarted server reset, for the
+    /// next attempts (see [`Pool::take_reset_endpoint`]).
+    reset: Vec<quinn::Endpoint>,
 }
+
+/// Most reset connections' endpoints kept for reuse.
+const RESET_ENDPOINTS_KEPT: usize = 8;
 
 /// The held connections, and what watches them.
 pub struct Pool {
@@ -144,19 +150,38 @@ impl Pool {
 
     /// Forgets connection `key` to `server_id`, which ended after living
     /// long (`stable`) or not; one to a draining server counts as stable
-    /// (its end was announced).
-    pub fn remove(&self, server_id: &str, key: u64, stable: bool) {
+    /// (its end was announced), and so does one ended by a stateless reset
+    /// (`was_reset`: its server restarted), whose UDP socket is kept for
+    /// the next attempt (see [`Pool::take_reset_endpoint`]).
+    pub fn remove(&self, server_id: &str, key: u64, stable: bool, was_reset: bool) {
         let mut s = self.state();
         // A connection to a server that said it shuts down ended as
-        // expected, however young: its replacement is wanted at once.
-        let mut expected = stable;
+        // expected, however young: its replacement is wanted at once. So
+        // is one a restarted server reset: that server is up again.
+        let mut expected = stable || was_reset;
         if s.servers.get(server_id).is_some_and(|h| h.key == key) {
-            expected |= s.servers.remove(server_id).is_some_and(|h| h.draining);
+            let held = s.servers.remove(server_id);
+            expected |= held.as_ref().is_some_and(|h| h.draining);
+            if let Some(h) = held.filter(|h| was_reset && h.transport == Transport::Udp) {
+                if s.reset.len() < RESET_ENDPOINTS_KEPT {
+                    s.reset.push(h.endpoint);
+                }
+            }
             self.publish(&s);
         }
         s.lost = Some(s.lost.unwrap_or(true) && expected);
         drop(s);
         self.changed.notify_one();
+    }
+
+    /// The endpoint (UDP socket) of a connection that a stateless reset
+    /// ended, if one is kept. The server that sent the reset restarted and
+    /// lost the connection's state; a new connection from the same local
+    /// address and port takes the same path, so a load balancer in front
+    /// sends it to that server again (its flow is keyed on the 5-tuple),
+    /// where a new socket would land on whichever server it picks.
+    pub fn take_reset_endpoint(&self) -> Option<quinn::Endpoint> {
+        self.state().reset.pop()
     }
 
     /// Whether connections ended since the last call, and if so whether

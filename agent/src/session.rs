@@ -340,7 +340,10 @@ impl Connector {
         addr: SocketAddr,
         fallback: bool,
     ) -> Result<(quinn::Endpoint, Transport, Connected), String> {
-        let endpoint = self.setup.endpoint().map_err(|e| e.to_string())?;
+        let endpoint = match self.pool.take_reset_endpoint() {
+            Some(endpoint) => endpoint,
+            None => self.setup.endpoint().map_err(|e| e.to_string())?,
+        };
         let auto = self.cfg.transport == AgentTransport::Auto;
         let wait = if auto { self.cfg.transport_fallback_after } else { CONNECT_TIMEOUT };
         let connecting = endpoint.connect(addr, self.cfg.tls_server_name()).map_err(|e| e.to_string())?;
@@ -570,7 +573,8 @@ impl Connector {
         } else {
             warn!(server_id = %untrusted(&server_id), "disconnected from server: {}", untrusted(&reason));
         }
-        self.pool.remove(&server_id, key, retired || began.elapsed() >= STABLE_AFTER);
+        let was_reset = matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset));
+        self.pool.remove(&server_id, key, retired || began.elapsed() >= STABLE_AFTER, was_reset);
     }
 }
 

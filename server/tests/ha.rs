@@ -291,6 +291,7 @@ async fn an_agent_rejoins_a_killed_and_restarted_server_at_its_next_packet() {
     let agent = start_agent(raw).await;
     wait_ready(health_port, "the agent joined the server").await;
     assert_eq!(agent.server_ids(), ["crashing"]);
+    let socket = agent.quic_local_addrs();
 
     server.child.kill().expect("SIGKILL");
     server.child.wait().expect("reap");
@@ -304,6 +305,9 @@ async fn an_agent_rejoins_a_killed_and_restarted_server_at_its_next_packet() {
         1,
         "the old connection ended as lost"
     );
+    // The reset came to that socket: connecting again from it keeps the
+    // 5-tuple, which a load balancer in front maps to the same server.
+    assert_eq!(agent.quic_local_addrs(), socket, "the new connection uses the reset one's socket");
     agent.shutdown().await;
 }
 
