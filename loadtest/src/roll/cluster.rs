@@ -75,6 +75,7 @@ impl Cluster {
         count: usize,
         graceful: Duration,
         ready_limit: Duration,
+        nginx_max_fails: u32,
     ) -> anyhow::Result<Cluster> {
         let mut taken = Vec::new();
         let mut port = || -> anyhow::Result<u16> {
@@ -105,7 +106,7 @@ impl Cluster {
             agent_ports.iter().map(|p| SocketAddr::from(([127, 0, 0, 1], p.agent))).collect();
         let dir = env.socket_dir.join(format!("{name}-nginx"));
         let nginx_log = env.log_dir.join(format!("{name}-nginx.log"));
-        let nginx = nginx::start(lb, transport, &upstreams, &dir, &nginx_log)?;
+        let nginx = nginx::start(lb, transport, &upstreams, nginx_max_fails, &dir, &nginx_log)?;
         let mut agents = Vec::new();
         for (i, p) in agent_ports.iter().enumerate() {
             let mut args = agent_args(kind, env, lb.port(), p);

@@ -91,6 +91,13 @@ pub struct RollArgs {
     /// Most dials in flight per client; a dial due beyond it is counted, not sent.
     #[arg(long, default_value_t = 200)]
     pub max_in_flight: usize,
+    /// nginx's `max_fails` for each server. 0 (as deploy/README.md
+    /// recommends for QUIC) turns nginx's passive health check off; nginx's
+    /// own default, 1 with `fail_timeout` 10 s, gives a server that refused
+    /// one datagram or connect no new sessions for 10 s, even once it is
+    /// back.
+    #[arg(long, default_value_t = 0)]
+    pub nginx_max_fails: u32,
     /// Tiny sizes, konnq only: proves the benchmark works, figures not meaningful.
     #[arg(long)]
     pub smoke: bool,
@@ -116,6 +123,7 @@ pub struct RollSettings {
     pub rejoin_timeout_secs: f64,
     pub dial_timeout_secs: f64,
     pub max_in_flight: usize,
+    pub nginx_max_fails: u32,
     pub smoke: bool,
     pub out: PathBuf,
     /// Extra flags for konnq's processes (--konnq-server-flag, --konnq-agent-flag, and the smoke run's).
@@ -177,6 +185,7 @@ impl RollArgs {
             rejoin_timeout_secs: self.rejoin_timeout_secs,
             dial_timeout_secs: self.dial_timeout_secs,
             max_in_flight: self.max_in_flight,
+            nginx_max_fails: self.nginx_max_fails,
             smoke: self.smoke,
             out: self.out,
             konnq_server_flags: Vec::new(),

@@ -42,10 +42,10 @@ fn check_paths(nginx: &Path, module: &Path) -> anyhow::Result<()> {
 }
 
 /// nginx.conf: one process in the foreground, a round-robin stream proxy
-/// on `listen` to `servers`; sessions idle for 60 s are dropped (the QUIC
-/// keep-alives keep konnq's alive).
-pub fn config(listen: SocketAddr, transport: Transport, servers: &[SocketAddr], dir: &Path) -> String {
-    let upstreams: String = servers.iter().map(|s| format!("server {s}; ")).collect();
+/// on `listen` to `servers`, each with `max_fails`; sessions idle for 60 s
+/// are dropped (the QUIC keep-alives keep konnq's alive).
+pub fn config(listen: SocketAddr, transport: Transport, servers: &[SocketAddr], max_fails: u32, dir: &Path) -> String {
+    let upstreams: String = servers.iter().map(|s| format!("server {s} max_fails={max_fails}; ")).collect();
     let udp = if transport == Transport::Udp { " udp" } else { "" };
     format!(
         "daemon off;\nmaster_process off;\npid {pid};\nerror_log stderr notice;\nload_module {STREAM_MODULE};\n\
@@ -61,13 +61,14 @@ pub fn start(
     listen: SocketAddr,
     transport: Transport,
     servers: &[SocketAddr],
+    max_fails: u32,
     dir: &Path,
     log: &Path,
 ) -> anyhow::Result<ChildProc> {
     check_installed()?;
     std::fs::create_dir_all(dir)?;
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(listen, transport, servers, dir))?;
+    std::fs::write(&conf, config(listen, transport, servers, max_fails, dir))?;
     let args: Vec<String> =
         ["-c".into(), conf.display().to_string(), "-p".into(), dir.display().to_string(), "-e".into(), "stderr".into()]
             .into();
@@ -82,13 +83,14 @@ mod tests {
     fn udp_and_tcp_configs() {
         let servers: Vec<SocketAddr> = vec!["127.0.0.1:20001".parse().unwrap(), "127.0.0.1:20002".parse().unwrap()];
         let lb = "127.0.0.1:20000".parse().unwrap();
-        let udp = config(lb, Transport::Udp, &servers, Path::new("/d"));
+        let udp = config(lb, Transport::Udp, &servers, 0, Path::new("/d"));
         assert!(udp.contains("listen 127.0.0.1:20000 udp;"), "{udp}");
-        assert!(udp.contains("server 127.0.0.1:20001; server 127.0.0.1:20002;"), "{udp}");
+        assert!(udp.contains("server 127.0.0.1:20001 max_fails=0; server 127.0.0.1:20002 max_fails=0;"), "{udp}");
         assert!(udp.contains("daemon off;") && udp.contains("master_process off;"));
         assert!(udp.contains(&format!("load_module {STREAM_MODULE};")));
         assert!(udp.contains("pid /d/nginx.pid;"));
-        let tcp = config(lb, Transport::Tcp, &servers, Path::new("/d"));
+        let tcp = config(lb, Transport::Tcp, &servers, 1, Path::new("/d"));
+        assert!(tcp.contains("server 127.0.0.1:20001 max_fails=1;"), "{tcp}");
         assert!(tcp.contains("listen 127.0.0.1:20000;"), "{tcp}");
         assert!(!tcp.contains("udp"));
     }

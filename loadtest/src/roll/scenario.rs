@@ -46,7 +46,7 @@ pub async fn run_peer(
     let started = Instant::now();
     let rejoin = Duration::from_secs_f64(s.rejoin_timeout_secs);
     let graceful = Duration::from_secs_f64(s.server_graceful_secs);
-    let cluster = Cluster::start(kind, bins, env, n, graceful, rejoin).await?;
+    let cluster = Cluster::start(kind, bins, env, n, graceful, rejoin, s.nginx_max_fails).await?;
     let start_secs = started.elapsed().as_secs_f64();
     let settings = LoadSettings {
         rate: s.rate,
