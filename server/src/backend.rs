@@ -77,8 +77,9 @@ const REDIALS: usize = 2;
 enum Suspicion {
     /// The kernel reported "port unreachable" for its address.
     Icmp,
-    /// A dial sent to it drew no packet at all for a few round trips.
-    UnansweredDial,
+    /// What was sent to it (a dial, data) drew no packet at all for a few
+    /// round trips.
+    Unanswered,
 }
 
 /// Why a dial did not produce a connection. The text of each variant is what
@@ -128,11 +129,64 @@ pub struct AgentConn {
     pub send_clock: Arc<konnq_shared::quic::ShareClock>,
     /// The agent's liveness is being checked (see [`probe`]).
     probing: std::sync::atomic::AtomicBool,
+    /// A check that what is sent to the agent draws an answer is running
+    /// (see [`AgentConn::expect_answer`]).
+    watching: std::sync::atomic::AtomicBool,
+    /// Sends [`AgentConn::expect_answer`] was told of.
+    sent: std::sync::atomic::AtomicU64,
+    /// For the liveness check: the keep-alive interval, and the metrics.
+    keep_alive: Duration,
+    metrics: Metrics,
     /// Why this server closed the connection, once it did.
     closed_why: std::sync::OnceLock<String>,
 }
 
 impl AgentConn {
+    /// Something was just sent to the agent. A live agent acknowledges it
+    /// within a round trip and its acknowledgement delay, whatever its
+    /// target does; if nothing at all comes from it for three round trips
+    /// plus 100 ms, its liveness is checked (see [`probe`]). One watcher
+    /// runs at a time, window after window while sends go on.
+    pub fn expect_answer(self: &Arc<Self>) {
+        self.sent.fetch_add(1, Ordering::AcqRel);
+        if !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Arc::clone(self).watch_answers());
+        }
+    }
+
+    async fn watch_answers(self: Arc<Self>) {
+        loop {
+            let sent = self.sent.load(Ordering::Acquire);
+            let heard = self.conn.stats().udp_rx.datagrams;
+            tokio::time::sleep(self.conn.rtt() * 3 + ACK_MARGIN * 2).await;
+            if self.conn.close_reason().is_some() {
+                self.watching.store(false, Ordering::Release);
+                return;
+            }
+            if self.conn.stats().udp_rx.datagrams == heard {
+                self.watching.store(false, Ordering::Release);
+                self.check_alive(Suspicion::Unanswered);
+                return;
+            }
+            // Heard from: what was sent before this window is answered or
+            // on its way. Watch on only if more was sent meanwhile (also a
+            // send that found this watcher still running as it stopped).
+            if self.sent.load(Ordering::Acquire) == sent {
+                self.watching.store(false, Ordering::Release);
+                if self.sent.load(Ordering::Acquire) == sent || self.watching.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts a liveness check unless one is running.
+    fn check_alive(self: &Arc<Self>, why: Suspicion) {
+        if !self.probing.swap(true, Ordering::Relaxed) {
+            tokio::spawn(probe(Arc::clone(self), why));
+        }
+    }
+
     /// Closes the connection from this side with `code` and `why`, which
     /// is also what the clients of the connections it cuts are told.
     fn close(&self, code: u32, why: &str) {
@@ -391,9 +445,8 @@ impl Backend {
         strategy::route(self.strategies.as_slice(), &dest, &others, |a| &a.reach).is_some()
     }
 
-    /// Opens a dial stream on `agent` and waits for its answer. While no
-    /// packet at all comes from the agent, its liveness is checked (see
-    /// [`probe`]).
+    /// Opens a dial stream on `agent` and waits for its answer (see
+    /// [`AgentConn::expect_answer`] for an agent that sends nothing back).
     async fn dial_on(
         &self,
         agent: &Arc<AgentConn>,
@@ -416,22 +469,10 @@ impl Backend {
         };
         let send = guard.send.as_mut().expect("guard holds the send half");
         send.write_all(&header.encode()).await.map_err(|e| backend_err(e.to_string()))?;
-        let heard = agent.conn.stats().udp_rx.datagrams;
-        let silent = async {
-            // A live agent acknowledges the dial within a round trip and
-            // its acknowledgement delay, whatever the target does.
-            tokio::time::sleep(agent.conn.rtt() * 3 + ACK_MARGIN * 2).await;
-            if agent.conn.stats().udp_rx.datagrams == heard {
-                self.check_alive(&agent, Suspicion::UnansweredDial);
-            }
-            std::future::pending::<()>().await
-        };
+        agent.expect_answer();
         let recv = guard.recv.as_mut().expect("guard holds the recv half");
-        let answer = read_frame(recv, wire::MAX_DIAL_BODY, "dial result");
-        let (kind, body) = tokio::select! {
-            answer = answer => answer.map_err(|e| backend_err(e.to_string()))?,
-            () = silent => unreachable!("the silence check never ends"),
-        };
+        let (kind, body) =
+            read_frame(recv, wire::MAX_DIAL_BODY, "dial result").await.map_err(|e| backend_err(e.to_string()))?;
         match DialResult::from_frame(kind, &body).map_err(|e| backend_err(e.to_string()))? {
             DialResult::Connected => {
                 let (send, recv) = guard.into_parts();
@@ -529,6 +570,10 @@ impl Backend {
             streams,
             send_clock: Arc::default(),
             probing: Default::default(),
+            watching: Default::default(),
+            sent: Default::default(),
+            keep_alive: self.keep_alive,
+            metrics: self.metrics.clone(),
             closed_why: Default::default(),
         });
         Ok(Admitted { agent, send, recv, token })
@@ -651,13 +696,6 @@ impl Backend {
         });
     }
 
-    /// Starts a liveness check of `agent` unless one is running.
-    fn check_alive(&self, agent: &Arc<AgentConn>, why: Suspicion) {
-        if !agent.probing.swap(true, Ordering::Relaxed) {
-            tokio::spawn(probe(Arc::clone(agent), why, self.keep_alive, self.metrics.clone()));
-        }
-    }
-
     /// The server begins to shut down: every agent is told on its control
     /// stream (it sends no new dials here and looks for another server),
     /// and agents that connect from now on are refused. Open connections
@@ -682,7 +720,7 @@ impl Backend {
                     .cloned()
                     .collect();
                 for agent in hit {
-                    self.check_alive(&agent, Suspicion::Icmp);
+                    agent.check_alive(Suspicion::Icmp);
                 }
             }
         };
@@ -727,17 +765,18 @@ impl Backend {
 /// least [`PROBES`] times, one round trip plus [`ACK_MARGIN`] apart, and
 /// closes its connection if nothing at all arrives from it meanwhile, so
 /// every client on it is told now rather than at the idle timeout. After
-/// an unanswered dial (no ICMP to go by) the silence must also last a
+/// an unanswered send (no ICMP to go by) the silence must also last a
 /// keep-alive interval plus three round trips: a live agent sends at least
 /// its keep-alives, so a few lost packets on a lossy link do not cut it.
 /// A peer that takes no datagrams is given that long in any case.
-async fn probe(agent: Arc<AgentConn>, why: Suspicion, keep_alive: Duration, metrics: Metrics) {
+async fn probe(agent: Arc<AgentConn>, why: Suspicion) {
+    let (keep_alive, metrics) = (agent.keep_alive, &agent.metrics);
     let before = agent.conn.stats().udp_rx.datagrams;
     let heard = || agent.conn.close_reason().is_some() || agent.conn.stats().udp_rx.datagrams != before;
     let patience = keep_alive + agent.conn.rtt() * 3 + ACK_MARGIN;
     let at_least = match why {
         Suspicion::Icmp => Duration::ZERO,
-        Suspicion::UnansweredDial => patience,
+        Suspicion::Unanswered => patience,
     };
     let mut waited = Duration::ZERO;
     let mut sent = 0;
@@ -757,7 +796,7 @@ async fn probe(agent: Arc<AgentConn>, why: Suspicion, keep_alive: Duration, metr
         metrics.agents_unreachable.inc();
         let cause = match why {
             Suspicion::Icmp => "its port answered with ICMP",
-            Suspicion::UnansweredDial => "a dial sent to it drew no packet",
+            Suspicion::Unanswered => "what was sent to it drew no packet",
         };
         let remote = agent.conn.remote_address();
         warn!(%agent_id, %remote, "agent unreachable: {cause}, and nothing came from it for {waited:?}; closing");

@@ -429,6 +429,34 @@ async fn a_dial_to_a_silent_agent_goes_to_another_and_its_clients_are_told_befor
 }
 
 #[tokio::test]
+async fn data_sent_to_a_silent_agent_gets_its_clients_told_before_the_idle_timeout() {
+    // As above, but no dial follows the cut: the client only sends data
+    // on its established connection.
+    let quic = quic_long_idle();
+    let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
+    let relay = Relay::start(lab.server.agent_addr).await;
+    let _silent = lab
+        .agent_with(|raw| {
+            raw.proxy_server_port = Some(relay.addr.port());
+            raw.quic = Some(quic.clone());
+        })
+        .await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut held = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(LIMIT, echo_through(&mut held, b"alive")).await, b"alive");
+
+    relay.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut = std::time::Instant::now();
+    let packet = konnq_protocol::konnectivity::data(held.connect_id, bytes::Bytes::from_static(b"anyone?"));
+    held.tx.send(packet).await.expect("stream open");
+    let told = told_closed(&mut held, cut, LIMIT).await;
+    eprintln!("the client was told {} ms after the cut", told.as_millis());
+    assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 1.0);
+}
+
+#[tokio::test]
 async fn an_agent_sent_to_a_server_with_another_tls_key_is_reset_through_the_shared_key() {
     // Two servers with their own CAs and keys (as kubeadm gives each
     // control-plane node its own), one reset key file; the agent trusts

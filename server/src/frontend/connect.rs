@@ -322,6 +322,7 @@ where
                 return (send, false);
             }
             metrics.bytes_to_agent(n);
+            agent.expect_answer();
         }
         loop {
             let mut buf = BytesMut::with_capacity(CHUNK);
@@ -332,6 +333,7 @@ where
                         return (send, false);
                     }
                     metrics.bytes_to_agent(n);
+                    agent.expect_answer();
                 }
                 Err(_) => return (send, false),
             }

@@ -33,6 +33,7 @@ enum Flow {
 /// The stream's own half of the connection: the agent send side.
 struct Upstream {
     send: quinn::SendStream,
+    agent: Arc<AgentConn>,
     share: SendShare,
     downstream: JoinHandle<()>,
 }
@@ -47,7 +48,8 @@ where
     let _established = GaugeGuard::inc(&client.metrics.established);
     client.log.agent_id = agent.agent_id.to_string();
     let downstream = tokio::spawn(from_agent(recv, client.clone(), Arc::clone(&agent)));
-    let mut up = Upstream { send, share: SendShare::new(agent.send_clock.clone()), downstream };
+    let share = SendShare::new(agent.send_clock.clone());
+    let mut up = Upstream { send, agent, share, downstream };
     let wait = loop {
         let actions = tokio::select! {
             _ = &mut up.downstream => return,
@@ -82,6 +84,7 @@ impl Upstream {
                     let n = data.len();
                     if write_shared(&mut self.send, &mut self.share, data).await.is_ok() {
                         client.metrics.bytes_to_agent(n);
+                        self.agent.expect_answer();
                     } else {
                         // The agent side is gone; `from_agent` reports it.
                         client.step(Session::handle_agent_write_failed);
