@@ -362,26 +362,39 @@ async fn a_draining_agent_gets_no_new_dials_and_its_open_connections_finish() {
     staying.shutdown().await;
 }
 
+/// One agent behind a [`Relay`] (keep-alives every 500 ms, idle timeout
+/// 30 s) and a client connection through it that has echoed once.
+struct HeldThroughRelay {
+    lab: Lab,
+    relay: Relay,
+    open: Stream,
+    _agent: konnq_agent::AgentHandle,
+    _client: konnq_shared::proto::proxy_service_client::ProxyServiceClient<tonic::transport::Channel>,
+}
+
+impl HeldThroughRelay {
+    async fn start() -> HeldThroughRelay {
+        let quic = quic_long_idle();
+        let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
+        let relay = Relay::start(lab.server.agent_addr).await;
+        let agent = lab
+            .agent_with(|raw| {
+                raw.proxy_server_port = Some(relay.addr.port());
+                raw.quic = Some(quic.clone());
+            })
+            .await;
+        let (client, open) = held_connection(&lab).await;
+        HeldThroughRelay { lab, relay, open, _agent: agent, _client: client }
+    }
+}
+
 #[tokio::test]
 async fn a_dead_agent_found_by_icmp_has_its_clients_told_before_the_idle_timeout() {
     // Idle timeout 30 s: only the ICMP check can close the connection
     // within the test's limit.
-    let quic = quic_long_idle();
-    let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
-    let relay = Relay::start(lab.server.agent_addr).await;
-    let _agent = lab
-        .agent_with(|raw| {
-            raw.proxy_server_port = Some(relay.addr.port());
-            raw.quic = Some(quic.clone());
-        })
-        .await;
-    within(LIMIT, lab.server.wait_for_agents(1)).await;
-    let target = echo_target().await;
-    let mut client = lab.channel().await;
-    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
-    assert_eq!(within(LIMIT, echo_through(&mut open, b"alive")).await, b"alive");
-
-    relay.kill().await;
+    let held = HeldThroughRelay::start().await;
+    let (lab, mut open) = (held.lab, held.open);
+    held.relay.kill().await;
     let told = told_closed(&mut open, std::time::Instant::now(), LIMIT).await;
     eprintln!("the client was told {} ms after the agent's socket closed", told.as_millis());
     assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 1.0);
@@ -432,21 +445,7 @@ async fn a_dial_to_a_silent_agent_goes_to_another_and_its_clients_are_told_befor
 async fn data_sent_to_a_silent_agent_gets_its_clients_told_before_the_idle_timeout() {
     // As above, but no dial follows the cut: the client only sends data
     // on its established connection.
-    let quic = quic_long_idle();
-    let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
-    let relay = Relay::start(lab.server.agent_addr).await;
-    let _silent = lab
-        .agent_with(|raw| {
-            raw.proxy_server_port = Some(relay.addr.port());
-            raw.quic = Some(quic.clone());
-        })
-        .await;
-    within(LIMIT, lab.server.wait_for_agents(1)).await;
-    let target = echo_target().await;
-    let mut client = lab.channel().await;
-    let mut held = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
-    assert_eq!(within(LIMIT, echo_through(&mut held, b"alive")).await, b"alive");
-
+    let HeldThroughRelay { lab, relay, open: mut held, .. } = HeldThroughRelay::start().await;
     relay.cut.store(true, std::sync::atomic::Ordering::SeqCst);
     let cut = std::time::Instant::now();
     let packet = konnq_protocol::konnectivity::data(held.connect_id, bytes::Bytes::from_static(b"anyone?"));

@@ -171,11 +171,7 @@ async fn a_dead_agent_over_tcp_has_its_clients_told_when_its_connection_ends() {
             raw.quic = Some(quic.clone());
         })
         .await;
-    within(LIMIT, lab.server.wait_for_agents(1)).await;
-    let target = echo_target().await;
-    let mut client = lab.channel().await;
-    let mut open = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
-    assert_eq!(within(LIMIT, echo_through(&mut open, b"alive")).await, b"alive");
+    let (_client, mut open) = held_connection(&lab).await;
 
     relay.kill().await;
     let told = told_closed(&mut open, std::time::Instant::now(), LIMIT).await;

@@ -475,3 +475,14 @@ impl Relay {
         while self.tasks.join_next().await.is_some() {}
     }
 }
+
+/// Once one agent is connected: a connection through it to an echo target
+/// that has echoed once, and the client it is on.
+pub async fn held_connection(lab: &Lab) -> (ProxyServiceClient<Channel>, Stream) {
+    within(Duration::from_secs(20), lab.server.wait_for_agents(1)).await;
+    let target = echo_target().await;
+    let mut client = lab.channel().await;
+    let mut open = within(Duration::from_secs(20), Stream::dial(&mut client, &target.to_string())).await;
+    assert_eq!(within(Duration::from_secs(20), echo_through(&mut open, b"alive")).await, b"alive");
+    (client, open)
+}
