@@ -129,6 +129,9 @@ pub struct AgentConn {
     pub send_clock: Arc<konnq_shared::quic::ShareClock>,
     /// The agent's liveness is being checked (see [`probe`]).
     probing: std::sync::atomic::AtomicBool,
+    /// ICMP said the agent's port is closed: a check running shortens its
+    /// wait to the ICMP one.
+    icmp: std::sync::atomic::AtomicBool,
     /// A check that what is sent to the agent draws an answer is running
     /// (see [`AgentConn::expect_answer`]).
     watching: std::sync::atomic::AtomicBool,
@@ -182,7 +185,10 @@ impl AgentConn {
 
     /// Starts a liveness check unless one is running.
     fn check_alive(self: &Arc<Self>, why: Suspicion) {
-        if !self.probing.swap(true, Ordering::Relaxed) {
+        if why == Suspicion::Icmp {
+            self.icmp.store(true, Ordering::Release);
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
             tokio::spawn(probe(Arc::clone(self), why));
         }
     }
@@ -570,6 +576,7 @@ impl Backend {
             streams,
             send_clock: Arc::default(),
             probing: Default::default(),
+            icmp: Default::default(),
             watching: Default::default(),
             sent: Default::default(),
             keep_alive: self.keep_alive,
@@ -774,15 +781,14 @@ async fn probe(agent: Arc<AgentConn>, why: Suspicion) {
     let before = agent.conn.stats().udp_rx.datagrams;
     let heard = || agent.conn.close_reason().is_some() || agent.conn.stats().udp_rx.datagrams != before;
     let patience = keep_alive + agent.conn.rtt() * 3 + ACK_MARGIN;
-    let at_least = match why {
-        Suspicion::Icmp => Duration::ZERO,
-        Suspicion::Unanswered => patience,
-    };
+    // An ICMP "port unreachable" (now, or during this check) is evidence
+    // enough not to wait for a keep-alive interval.
+    let at_least = || if agent.icmp.load(Ordering::Acquire) { Duration::ZERO } else { patience };
     let mut waited = Duration::ZERO;
     let mut sent = 0;
-    while (sent < PROBES || waited < at_least) && !heard() {
+    while (sent < PROBES || waited < at_least()) && !heard() {
         let wait = match agent.conn.send_datagram(Bytes::new()) {
-            Ok(()) => (agent.conn.rtt() + ACK_MARGIN).max(at_least / PROBES),
+            Ok(()) => (agent.conn.rtt() + ACK_MARGIN).max(at_least() / PROBES),
             Err(_) => patience,
         };
         tokio::time::sleep(wait).await;
@@ -794,16 +800,17 @@ async fn probe(agent: Arc<AgentConn>, why: Suspicion) {
         debug!(%agent_id, ?why, "the agent is alive");
     } else {
         metrics.agents_unreachable.inc();
-        let cause = match why {
-            Suspicion::Icmp => "its port answered with ICMP",
-            Suspicion::Unanswered => "what was sent to it drew no packet",
+        let cause = match agent.icmp.load(Ordering::Acquire) {
+            true => "its port answered with ICMP",
+            false => "what was sent to it drew no packet",
         };
         let remote = agent.conn.remote_address();
         warn!(%agent_id, %remote, "agent unreachable: {cause}, and nothing came from it for {waited:?}; closing");
         agent.close(codes::SHUTDOWN, "agent unreachable");
     }
     metrics.agents_unreachable_checks.inc();
-    agent.probing.store(false, Ordering::Relaxed);
+    agent.icmp.store(false, Ordering::Release);
+    agent.probing.store(false, Ordering::Release);
 }
 
 /// The QUIC handshake and the agent's Hello (anything else first is refused).
