@@ -151,15 +151,19 @@ impl AgentConn {
     /// plus 100 ms, its liveness is checked (see [`probe`]). One watcher
     /// runs at a time, window after window while sends go on.
     pub fn expect_answer(self: &Arc<Self>) {
-        self.sent.fetch_add(1, Ordering::AcqRel);
-        if !self.watching.swap(true, Ordering::AcqRel) {
+        // SeqCst here and where the watcher stops: either the watcher sees
+        // this send, or this send sees the watcher stopped.
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        // A plain load first: while a watcher runs, a write costs no
+        // second read-modify-write on a line every stream shares.
+        if !self.watching.load(Ordering::SeqCst) && !self.watching.swap(true, Ordering::SeqCst) {
             tokio::spawn(Arc::clone(self).watch_answers());
         }
     }
 
     async fn watch_answers(self: Arc<Self>) {
         loop {
-            let sent = self.sent.load(Ordering::Acquire);
+            let sent = self.sent.load(Ordering::SeqCst);
             let heard = self.conn.stats().udp_rx.datagrams;
             tokio::time::sleep(self.conn.rtt() * 3 + ACK_MARGIN * 2).await;
             if self.conn.close_reason().is_some() {
@@ -174,9 +178,9 @@ impl AgentConn {
             // Heard from: what was sent before this window is answered or
             // on its way. Watch on only if more was sent meanwhile (also a
             // send that found this watcher still running as it stopped).
-            if self.sent.load(Ordering::Acquire) == sent {
-                self.watching.store(false, Ordering::Release);
-                if self.sent.load(Ordering::Acquire) == sent || self.watching.swap(true, Ordering::AcqRel) {
+            if self.sent.load(Ordering::SeqCst) == sent {
+                self.watching.store(false, Ordering::SeqCst);
+                if self.sent.load(Ordering::SeqCst) == sent || self.watching.swap(true, Ordering::SeqCst) {
                     return;
                 }
             }
@@ -189,7 +193,7 @@ impl AgentConn {
             self.icmp.store(true, Ordering::Release);
         }
         if !self.probing.swap(true, Ordering::AcqRel) {
-            tokio::spawn(probe(Arc::clone(self), why));
+            tokio::spawn(probe(Arc::clone(self)));
         }
     }
 
@@ -420,35 +424,26 @@ impl Backend {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Dialed, DialError> {
         let mut lost = Vec::new();
+        let mut last_error = None;
         loop {
             let Some(agent) = self.pick(address, &lost) else {
-                return Err(DialError::NoAgent);
+                // No other agent takes it: the lost one's error says more.
+                return Err(last_error.unwrap_or(DialError::NoAgent));
             };
             match self.dial_on(&agent, protocol, address, deadline).await {
-                Err(e)
-                    if agent.conn.close_reason().is_some()
-                        && lost.len() < REDIALS
-                        && self.can_redial(address, &agent) =>
-                {
+                Err(e) if agent.conn.close_reason().is_some() && lost.len() < REDIALS => {
                     info!(
                         agent_id = %untrusted(&agent.agent_id),
                         address = %untrusted(address),
-                        "the agent's connection ended before it answered the dial ({}); trying another agent",
+                        "the agent's connection ended before it answered the dial ({}); trying another agent, if one takes it",
                         untrusted(&e.to_string())
                     );
                     lost.push(agent.key);
+                    last_error = Some(e);
                 }
                 result => return result,
             }
         }
-    }
-
-    /// Whether an agent other than `lost` would take a dial to `address`.
-    fn can_redial(&self, address: &str, lost: &AgentConn) -> bool {
-        let dest = Destination::of(address);
-        let agents = self.agents();
-        let others: Vec<&Arc<AgentConn>> = agents.all().filter(|a| a.key != lost.key).collect();
-        strategy::route(self.strategies.as_slice(), &dest, &others, |a| &a.reach).is_some()
     }
 
     /// Opens a dial stream on `agent` and waits for its answer (see
@@ -776,7 +771,7 @@ impl Backend {
 /// keep-alive interval plus three round trips: a live agent sends at least
 /// its keep-alives, so a few lost packets on a lossy link do not cut it.
 /// A peer that takes no datagrams is given that long in any case.
-async fn probe(agent: Arc<AgentConn>, why: Suspicion) {
+async fn probe(agent: Arc<AgentConn>) {
     let (keep_alive, metrics) = (agent.keep_alive, &agent.metrics);
     let before = agent.conn.stats().udp_rx.datagrams;
     let heard = || agent.conn.close_reason().is_some() || agent.conn.stats().udp_rx.datagrams != before;
@@ -797,7 +792,7 @@ async fn probe(agent: Arc<AgentConn>, why: Suspicion) {
     }
     let agent_id = untrusted(&agent.agent_id);
     if heard() {
-        debug!(%agent_id, ?why, "the agent is alive");
+        debug!(%agent_id, "the agent is alive");
     } else {
         metrics.agents_unreachable.inc();
         let cause = match agent.icmp.load(Ordering::Acquire) {
