@@ -26,6 +26,22 @@ if ! command -v nft >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables
 fi
 
+# A whole-suite run gains nothing from incremental compilation, whose
+# caches would add a third to the test build's disk use.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# cargo-fuzz, installed for the short fuzz runs below when it is missing.
+cargo_fuzz_version=0.13.2
+
+# Disk: the suite's peak use (the Rust test build, the fuzz build, the Go
+# builds of the end-to-end suite and their caches) is about 15 GiB. Say so
+# before starting rather than fail later inside a linker.
+need_gib=15
+free_gib=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$free_gib" -lt "$need_gib" ]; then
+    echo "warning: $free_gib GiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the suite needs about $need_gib GiB" >&2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
@@ -35,14 +51,20 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test --workspace"
 cargo test --workspace --all-targets
 
-# Short runs of the fuzz targets (fuzz/), where nightly and cargo-fuzz are
-# installed; cargo test above already replayed their corpora on stable. New
-# inputs go to a scratch directory, not to the committed corpora.
-if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+# Short runs of the fuzz targets (fuzz/) where a nightly toolchain is
+# installed, with cargo-fuzz installed from crates.io if it is missing;
+# cargo test above already replayed their corpora on stable. New inputs go
+# to a scratch directory, not to the committed corpora.
+if cargo +nightly --version >/dev/null 2>&1; then
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        echo "== installing cargo-fuzz $cargo_fuzz_version (runs the fuzz targets)"
+        cargo install --locked cargo-fuzz --version "$cargo_fuzz_version"
+    fi
     echo "== fuzz (10 s per target)"
-    # The instrumented build takes minutes; keep it outside the clone so
-    # that later runs on this machine reuse it (cargo rebuilds what changed).
-    fuzz_target_dir="${KONNQ_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/konnq/fuzz-target}"
+    # The instrumented build serves only these runs. Unless a directory to
+    # keep it in is given, it goes inside the clone and is removed after
+    # them, so that the Go builds that follow have its disk space.
+    fuzz_target_dir="${KONNQ_FUZZ_TARGET_DIR:-$PWD/target/fuzz}"
     fuzz_scratch=$(mktemp -d)
     for target in $(cargo +nightly fuzz list); do
         mkdir -p "$fuzz_scratch/$target"
@@ -50,8 +72,11 @@ if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2
             "fuzz/corpus/$target" -- -max_total_time=10
     done
     rm -rf "$fuzz_scratch"
+    if [ -z "${KONNQ_FUZZ_TARGET_DIR:-}" ]; then
+        rm -rf "$fuzz_target_dir"
+    fi
 else
-    echo "== fuzz: short fuzz runs skipped (needs a nightly toolchain and cargo-fuzz)"
+    echo "== fuzz: short fuzz runs skipped (needs a nightly toolchain: rustup toolchain install nightly)"
 fi
 
 if [ -x interop/run.sh ]; then
