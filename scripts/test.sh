@@ -34,9 +34,10 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo_fuzz_version=0.13.2
 
 # Disk: the suite's peak use (the Rust test build, the fuzz build, the Go
-# builds of the end-to-end suite and their caches) is about 15 GiB. Say so
-# before starting rather than fail later inside a linker.
-need_gib=15
+# builds of the end-to-end suite and their caches) was about 10 GiB on a
+# fresh machine. Say so before starting rather than fail later inside a
+# linker.
+need_gib=11
 free_gib=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
 if [ "$free_gib" -lt "$need_gib" ]; then
     echo "warning: $free_gib GiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the suite needs about $need_gib GiB" >&2
