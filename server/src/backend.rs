@@ -137,6 +137,9 @@ pub struct AgentConn {
     watching: std::sync::atomic::AtomicBool,
     /// Sends [`AgentConn::expect_answer`] was told of.
     sent: std::sync::atomic::AtomicU64,
+    /// A watch for the agent's data to stop is running (see
+    /// [`AgentConn::heard_data`]).
+    quiet_watch: std::sync::atomic::AtomicBool,
     /// For the liveness check: the keep-alive interval, and the metrics.
     keep_alive: Duration,
     metrics: Metrics,
@@ -185,6 +188,53 @@ impl AgentConn {
                 }
             }
         }
+    }
+
+    /// Data just came from the agent. When such a flow stops, the agent may
+    /// have been killed, and this side would send it nothing until the
+    /// next keep-alive (an acknowledgement of its last packets may already
+    /// be out). So once nothing at all has come from the agent for three
+    /// round trips plus 100 ms, one packet goes to it: a closed port
+    /// answers it with ICMP, which starts the liveness check (see
+    /// [`BackendPool::watch_unreachable`]), and a packet that draws no
+    /// answer starts it too (see [`AgentConn::expect_answer`]); a live
+    /// agent only acknowledges it. One watcher at a time; while the flow
+    /// goes on a read costs one atomic load, and a burst that ends costs
+    /// one packet each way.
+    pub fn heard_data(self: &Arc<Self>) {
+        if !self.quiet_watch.load(Ordering::Relaxed) && !self.quiet_watch.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Arc::clone(self).ping_when_quiet());
+        }
+    }
+
+    async fn ping_when_quiet(self: Arc<Self>) {
+        let mut heard = self.conn.stats().udp_rx.datagrams;
+        loop {
+            tokio::time::sleep(self.conn.rtt() * 3 + ACK_MARGIN * 2).await;
+            if self.conn.close_reason().is_some() {
+                break;
+            }
+            let now = self.conn.stats().udp_rx.datagrams;
+            if now != heard {
+                heard = now;
+                continue;
+            }
+            // An empty datagram: ack-eliciting, and nothing the agent
+            // reads (its small datagram buffer drops the oldest). Where no
+            // ICMP comes back (a balancer in front of the agent), its
+            // acknowledgement is expected like that of any send.
+            if self.conn.send_datagram(Bytes::new()).is_ok() {
+                self.expect_answer();
+            }
+            self.quiet_watch.store(false, Ordering::Release);
+            // Data read after the check above found this watcher still
+            // running: watch the new flow.
+            if self.conn.stats().udp_rx.datagrams == heard || self.quiet_watch.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            heard = self.conn.stats().udp_rx.datagrams;
+        }
+        self.quiet_watch.store(false, Ordering::Release);
     }
 
     /// Starts a liveness check unless one is running.
@@ -574,6 +624,7 @@ impl Backend {
             icmp: Default::default(),
             watching: Default::default(),
             sent: Default::default(),
+            quiet_watch: Default::default(),
             keep_alive: self.keep_alive,
             metrics: self.metrics.clone(),
             closed_why: Default::default(),

@@ -456,6 +456,60 @@ async fn data_sent_to_a_silent_agent_gets_its_clients_told_before_the_idle_timeo
 }
 
 #[tokio::test]
+async fn a_download_from_an_agent_that_goes_silent_gets_its_client_told_before_the_idle_timeout() {
+    // The data flows from the agent only (a target that sends on its own)
+    // and the client sends nothing after its dial: the server has nothing
+    // to send the agent but keep-alives, which start no check. Only the
+    // packet it sends when the agent's data stops can find the agent
+    // silent. No ICMP (the relay goes silent) and an idle timeout of 30 s.
+    let quic = quic_long_idle();
+    let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
+    let relay = Relay::start(lab.server.agent_addr).await;
+    let _agent = lab
+        .agent_with(|raw| {
+            raw.proxy_server_port = Some(relay.addr.port());
+            raw.quic = Some(quic.clone());
+        })
+        .await;
+    within(LIMIT, lab.server.wait_for_agents(1)).await;
+    let target = ticking_target().await;
+    let mut client = lab.channel().await;
+    let mut held = within(LIMIT, Stream::dial(&mut client, &target.to_string())).await;
+    // The second tick comes 200 ms after the first, well after the check
+    // the dial started has seen its answer and ended.
+    assert_eq!(within(LIMIT, held.read_exact(2 * TICK.len())).await, [TICK, TICK].concat());
+    relay.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut = std::time::Instant::now();
+    let told = told_closed(&mut held, cut, LIMIT).await;
+    eprintln!("the client was told {} ms after the cut", told.as_millis());
+    assert_eq!(lab.metric("konnq_server_agents_unreachable_total").await, 1.0);
+}
+
+const TICK: &[u8] = b"tick";
+
+/// A TCP target that sends [`TICK`] on each connection at once and then
+/// every 200 ms, at most 300 times (a minute).
+async fn ticking_target() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut every = tokio::time::interval(Duration::from_millis(200));
+                for _ in 0..300 {
+                    every.tick().await;
+                    if s.write_all(TICK).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
 async fn an_agent_sent_to_a_server_with_another_tls_key_is_reset_through_the_shared_key() {
     // Two servers with their own CAs and keys (as kubeadm gives each
     // control-plane node its own), one reset key file; the agent trusts

@@ -61,6 +61,9 @@ pub fn transport_config(
     let bidi = if accepts_dial_streams { stream_credit(cfg.max_concurrent_streams) } else { 1 };
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u64(bidi).unwrap_or(quinn::VarInt::MAX));
     t.max_concurrent_uni_streams(0u32.into());
+    // Datagrams serve only as liveness probes (empty, never read): a small
+    // buffer bounds what the probes of a long-lived connection leave behind.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
     let cc: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match cfg.congestion_control {
         CongestionControl::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
         CongestionControl::Bbr => Arc::new(crate::cc::BbrConfig::default()),
@@ -85,6 +88,10 @@ pub fn tcp_transport_config(
     t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
     Ok(t)
 }
+
+/// Bytes of unread datagrams a connection keeps, counted as quinn counts
+/// them (an empty datagram takes a few dozen): the newest probes.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 4096;
 
 /// Stream bytes one QUIC connection keeps written but not yet
 /// acknowledged, across all its streams: quinn's send window, what the

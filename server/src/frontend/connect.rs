@@ -314,6 +314,7 @@ where
     // `_slot` keeps the agent's stream slot taken until the splice ends.
     let Dialed { connect_id, mut send, mut recv, slot: _slot, agent } = dialed;
     let (mut rd, mut wr) = tokio::io::split(io);
+    let from_agent = std::sync::Arc::clone(&agent);
     let up = async move {
         let mut share = konnq_shared::quic::SendShare::new(agent.send_clock.clone());
         if !early.is_empty() {
@@ -344,6 +345,7 @@ where
         loop {
             match read_coalesced(&mut recv).await {
                 Ok(Some(bytes)) => {
+                    from_agent.heard_data();
                     if std::mem::take(&mut first) {
                         wait_head_read(probe).await;
                     }

@@ -109,7 +109,10 @@ impl Upstream {
 async fn from_agent(mut recv: quinn::RecvStream, client: Client, agent: Arc<AgentConn>) {
     loop {
         let input = match read_chunks(&mut recv).await {
-            Ok(Some(chunks)) => Ok(chunks),
+            Ok(Some(chunks)) => {
+                agent.heard_data();
+                Ok(chunks)
+            }
             Ok(None) => Err(AgentEnd::Finished),
             Err(quinn::ReadError::Reset(code)) => Err(AgentEnd::Reset(code.into_inner())),
             Err(quinn::ReadError::ConnectionLost(e)) => Err(AgentEnd::Lost(agent.lost_reason(&e))),
