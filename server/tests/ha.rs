@@ -374,18 +374,25 @@ struct HeldThroughRelay {
 
 impl HeldThroughRelay {
     async fn start() -> HeldThroughRelay {
-        let quic = quic_long_idle();
-        let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
-        let relay = Relay::start(lab.server.agent_addr).await;
-        let agent = lab
-            .agent_with(|raw| {
-                raw.proxy_server_port = Some(relay.addr.port());
-                raw.quic = Some(quic.clone());
-            })
-            .await;
+        let (lab, relay, agent) = agent_through_relay().await;
         let (client, open) = held_connection(&lab).await;
         HeldThroughRelay { lab, relay, open, _agent: agent, _client: client }
     }
+}
+
+/// A lab (keep-alives every 500 ms, idle timeout 30 s) whose one agent
+/// reaches the server through a [`Relay`].
+async fn agent_through_relay() -> (Lab, Relay, konnq_agent::AgentHandle) {
+    let quic = quic_long_idle();
+    let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
+    let relay = Relay::start(lab.server.agent_addr).await;
+    let agent = lab
+        .agent_with(|raw| {
+            raw.proxy_server_port = Some(relay.addr.port());
+            raw.quic = Some(quic.clone());
+        })
+        .await;
+    (lab, relay, agent)
 }
 
 #[tokio::test]
@@ -462,15 +469,7 @@ async fn a_download_from_an_agent_that_goes_silent_gets_its_client_told_before_t
     // to send the agent but keep-alives, which start no check. Only the
     // packet it sends when the agent's data stops can find the agent
     // silent. No ICMP (the relay goes silent) and an idle timeout of 30 s.
-    let quic = quic_long_idle();
-    let lab = Lab::with(|raw| raw.quic = Some(quic.clone())).await;
-    let relay = Relay::start(lab.server.agent_addr).await;
-    let _agent = lab
-        .agent_with(|raw| {
-            raw.proxy_server_port = Some(relay.addr.port());
-            raw.quic = Some(quic.clone());
-        })
-        .await;
+    let (lab, relay, _agent) = agent_through_relay().await;
     within(LIMIT, lab.server.wait_for_agents(1)).await;
     let target = ticking_target().await;
     let mut client = lab.channel().await;
