@@ -160,30 +160,38 @@ impl AgentConn {
         // A plain load first: while a watcher runs, a write costs no
         // second read-modify-write on a line every stream shares.
         if !self.watching.load(Ordering::SeqCst) && !self.watching.swap(true, Ordering::SeqCst) {
-            tokio::spawn(Arc::clone(self).watch_answers());
+            tokio::spawn(Self::watch_answers(Arc::downgrade(self)));
         }
     }
 
-    async fn watch_answers(self: Arc<Self>) {
+    /// The watchers hold the connection only between their waits: a
+    /// connection handle keeps the endpoint's UDP socket open, and a server
+    /// that stopped must free its port at once (a restart binds it again).
+    async fn watch_answers(agent: std::sync::Weak<Self>) {
         loop {
-            let sent = self.sent.load(Ordering::SeqCst);
-            let heard = self.conn.stats().udp_rx.datagrams;
-            tokio::time::sleep(self.conn.rtt() * 3 + ACK_MARGIN * 2).await;
-            if self.conn.close_reason().is_some() {
-                self.watching.store(false, Ordering::Release);
+            let Some(this) = agent.upgrade() else { return };
+            let sent = this.sent.load(Ordering::SeqCst);
+            let heard = this.conn.stats().udp_rx.datagrams;
+            let window = this.conn.rtt() * 3 + ACK_MARGIN * 2;
+            drop(this);
+            tokio::time::sleep(window).await;
+            let Some(this) = agent.upgrade() else { return };
+            let this = &this;
+            if this.conn.close_reason().is_some() {
+                this.watching.store(false, Ordering::Release);
                 return;
             }
-            if self.conn.stats().udp_rx.datagrams == heard {
-                self.watching.store(false, Ordering::Release);
-                self.check_alive(Suspicion::Unanswered);
+            if this.conn.stats().udp_rx.datagrams == heard {
+                this.watching.store(false, Ordering::Release);
+                this.check_alive(Suspicion::Unanswered);
                 return;
             }
             // Heard from: what was sent before this window is answered or
             // on its way. Watch on only if more was sent meanwhile (also a
             // send that found this watcher still running as it stopped).
-            if self.sent.load(Ordering::SeqCst) == sent {
-                self.watching.store(false, Ordering::SeqCst);
-                if self.sent.load(Ordering::SeqCst) == sent || self.watching.swap(true, Ordering::SeqCst) {
+            if this.sent.load(Ordering::SeqCst) == sent {
+                this.watching.store(false, Ordering::SeqCst);
+                if this.sent.load(Ordering::SeqCst) == sent || this.watching.swap(true, Ordering::SeqCst) {
                     return;
                 }
             }
@@ -203,18 +211,22 @@ impl AgentConn {
     /// one packet each way.
     pub fn heard_data(self: &Arc<Self>) {
         if !self.quiet_watch.load(Ordering::Relaxed) && !self.quiet_watch.swap(true, Ordering::AcqRel) {
-            tokio::spawn(Arc::clone(self).ping_when_quiet());
+            tokio::spawn(Self::ping_when_quiet(Arc::downgrade(self)));
         }
     }
 
-    async fn ping_when_quiet(self: Arc<Self>) {
-        let mut heard = self.conn.stats().udp_rx.datagrams;
+    async fn ping_when_quiet(agent: std::sync::Weak<Self>) {
+        let Some(mut heard) = agent.upgrade().map(|this| this.conn.stats().udp_rx.datagrams) else { return };
         loop {
-            tokio::time::sleep(self.conn.rtt() * 3 + ACK_MARGIN * 2).await;
-            if self.conn.close_reason().is_some() {
-                break;
+            let Some(window) = agent.upgrade().map(|this| this.conn.rtt() * 3 + ACK_MARGIN * 2) else { return };
+            tokio::time::sleep(window).await;
+            let Some(this) = agent.upgrade() else { return };
+            let this = &this;
+            if this.conn.close_reason().is_some() {
+                this.quiet_watch.store(false, Ordering::Release);
+                return;
             }
-            let now = self.conn.stats().udp_rx.datagrams;
+            let now = this.conn.stats().udp_rx.datagrams;
             if now != heard {
                 heard = now;
                 continue;
@@ -223,18 +235,17 @@ impl AgentConn {
             // reads (its small datagram buffer drops the oldest). Where no
             // ICMP comes back (a balancer in front of the agent), its
             // acknowledgement is expected like that of any send.
-            if self.conn.send_datagram(Bytes::new()).is_ok() {
-                self.expect_answer();
+            if this.conn.send_datagram(Bytes::new()).is_ok() {
+                this.expect_answer();
             }
-            self.quiet_watch.store(false, Ordering::Release);
+            this.quiet_watch.store(false, Ordering::Release);
             // Data read after the check above found this watcher still
             // running: watch the new flow.
-            if self.conn.stats().udp_rx.datagrams == heard || self.quiet_watch.swap(true, Ordering::AcqRel) {
+            if this.conn.stats().udp_rx.datagrams == heard || this.quiet_watch.swap(true, Ordering::AcqRel) {
                 return;
             }
-            heard = self.conn.stats().udp_rx.datagrams;
+            heard = this.conn.stats().udp_rx.datagrams;
         }
-        self.quiet_watch.store(false, Ordering::Release);
     }
 
     /// Starts a liveness check unless one is running.
