@@ -164,24 +164,34 @@ impl AgentConn {
         }
     }
 
-    /// The watchers hold the connection only between their waits: a
-    /// connection handle keeps the endpoint's UDP socket open, and a server
-    /// that stopped must free its port at once (a restart binds it again).
+    /// Packets received from the agent so far (any packet: data,
+    /// acknowledgements, keep-alives).
+    fn packets_heard(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
+    }
+
+    /// Waits one answer window (three round trips plus 100 ms), then gives
+    /// the agent back unless it is gone. The watchers hold the connection
+    /// only between their waits: a connection handle keeps the endpoint's
+    /// UDP socket open, and a server that stopped must free its port at
+    /// once (a restart binds it again).
+    async fn after_window(agent: &std::sync::Weak<Self>) -> Option<Arc<Self>> {
+        let window = agent.upgrade()?.conn.rtt() * 3 + ACK_MARGIN * 2;
+        tokio::time::sleep(window).await;
+        agent.upgrade()
+    }
+
     async fn watch_answers(agent: std::sync::Weak<Self>) {
         loop {
             let Some(this) = agent.upgrade() else { return };
-            let sent = this.sent.load(Ordering::SeqCst);
-            let heard = this.conn.stats().udp_rx.datagrams;
-            let window = this.conn.rtt() * 3 + ACK_MARGIN * 2;
+            let (sent, heard) = (this.sent.load(Ordering::SeqCst), this.packets_heard());
             drop(this);
-            tokio::time::sleep(window).await;
-            let Some(this) = agent.upgrade() else { return };
-            let this = &this;
+            let Some(this) = Self::after_window(&agent).await else { return };
             if this.conn.close_reason().is_some() {
                 this.watching.store(false, Ordering::Release);
                 return;
             }
-            if this.conn.stats().udp_rx.datagrams == heard {
+            if this.packets_heard() == heard {
                 this.watching.store(false, Ordering::Release);
                 this.check_alive(Suspicion::Unanswered);
                 return;
@@ -216,17 +226,14 @@ impl AgentConn {
     }
 
     async fn ping_when_quiet(agent: std::sync::Weak<Self>) {
-        let Some(mut heard) = agent.upgrade().map(|this| this.conn.stats().udp_rx.datagrams) else { return };
+        let Some(mut heard) = agent.upgrade().map(|this| this.packets_heard()) else { return };
         loop {
-            let Some(window) = agent.upgrade().map(|this| this.conn.rtt() * 3 + ACK_MARGIN * 2) else { return };
-            tokio::time::sleep(window).await;
-            let Some(this) = agent.upgrade() else { return };
-            let this = &this;
+            let Some(this) = Self::after_window(&agent).await else { return };
             if this.conn.close_reason().is_some() {
                 this.quiet_watch.store(false, Ordering::Release);
                 return;
             }
-            let now = this.conn.stats().udp_rx.datagrams;
+            let now = this.packets_heard();
             if now != heard {
                 heard = now;
                 continue;
@@ -241,10 +248,10 @@ impl AgentConn {
             this.quiet_watch.store(false, Ordering::Release);
             // Data read after the check above found this watcher still
             // running: watch the new flow.
-            if this.conn.stats().udp_rx.datagrams == heard || this.quiet_watch.swap(true, Ordering::AcqRel) {
+            heard = this.packets_heard();
+            if heard == now || this.quiet_watch.swap(true, Ordering::AcqRel) {
                 return;
             }
-            heard = this.conn.stats().udp_rx.datagrams;
         }
     }
 
@@ -835,8 +842,8 @@ impl Backend {
 /// A peer that takes no datagrams is given that long in any case.
 async fn probe(agent: Arc<AgentConn>) {
     let (keep_alive, metrics) = (agent.keep_alive, &agent.metrics);
-    let before = agent.conn.stats().udp_rx.datagrams;
-    let heard = || agent.conn.close_reason().is_some() || agent.conn.stats().udp_rx.datagrams != before;
+    let before = agent.packets_heard();
+    let heard = || agent.conn.close_reason().is_some() || agent.packets_heard() != before;
     let patience = keep_alive + agent.conn.rtt() * 3 + ACK_MARGIN;
     // An ICMP "port unreachable" (now, or during this check) is evidence
     // enough not to wait for a keep-alive interval.
