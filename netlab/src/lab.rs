@@ -15,9 +15,12 @@ use crate::relay::Direction;
 use crate::settings::LinkSettings;
 use crate::tun;
 
-/// Name of the TUN device inside each namespace (namespaces are private, so every
-/// lab can use the same name).
+/// Name of the link device inside each namespace, TUN or veth (namespaces are
+/// private, so every lab can use the same name).
 pub const DEVICE: &str = "kq0";
+/// Smallest and largest MTU [`Lab::create_veth`] accepts (IPv4's minimum; the
+/// largest a veth device takes).
+pub const VETH_MTU: std::ops::RangeInclusive<u32> = 576..=65_535;
 /// Address of side A inside its namespace (`10.77.0.1/30`).
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// Address of side B inside its namespace (`10.77.0.2/30`).
@@ -84,15 +87,20 @@ struct Namespace {
     tun: Option<Arc<OwnedFd>>,
 }
 
-/// Two network namespaces, A and B, each with a TUN device `kq0` (A `10.77.0.1/30`,
-/// B `10.77.0.2/30`, loopback up, IPv6 off on `kq0`), joined by a userspace relay
-/// that impairs each direction as its [`LinkSettings`] say. Dropping the lab stops
-/// the relay, kills every process left in its namespaces and deletes them.
+/// Two network namespaces, A and B, each with a device `kq0` (A `10.77.0.1/30`,
+/// B `10.77.0.2/30`, loopback up, IPv6 off). [`Lab::create`] makes them TUN
+/// devices joined by a userspace relay that impairs each direction as its
+/// [`LinkSettings`] say; [`Lab::create_veth`] makes them the two ends of a veth
+/// pair, the kernel's own link with no impairment. Dropping the lab stops the
+/// relay, kills every process left in its namespaces and deletes them.
 pub struct Lab {
-    /// Dropped first: stops the relay threads before the devices go.
+    /// Dropped first: stops the relay threads before the devices go. Empty
+    /// for a veth lab.
     relays: Vec<Direction>,
     namespaces: Vec<Namespace>,
     link: Mutex<LinkSettings>,
+    /// The veth pair's MTU, for a veth lab.
+    veth_mtu: Option<u32>,
 }
 
 impl Lab {
@@ -108,13 +116,10 @@ impl Lab {
             return Err(LabError::NeedsRoot);
         }
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
-        let mut lab = Lab { relays: Vec::new(), namespaces: Vec::new(), link: Mutex::new(link) };
+        let mut lab = Lab { relays: Vec::new(), namespaces: Vec::new(), link: Mutex::new(link), veth_mtu: None };
+        lab.add_namespaces(prefix, n)?;
         let mut tuns = Vec::new();
         for side in [Side::A, Side::B] {
-            let name = format!("{prefix}-{}-{n}{}", std::process::id(), if side == Side::A { 'a' } else { 'b' });
-            netns::add(&name)?;
-            let handle = netns::open(&name).inspect_err(|_| drop(netns::remove(&name)))?;
-            lab.namespaces.push(Namespace { name, handle, tun: None });
             let ns = &mut lab.namespaces[side.index()];
             let tun = Arc::new(open_tun_in(&ns.handle, &ns.name)?);
             ns.tun = Some(tun.clone());
@@ -128,6 +133,65 @@ impl Lab {
         lab.relays.push(start("netlab-b2a", &tuns[1], &tuns[0], b_to_a)?);
         drop(tuns);
         Ok(lab)
+    }
+
+    /// Builds a lab whose two ends are a veth pair with MTU `mtu` (both ends),
+    /// with the kernel's default offloads and no impairment: a clean link of a
+    /// realistic MTU (1500 like most networks, 9001 like cloud jumbo frames),
+    /// where loopback's 64 KiB would flatter per-packet costs. The link
+    /// settings are the default (none) and cannot be changed.
+    pub fn create_veth(prefix: &str, mtu: u32) -> Result<Lab, LabError> {
+        check_prefix(prefix)?;
+        if !VETH_MTU.contains(&mtu) {
+            return Err(LabError::Io {
+                context: format!("veth MTU {mtu}"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("must be {}..={}", VETH_MTU.start(), VETH_MTU.end()),
+                ),
+            });
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LabError::NeedsRoot);
+        }
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let mut lab = Lab {
+            relays: Vec::new(),
+            namespaces: Vec::new(),
+            link: Mutex::new(LinkSettings::default()),
+            veth_mtu: Some(mtu),
+        };
+        lab.add_namespaces(prefix, n)?;
+        for side in [Side::A, Side::B] {
+            let ns = &lab.namespaces[side.index()];
+            let thread = netns::spawn_entered(&ns.handle, format!("netlab-v6-{}", ns.name), disable_ipv6, |()| ())?;
+            let _ = thread.join();
+        }
+        let (a, b) = (lab.namespace(Side::A).to_owned(), lab.namespace(Side::B).to_owned());
+        netns::ip(&["link", "add", "name", DEVICE, "netns", &a, "type", "veth", "peer", "name", DEVICE, "netns", &b])?;
+        let mtu = mtu.to_string();
+        for side in [Side::A, Side::B] {
+            netns::ip(&["-n", lab.namespace(side), "link", "set", "dev", DEVICE, "mtu", &mtu])?;
+            configure(lab.namespace(side), side.addr())?;
+        }
+        Ok(lab)
+    }
+
+    /// Creates and opens namespaces `…{n}a` and `…{n}b`.
+    fn add_namespaces(&mut self, prefix: &str, n: u32) -> Result<(), LabError> {
+        for side in [Side::A, Side::B] {
+            let name = format!("{prefix}-{}-{n}{}", std::process::id(), if side == Side::A { 'a' } else { 'b' });
+            netns::add(&name)?;
+            let handle = netns::open(&name).inspect_err(|_| drop(netns::remove(&name)))?;
+            self.namespaces.push(Namespace { name, handle, tun: None });
+        }
+        Ok(())
+    }
+
+    /// The MTU of a veth lab's link; `None` for an impaired (TUN) lab.
+    pub fn veth_mtu(&self) -> Option<u32> {
+        self.veth_mtu
     }
 
     /// The namespace name of one end (for `ip netns exec NAME …`).
@@ -154,16 +218,27 @@ impl Lab {
 
     /// Changes the link while it runs; packets already held keep their release
     /// times, the RNG and serializer state carry on.
+    /// A veth lab has no impairment to change: an error.
     pub fn set_link(&self, link: LinkSettings) -> Result<(), LabError> {
         link.validate()?;
+        if self.relays.is_empty() {
+            return Err(LabError::Io {
+                context: "changing the link".into(),
+                source: io::Error::new(io::ErrorKind::Unsupported, "a veth lab has no impairment to change"),
+            });
+        }
         self.relays[0].update(link.a_to_b.clone());
         self.relays[1].update(link.b_to_a.clone());
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
         Ok(())
     }
 
-    /// Counters of both directions (updated by the relay after every wake-up).
+    /// Counters of both directions (updated by the relay after every wake-up);
+    /// all zero for a veth lab, which has no relay to count.
     pub fn stats(&self) -> LinkStats {
+        if self.relays.is_empty() {
+            return LinkStats::default();
+        }
         let (a_to_b, wa) = self.relays[0].stats();
         let (b_to_a, wb) = self.relays[1].stats();
         let relay_failure = self.relays.iter().find_map(Direction::failure);
@@ -254,14 +329,19 @@ fn check_prefix(prefix: &str) -> Result<(), LabError> {
 /// link carries only the caller's traffic (no router solicitations or MLD).
 fn open_tun_in(handle: &OwnedFd, ns: &str) -> Result<OwnedFd, LabError> {
     let setup = || {
-        match std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1") {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        disable_ipv6()?;
         tun::open(DEVICE)
     };
     let thread = netns::spawn_entered(handle, format!("netlab-tun-{ns}"), setup, |fd| fd)?;
     thread.join().map_err(|_| LabError::Io { context: "open TUN".into(), source: io::Error::other("panicked") })
+}
+
+/// IPv6 off for devices made from now on in the calling thread's namespace.
+fn disable_ipv6() -> io::Result<()> {
+    match std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1") {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Loopback up, address on the TUN device, TUN device up.

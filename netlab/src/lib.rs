@@ -18,7 +18,9 @@
 //!   time, drop verdicts and release times out; no clock, no I/O, seeded RNG.
 //! - `tun`, `netns`, `relay`: TUN devices, namespaces, and one relay thread per
 //!   direction sleeping in `ppoll` until the next release or packet.
-//! - [`Lab`]: builds it all and tears it down; runs commands, threads and async code
+//! - [`Lab`]: builds it all and tears it down ([`Lab::create_veth`] builds the
+//!   same two namespaces joined by a plain veth pair of a chosen MTU instead:
+//!   the kernel's link, no relay, no impairment); runs commands, threads and async code
 //!   inside either namespace; [`Lab::verify`] measures RTT, loss and goodput.
 //!
 //! Addresses: `10.77.0.0/30` exists only inside each lab's own namespaces (every
@@ -65,7 +67,7 @@ mod tun;
 
 pub use error::LabError;
 pub use impair::{DirectionStats, DropReason, Impairment, Verdict};
-pub use lab::{Lab, LinkStats, Side, ADDR_A, ADDR_B, DEVICE, PREFIX_LEN};
+pub use lab::{Lab, LinkStats, Side, ADDR_A, ADDR_B, DEVICE, PREFIX_LEN, VETH_MTU};
 pub use measure::{GoodputReport, LinkReport, LossReport, RttReport, VerifyConfig};
 pub use netns::{cleanup_all, cleanup_stale, install_signal_cleanup, NsThread};
 pub use settings::{DirectionSettings, GilbertElliott, LinkSettings, SettingsError};

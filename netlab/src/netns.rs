@@ -88,6 +88,30 @@ pub(crate) fn enter(fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
+/// Opens a TCP socket (IPv4, non-blocking, close-on-exec, not yet connected)
+/// in the namespace behind `ns`, from a short thread that enters it: the socket
+/// stays in that namespace wherever it is used, so a caller in another
+/// namespace can connect from there (e.g. `std::net::TcpStream::from` it, then
+/// `tokio::net::TcpSocket::from_std_stream(..).connect(..)`).
+pub fn tcp_socket_in(ns: &OwnedFd) -> io::Result<OwnedFd> {
+    let fd = ns.try_clone()?;
+    thread::Builder::new()
+        .name("netlab-socket".into())
+        .spawn(move || {
+            enter(&fd)?;
+            // SAFETY: plain socket(2); the result is checked before it is owned.
+            let raw =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a new descriptor nothing else owns.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+        })?
+        .join()
+        .map_err(|_| io::Error::other("socket thread panicked"))?
+}
+
 /// Kills every process inside namespace `name` (never this one), then deletes it.
 pub(crate) fn remove(name: &str) -> Result<(), LabError> {
     let me = std::process::id() as i32;

@@ -183,3 +183,78 @@ fn bad_settings_fail_before_touching_the_system() {
     assert!(err.to_string().contains("a_to_b.loss"), "{err}");
     assert!(matches!(Lab::create("Bad Prefix", LinkSettings::default()), Err(konnq_netlab::LabError::BadPrefix(_))));
 }
+
+#[test]
+fn a_veth_lab_has_the_mtu_it_was_given_and_carries_tcp() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::create_veth(PREFIX, 1500).context("create veth lab")?;
+    ensure!(lab.veth_mtu() == Some(1500), "{:?}", lab.veth_mtu());
+    for side in [Side::A, Side::B] {
+        let mut ip = Command::new("ip");
+        ip.args(["-o", "link", "show", "dev", "kq0"]).stdout(Stdio::piped());
+        let out = lab.run_in(side, ip)?.wait_with_output()?;
+        let out = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.contains("mtu 1500") && out.contains("UP"), "side {side:?}: {out}");
+    }
+    // A datagram that fills the MTU exactly leaves; one byte more does not
+    // (the kernel refuses it when fragmentation is off).
+    let rx = lab.with_ns(Side::B, || std::net::UdpSocket::bind((Side::B.addr(), 0)))??;
+    rx.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let to = rx.local_addr()?;
+    let tx = lab.with_ns(Side::A, || std::net::UdpSocket::bind((Side::A.addr(), 0)))??;
+    set_dont_fragment(&tx)?;
+    tx.connect(to)?;
+    let payload = 1500 - 20 - 8;
+    ensure!(tx.send(&vec![7; payload])? == payload, "full-size datagram");
+    let mut buf = vec![0; 65_536];
+    ensure!(rx.recv(&mut buf)? == payload, "full-size datagram arrived cut");
+    let over = tx.send(&vec![7; payload + 1]).expect_err("a datagram over the MTU must be refused");
+    ensure!(over.raw_os_error() == Some(libc::EMSGSIZE), "{over}");
+
+    // TCP from a socket made in A by `tcp_socket_in`, used in this thread's runtime.
+    let listener = lab.with_ns(Side::B, || std::net::TcpListener::bind((Side::B.addr(), 0)))??;
+    let target = listener.local_addr()?;
+    let a = lab.namespace_fd(Side::A)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let got = rt.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let sock = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(netns::tcp_socket_in(&a)?));
+        let (conn, accepted) = tokio::join!(sock.connect(target), listener.accept());
+        let (mut conn, (mut peer, _)) = (conn?, accepted?);
+        conn.write_all(&[9; 100_000]).await?;
+        conn.shutdown().await?;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got)).await??;
+        anyhow::Ok(got)
+    })?;
+    ensure!(got.len() == 100_000 && got.iter().all(|&b| b == 9), "received {} bytes", got.len());
+
+    let err = lab.set_link(LinkSettings::default()).expect_err("a veth lab has no impairment to change");
+    ensure!(err.to_string().contains("veth"), "{err}");
+    ensure!(lab.stats() == konnq_netlab::LinkStats::default(), "a veth lab counts nothing");
+    ensure!(Lab::create_veth(PREFIX, 100).is_err(), "an MTU below IPv4's minimum must be refused");
+    let names = [lab.namespace(Side::A).to_string(), lab.namespace(Side::B).to_string()];
+    drop(lab);
+    let listed = netns::list()?;
+    ensure!(names.iter().all(|n| !listed.contains(n)), "namespaces left behind: {listed:?}");
+    Ok(())
+}
+
+/// IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF set, and sends over the MTU fail.
+fn set_dont_fragment(sock: &std::net::UdpSocket) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: setsockopt on an open socket with a valid c_int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(r == 0, "IP_MTU_DISCOVER: {}", std::io::Error::last_os_error());
+    Ok(())
+}
