@@ -26,6 +26,12 @@ if ! command -v nft >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables
 fi
 
+# loadtest/tests/veth_smoke.rs samples the server and agent with perf.
+if ! command -v perf >/dev/null 2>&1; then
+    echo "== installing linux-perf (needed by loadtest/tests/veth_smoke.rs)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf
+fi
+
 # A whole-suite run gains nothing from incremental compilation, whose
 # caches would add a third to the test build's disk use.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

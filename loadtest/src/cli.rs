@@ -47,6 +47,9 @@ pub enum Command {
     Target {
         #[arg(long, default_value_t = 7200)]
         max_secs: u64,
+        /// Address the targets listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
     },
     /// (internal) Run konnq-server from the linked library, with konnq-server's flags.
     #[command(hide = true, name = "builtin-server")]
@@ -131,6 +134,13 @@ pub struct RunArgs {
     pub rounds: u32,
     #[command(flatten)]
     pub peer_bins: PeerBinArgs,
+    /// Put the agent↔server hop on a veth pair of this MTU between two
+    /// network namespaces (needs root): server on one side, agent and
+    /// targets on the other, `direct` connecting across the same link. A
+    /// realistic MTU (1500, or 9001 for cloud jumbo frames) where loopback's
+    /// 64 KiB flatters per-packet costs. Default: loopback.
+    #[arg(long, value_name = "MTU")]
+    pub veth_mtu: Option<u32>,
 
     /// Throughput: concurrent connections per cell.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
@@ -154,6 +164,12 @@ pub struct RunArgs {
     /// Throughput: seconds to wait after a cell's connections closed before reading RSS "after".
     #[arg(long, default_value_t = 0.0)]
     pub tp_settle_secs: f64,
+    /// Throughput: sample the server and agent with `perf record` (needs
+    /// perf and root) over each cell's measured window, keep the recordings
+    /// (with call graphs) in this directory and split each cell's CPU per GB
+    /// by component (crypto, copies, QUIC, HTTP/2, kernel network stack, ...).
+    #[arg(long, value_name = "DIR")]
+    pub perf: Option<PathBuf>,
 
     /// Latency: offered request rate (open loop), requests per second.
     #[arg(long, default_value_t = 2000.0)]
@@ -245,6 +261,7 @@ impl RunArgs {
             konnq_agent_flags: Vec::new(),
             smoke: false,
             rounds: self.rounds,
+            veth_mtu: self.veth_mtu,
             throughput: settings::Throughput {
                 conns: self.tp_conns,
                 modes: self.tp_modes,
@@ -254,6 +271,7 @@ impl RunArgs {
                 window_bytes: self.tp_window_bytes,
                 max_bytes: self.tp_max_bytes,
                 settle_secs: self.tp_settle_secs,
+                perf_dir: self.perf,
             },
             latency: settings::Latency {
                 rate: self.lat_rate,

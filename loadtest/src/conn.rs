@@ -5,7 +5,9 @@
 //! Reads only count bytes: the figures need how much arrived, not what.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -95,7 +97,7 @@ impl Dialer {
         match self {
             Dialer::Direct => {
                 let t = Instant::now();
-                let s = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+                let s = tcp_connect(target).await.with_context(|| format!("connect {target}"))?;
                 let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
                 Ok((
@@ -151,6 +153,29 @@ async fn http_connect(s: &mut UnixStream, addr: &str) -> anyhow::Result<()> {
         200 => Ok(()),
         code => bail!("CONNECT {addr}: HTTP {code}"),
     }
+}
+
+/// The network namespace the runner's plain TCP connections (the `direct`
+/// peer's, the sink counter's) open their sockets in; unset, the runner's own.
+/// Set once by a run whose targets sit across a veth link (`--veth-mtu`).
+static CLIENT_NETNS: OnceLock<Arc<OwnedFd>> = OnceLock::new();
+
+/// Makes [`tcp_connect`] open its sockets in `ns` from now on (once per process).
+pub fn set_client_netns(ns: Arc<OwnedFd>) -> anyhow::Result<()> {
+    CLIENT_NETNS.set(ns).map_err(|_| anyhow::anyhow!("the client namespace is already set"))
+}
+
+/// A TCP connection to `addr` from the runner's client namespace (see
+/// [`set_client_netns`]). In a namespace, a short thread makes the socket
+/// there, then this runtime connects it.
+pub async fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ns) = CLIENT_NETNS.get().cloned() else {
+        return TcpStream::connect(addr).await;
+    };
+    let fd = tokio::task::spawn_blocking(move || konnq_netlab::netns::tcp_socket_in(&ns))
+        .await
+        .map_err(std::io::Error::other)??;
+    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)).connect(addr).await
 }
 
 /// The status code of an HTTP/1.x response head.

@@ -33,6 +33,7 @@ pub mod fleet;
 pub mod lab;
 pub mod machine;
 pub mod peers;
+pub mod perf;
 pub mod procfs;
 pub mod progress;
 pub mod report;

@@ -14,8 +14,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuiltinServer { args } => konnq_loadtest::builtin::server(args),
         Command::BuiltinAgent { args } => konnq_loadtest::builtin::agent(args),
-        Command::Target { max_secs } => {
-            runtime()?.block_on(konnq_loadtest::target::serve(Duration::from_secs(max_secs)))
+        Command::Target { max_secs, bind } => {
+            runtime()?.block_on(konnq_loadtest::target::serve(Duration::from_secs(max_secs), bind))
         }
         Command::Run(args) => {
             let settings = args.settings()?;

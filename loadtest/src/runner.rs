@@ -4,13 +4,15 @@
 //! machine hits them alike; finally the report, its files and the table.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use konnq_netlab::{Lab, Side};
 use tokio::sync::watch;
 
 use crate::child::Program;
-use crate::peers::{Binaries, Env, Peer, PeerKind};
+use crate::peers::{Binaries, Env, LabPlacement, Peer, PeerKind};
 use crate::progress::Progress;
 use crate::report::{self, PeerInfo, Report, ScenarioError};
 use crate::scenarios;
@@ -83,14 +85,41 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     // Unix socket paths must stay short: keep them in /tmp.
     let work = tempfile::Builder::new().prefix("konnq-lt-").tempdir_in(std::env::temp_dir())?;
-    let certs = konnq_shared::certs::generate(&work.path().join("pki"), &[])?;
     let exe = std::env::current_exe().context("locating this executable")?;
     let progress = Progress::new();
     let (stop, stopped) = watch::channel(false);
     let printer = tokio::spawn(progress.clone().run(stopped));
 
+    if let Some(dir) = &s.throughput.perf_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let veth = s.veth_mtu.map(|mtu| veth_link(mtu, &progress)).transpose()?;
+    let (link, placement, target_bind) = match &veth {
+        None => ("loopback".to_owned(), None, std::net::Ipv4Addr::LOCALHOST),
+        Some(lab) => {
+            let placement = LabPlacement {
+                server_ns: Arc::new(lab.namespace_fd(Side::A)?),
+                agent_ns: Arc::new(lab.namespace_fd(Side::B)?),
+                server_ip: lab.addr(Side::A),
+            };
+            crate::conn::set_client_netns(placement.server_ns.clone())?;
+            let link = format!(
+                "veth MTU {} (namespaces {} | {})",
+                s.veth_mtu.unwrap_or(0),
+                lab.namespace(Side::A),
+                lab.namespace(Side::B)
+            );
+            (link, Some(placement), lab.addr(Side::B))
+        }
+    };
+    let san: Vec<String> = placement.iter().map(|p| p.server_ip.to_string()).collect();
+    let certs = konnq_shared::certs::generate(&work.path().join("pki"), &san)?;
     let total: Duration = s.scenarios.iter().map(|&sc| budget(s, sc)).sum();
-    let (target_proc, targets) = crate::target::start(&Program::plain(exe.clone()), &log_dir, total).await?;
+    let mut target_prog = Program::plain(exe.clone());
+    if let Some(p) = &placement {
+        target_prog = target_prog.in_netns(p.agent_ns.clone());
+    }
+    let (target_proc, targets) = crate::target::start(&target_prog, &log_dir, total, target_bind.into()).await?;
     let mut report = Report::default();
     let mut peers: Vec<(PeerKind, Option<Binaries>)> = Vec::new();
     for &kind in &s.peer_kinds {
@@ -106,7 +135,7 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
         }
         report.peers.push(info);
     }
-    let env = Env { socket_dir: work.path().to_owned(), log_dir, certs, targets, frontend: s.frontend, lab: None };
+    let env = Env { socket_dir: work.path().to_owned(), log_dir, certs, targets, frontend: s.frontend, lab: placement };
     for &sc in &s.scenarios {
         let run = scenario(sc, s, &peers, &env, &progress, &mut report);
         if tokio::time::timeout(budget(s, sc), run).await.is_err() {
@@ -120,6 +149,7 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
     stop.send_replace(true);
     let _ = printer.await;
     target_proc.stop(Duration::from_secs(2)).await;
+    drop(veth);
 
     report.meta = report::Meta {
         date_utc: crate::machine::now_utc(),
@@ -127,6 +157,7 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
         machine: crate::machine::describe(),
         smoke: s.smoke,
         frontend: s.frontend.name().into(),
+        link,
         settings: serde_json::to_value(s)?,
         wall_secs: wall.elapsed().as_secs_f64(),
         loadavg_start,
@@ -136,6 +167,30 @@ pub async fn run(s: &Settings, command: Vec<String>) -> anyhow::Result<Report> {
     // After the meta: some targets read the machine's figures.
     report.targets = report::targets::evaluate(&report);
     Ok(report)
+}
+
+/// Namespace name prefix of `--veth-mtu` runs; a crashed run's leftovers with
+/// it are removed at start.
+const VETH_NS_PREFIX: &str = "kqveth";
+
+/// The two namespaces and the veth pair of a `--veth-mtu` run.
+fn veth_link(mtu: u32, progress: &Progress) -> anyhow::Result<Lab> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("--veth-mtu needs root: it creates network namespaces and a veth pair (run as root or with sudo)");
+    }
+    let removed = konnq_netlab::cleanup_stale(VETH_NS_PREFIX)?;
+    if !removed.is_empty() {
+        progress.note(&format!("removed namespaces a crashed run left behind: {}", removed.join(" ")));
+    }
+    konnq_netlab::install_signal_cleanup().context("installing the clean-up signal handlers")?;
+    let lab = Lab::create_veth(VETH_NS_PREFIX, mtu)?;
+    progress.note(&format!(
+        "agent↔server link: veth MTU {mtu}, server in {}, agent and targets in {}",
+        lab.namespace(Side::A),
+        lab.namespace(Side::B)
+    ));
+    Ok(lab)
 }
 
 pub(crate) async fn peer_binaries(

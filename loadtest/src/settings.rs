@@ -113,6 +113,10 @@ pub struct Throughput {
     /// server's and agent's RSS "after" (konnq returns freed memory to the
     /// OS every 10 s).
     pub settle_secs: f64,
+    /// Sample the server and agent with `perf record` over each cell's
+    /// measured window, keep the recordings here and split the cell's CPU
+    /// per GB by component.
+    pub perf_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +213,8 @@ pub struct Settings {
     pub smoke: bool,
     /// Latency and dial run in this many rounds, peers alternating.
     pub rounds: u32,
+    /// The agent↔server hop on a veth pair of this MTU; `None`: loopback.
+    pub veth_mtu: Option<u32>,
     pub throughput: Throughput,
     pub latency: Latency,
     pub dial: Dial,
@@ -315,6 +321,12 @@ impl Settings {
         if self.throughput.window_bytes < self.throughput.chunk_bytes {
             p.push("--tp-window-bytes must be at least --tp-chunk-bytes".to_owned());
         }
+        if let Some(mtu) = self.veth_mtu {
+            if !konnq_netlab::VETH_MTU.contains(&mtu) {
+                let r = konnq_netlab::VETH_MTU;
+                p.push(format!("--veth-mtu: {mtu} is not in {}..={}", r.start(), r.end()));
+            }
+        }
         if !(1..=20).contains(&self.rounds) {
             p.push(format!("--rounds: {} is not in 1..=20", self.rounds));
         }
@@ -341,6 +353,7 @@ pub fn example() -> Settings {
         konnq_agent_flags: Vec::new(),
         smoke: false,
         rounds: 3,
+        veth_mtu: None,
         throughput: Throughput {
             conns: vec![1, 8, 64],
             modes: vec![Mode::Oneway, Mode::Echo],
@@ -350,6 +363,7 @@ pub fn example() -> Settings {
             window_bytes: 2 << 20,
             max_bytes: 32 << 30,
             settle_secs: 0.0,
+            perf_dir: None,
         },
         latency: Latency { rate: 2000.0, conns: 32, secs: 15.0, warmup_secs: 2.0, bytes: 1024 },
         dial: Dial { concurrency: 32, secs: 10.0, warmup_secs: 1.0, bytes: 100, rate: None, client: DialClient::Rust },

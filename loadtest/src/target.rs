@@ -78,7 +78,7 @@ impl SinkCount {
 /// Reads the sink's counters from the target process.
 pub async fn sink_count(count: SocketAddr) -> anyhow::Result<SinkCount> {
     let read = async {
-        let mut s = TcpStream::connect(count).await?;
+        let mut s = crate::conn::tcp_connect(count).await?;
         let mut line = String::new();
         s.read_to_string(&mut line).await?;
         anyhow::Ok(line)
@@ -98,11 +98,11 @@ struct SinkCounters {
 }
 
 /// Serves until stdin closes or `max` passed (runs in the target process).
-pub async fn serve(max: Duration) -> anyhow::Result<()> {
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
-    let source = TcpListener::bind("127.0.0.1:0").await?;
-    let sink = TcpListener::bind("127.0.0.1:0").await?;
-    let count = TcpListener::bind("127.0.0.1:0").await?;
+pub async fn serve(max: Duration, bind: std::net::IpAddr) -> anyhow::Result<()> {
+    let echo = TcpListener::bind((bind, 0)).await?;
+    let source = TcpListener::bind((bind, 0)).await?;
+    let sink = TcpListener::bind((bind, 0)).await?;
+    let count = TcpListener::bind((bind, 0)).await?;
     println!(
         "echo={} source={} sink={} count={}",
         echo.local_addr()?,
@@ -215,11 +215,16 @@ async fn sink_conn(mut s: TcpStream, counters: Arc<SinkCounters>) {
     counters.open.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Starts the target process and reads its addresses.
-pub async fn start(exe: &Program, log_dir: &std::path::Path, max: Duration) -> anyhow::Result<(ChildProc, Targets)> {
+/// Starts the target process (listening on `bind`) and reads its addresses.
+pub async fn start(
+    exe: &Program,
+    log_dir: &std::path::Path,
+    max: Duration,
+    bind: std::net::IpAddr,
+) -> anyhow::Result<(ChildProc, Targets)> {
     let log = log_dir.join("target.log");
     let mut cmd = exe.command();
-    cmd.args(["target", "--max-secs", &max.as_secs().to_string()])
+    cmd.args(["target", "--max-secs", &max.as_secs().to_string(), "--bind", &bind.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?);

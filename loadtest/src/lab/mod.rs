@@ -365,7 +365,8 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
     };
     let max = Duration::from_secs(6 * 3600);
     let target_prog = Program::plain(exe.clone()).in_netns(placement.agent_ns.clone());
-    let (target_proc, targets) = crate::target::start(&target_prog, &log_dir, max).await?;
+    let (target_proc, targets) =
+        crate::target::start(&target_prog, &log_dir, max, std::net::Ipv4Addr::LOCALHOST.into()).await?;
     let env = Env {
         socket_dir: work.path().to_owned(),
         log_dir,

@@ -28,6 +28,10 @@ pub struct Meta {
     pub smoke: bool,
     /// How clients reach the tunnel: grpc (single-use), grpc-shared, http-connect.
     pub frontend: String,
+    /// The agent↔server hop: `loopback`, or `veth MTU N` between two
+    /// network namespaces (`--veth-mtu`).
+    #[serde(default)]
+    pub link: String,
     pub settings: serde_json::Value,
     pub wall_secs: f64,
     /// /proc/loadavg (1, 5, 15 min) when the run started and ended: other
@@ -98,6 +102,18 @@ pub struct ThroughputResult {
     /// Upload only: what the client wrote against what arrived.
     #[serde(default)]
     pub upload: Option<UploadFigures>,
+    /// With `--perf`: the server's and agent's CPU per GB split by component.
+    #[serde(default)]
+    pub components: Option<CellComponents>,
+}
+
+/// A cell's CPU per GB by component, per process (see `crate::perf`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellComponents {
+    /// The server's and the agent's `perf record` files (call graphs included).
+    pub recordings: [String; 2],
+    pub server: crate::perf::ComponentCosts,
+    pub agent: crate::perf::ComponentCosts,
 }
 
 /// An upload cell's byte accounting. "Wrote" is what the client's tunnel

@@ -58,7 +58,7 @@ fn kib(bytes: f64) -> String {
 pub fn render(r: &Report) -> String {
     let m = &r.meta;
     let mut out = format!(
-        "konnq-loadtest {} {} | {} CPUs ({}) | kernel {} | load {} → {} | frontend {}{}\n",
+        "konnq-loadtest {} {} | {} CPUs ({}) | kernel {} | load {} → {} | frontend {} | link {}{}\n",
         m.revision,
         m.date_utc,
         m.machine.nproc,
@@ -67,13 +67,23 @@ pub fn render(r: &Report) -> String {
         m.loadavg_start,
         m.loadavg_end,
         m.frontend,
+        if m.link.is_empty() { "loopback" } else { &m.link },
         if m.smoke { " | SMOKE (tiny sizes, figures meaningless)" } else { "" }
     );
     for p in &r.peers {
         let state = if p.available { "" } else { "UNAVAILABLE: " };
         let _ = writeln!(out, "  {:<9} {state}{}", p.name, p.detail);
     }
-    let sections = [throughput(r), throughput_memory(r), upload(r), latency(r), dial(r), scale(r), soak(r)];
+    let sections = [
+        throughput(r),
+        throughput_memory(r),
+        throughput_components(r),
+        upload(r),
+        latency(r),
+        dial(r),
+        scale(r),
+        soak(r),
+    ];
     for section in sections.into_iter().chain([targets(r), errors(r)]) {
         if !section.is_empty() {
             out += "\n";
@@ -181,6 +191,38 @@ fn throughput_memory(r: &Report) -> String {
     let mut headers = vec!["mode", "conns"];
     headers.extend(&peers);
     format!("THROUGHPUT MEMORY  server + agent RSS MiB before/peak/after (peak growth); after = {settle:.0} s after closing\n")
+        + &table(&headers, &rows)
+}
+
+/// With `--perf`: each cell's server + agent CPU per GB by component.
+fn throughput_components(r: &Report) -> String {
+    use crate::perf::Component;
+    let cells: Vec<&crate::report::ThroughputResult> = r.throughput.iter().filter(|t| t.components.is_some()).collect();
+    if cells.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = cells
+        .iter()
+        .flat_map(|t| {
+            let c = t.components.as_ref().expect("filtered");
+            let row = |who: &str, f: &dyn Fn(Component) -> f64, samples: u64| {
+                let mut row = vec![t.peer.clone(), t.mode.clone(), t.conns.to_string(), who.to_owned()];
+                row.push(format!("{:.2}", Component::ALL.iter().map(|&k| f(k)).sum::<f64>()));
+                row.extend(Component::ALL.iter().map(|&k| format!("{:.2}", f(k))));
+                row.push(samples.to_string());
+                row
+            };
+            [
+                row("server", &|k| c.server.get(k), c.server.samples),
+                row("agent", &|k| c.agent.get(k), c.agent.samples),
+                row("both", &|k| c.server.get(k) + c.agent.get(k), c.server.samples + c.agent.samples),
+            ]
+        })
+        .collect();
+    let mut headers = vec!["peer", "mode", "conns", "process", "s/GB"];
+    headers.extend(Component::ALL.iter().map(|c| c.heading()));
+    headers.push("samples");
+    "THROUGHPUT CPU BY COMPONENT  CPU seconds per GB (perf self time by function; k: = kernel)\n".to_owned()
         + &table(&headers, &rows)
 }
 
@@ -410,6 +452,17 @@ mod tests {
         assert!(mem.contains("30/94/32 (+64)"), "{mem}");
         let up = text.lines().find(|l| l.starts_with("konnq     64 ")).expect("upload accounting row");
         assert!(up.contains("(0.0%)") && up.contains("(0.4%)"), "{up}");
+        let by = text.split("THROUGHPUT CPU BY COMPONENT").nth(1).expect("component section");
+        let cols = |who: &str| -> Vec<String> {
+            let line = by.lines().find(|l| l.contains(&format!(" {who} "))).unwrap_or_else(|| panic!("{who} row"));
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        // peer mode conns process s/GB crypto copies QUIC ... k:net ... samples
+        assert_eq!(cols("server")[4..8], ["1.00", "0.25", "0.00", "0.75"]);
+        assert_eq!(cols("agent")[4], "0.50");
+        assert_eq!(cols("agent")[14], "0.50", "k:net");
+        assert_eq!(cols("both")[4], "1.50");
+        assert_eq!(cols("both").last().map(String::as_str), Some("140"));
     }
 
     #[test]

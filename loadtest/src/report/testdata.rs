@@ -46,6 +46,27 @@ fn upload(gbps: f64) -> UploadFigures {
     }
 }
 
+/// konnq one-way x1 by component: server 1.0 s/GB (crypto 0.25, QUIC 0.75
+/// from 100 samples), agent 0.5 s/GB all in the kernel's network stack.
+fn components() -> CellComponents {
+    use crate::perf::{classify, ComponentCosts, ProcessProfile};
+    let profile = |rows: &[(&str, &str, u64)]| {
+        let mut p = ProcessProfile::default();
+        for &(dso, sym, n) in rows {
+            p.samples += n;
+            *p.by_component.entry(classify(dso, sym)).or_default() += n;
+        }
+        p
+    };
+    let server = profile(&[("konnq-server", "[.] aes_gcm_dec", 25), ("konnq-server", "[.] quinn_proto::x", 75)]);
+    let agent = profile(&[("[kernel.kallsyms]", "[k] udp_sendmsg", 40)]);
+    CellComponents {
+        recordings: ["s.perf.data".into(), "a.perf.data".into()],
+        server: ComponentCosts::new(&server, 1.0),
+        agent: ComponentCosts::new(&agent, 0.5),
+    }
+}
+
 pub fn sample_report() -> Report {
     let mut r = Report::default();
     r.meta.frontend = "grpc".into();
@@ -67,6 +88,7 @@ pub fn sample_report() -> Report {
                     cpu: cpu(peer),
                     memory: memory(peer, conns),
                     upload: (mode == "upload").then(|| upload(gbps)),
+                    components: (peer == "konnq" && mode == "oneway" && conns == 1).then(components),
                 });
             }
         }

@@ -246,7 +246,8 @@ pub async fn run(s: &RollSettings, command: Vec<String>) -> anyhow::Result<(Roll
     let printer = tokio::spawn(progress.clone().run(stopped));
     let budget = s.peer_budget() + Duration::from_secs(120);
     let max = budget * s.peer_kinds.len() as u32;
-    let (target_proc, targets) = crate::target::start(&Program::plain(exe.clone()), &log_dir, max).await?;
+    let (target_proc, targets) =
+        crate::target::start(&Program::plain(exe.clone()), &log_dir, max, std::net::Ipv4Addr::LOCALHOST.into()).await?;
     let env = Env { socket_dir: work.path().to_owned(), log_dir, certs, targets, frontend: Frontend::Grpc, lab: None };
     let mut report = RollReport::default();
     let mut csv = String::new();

@@ -25,7 +25,7 @@ use super::{cpu_mark, cpu_split};
 use crate::conn::Conn;
 use crate::peers::Peer;
 use crate::progress::{Counters, Progress};
-use crate::report::{ThroughputResult, UploadFigures};
+use crate::report::{CellComponents, ThroughputResult, UploadFigures};
 use crate::settings::{Mode, Throughput};
 use crate::stats::{cpu_per_gb, gbit_per_s};
 use crate::target::{sink_count, SinkCount, Targets};
@@ -78,11 +78,23 @@ pub async fn run(
         });
     }
     sleep_until(measure_from).await;
+    let recording = match (&s.perf_dir, peer.pids()) {
+        (Some(dir), (Some(server), Some(agent))) => {
+            let name = |who: &str| dir.join(format!("{}-{}-{conns}-{who}.perf.data", peer.kind.name(), mode.name()));
+            let server = crate::perf::Recording::start(server, &name("server"))?;
+            Some((server, crate::perf::Recording::start(agent, &name("agent"))?))
+        }
+        _ => None,
+    };
     let window_start = (counters.bytes.load(Ordering::Relaxed), cpu_mark(peer, targets));
     let rx0 = if mode == Mode::Upload { Some(sink_count(targets.count).await?) } else { None };
     sleep_until(end).await;
     let rx1 = if mode == Mode::Upload { Some(sink_count(targets.count).await?) } else { None };
     let (bytes1, mark1) = (counters.bytes.load(Ordering::Relaxed), cpu_mark(peer, targets));
+    let recorded = match recording {
+        Some((server, agent)) => Some((server.stop().await?, agent.stop().await?)),
+        None => None,
+    };
     let (bytes0, mark0) = window_start;
     let secs = mark1.at.duration_since(mark0.at).as_secs_f64();
     let mut errors = 0;
@@ -108,6 +120,18 @@ pub async fn run(
     let cpu = cpu_split(&mark0, &mark1);
     let (server_cpu, agent_cpu) = (cpu.server.map(|c| c * secs), cpu.agent.map(|c| c * secs));
     let total_cpu = server_cpu.zip(agent_cpu).map(|(a, b)| a + b);
+    let components = match recorded {
+        Some((server_rec, agent_rec)) => {
+            let per_gb = |secs: Option<f64>| secs.and_then(|c| cpu_per_gb(c, bytes)).unwrap_or(0.0);
+            let (server, agent) = (crate::perf::profile(&server_rec).await?, crate::perf::profile(&agent_rec).await?);
+            Some(CellComponents {
+                recordings: [server_rec, agent_rec].map(|p| p.display().to_string()),
+                server: crate::perf::ComponentCosts::new(&server, per_gb(server_cpu)),
+                agent: crate::perf::ComponentCosts::new(&agent, per_gb(agent_cpu)),
+            })
+        }
+        None => None,
+    };
     Ok(ThroughputResult {
         peer: peer.kind.name().to_owned(),
         mode: mode.name().to_owned(),
@@ -122,6 +146,7 @@ pub async fn run(
         cpu,
         memory: (memory.server.is_some() || memory.agent.is_some()).then_some(memory),
         upload,
+        components,
     })
 }
 
