@@ -105,6 +105,54 @@ pub struct ThroughputResult {
     /// With `--perf`: the server's and agent's CPU per GB split by component.
     #[serde(default)]
     pub components: Option<CellComponents>,
+    /// How evenly the cell's connections moved their bytes (counted at the
+    /// client) in the measured window.
+    #[serde(default)]
+    pub spread: Option<ConnSpread>,
+}
+
+/// The slowest and fastest connection of a cell against an equal share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnSpread {
+    pub conns: usize,
+    /// Connections that moved no byte in the window.
+    pub stalled: usize,
+    /// Slowest and fastest connection's bytes, as a fraction of the mean.
+    pub min_of_mean: f64,
+    pub max_of_mean: f64,
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::ConnSpread;
+
+    #[test]
+    fn spread_of_connections() {
+        let s = ConnSpread::of(&[0, 50, 100, 250]).expect("some bytes");
+        assert_eq!((s.conns, s.stalled), (4, 1));
+        assert_eq!((s.min_of_mean, s.max_of_mean), (0.0, 2.5));
+        assert_eq!(ConnSpread::of(&[]), None);
+        assert_eq!(ConnSpread::of(&[0, 0]), None);
+    }
+}
+
+impl ConnSpread {
+    /// The spread of per-connection byte counts (`None` for none, or when
+    /// nothing moved at all).
+    pub fn of(bytes: &[u64]) -> Option<ConnSpread> {
+        let total: u64 = bytes.iter().sum();
+        if bytes.is_empty() || total == 0 {
+            return None;
+        }
+        let mean = total as f64 / bytes.len() as f64;
+        let (min, max) = (bytes.iter().min().copied()?, bytes.iter().max().copied()?);
+        Some(ConnSpread {
+            conns: bytes.len(),
+            stalled: bytes.iter().filter(|&&b| b == 0).count(),
+            min_of_mean: min as f64 / mean,
+            max_of_mean: max as f64 / mean,
+        })
+    }
 }
 
 /// A cell's CPU per GB by component, per process (see `crate::perf`).

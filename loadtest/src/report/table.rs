@@ -147,14 +147,31 @@ fn throughput(r: &Report) -> String {
             row
         })
         .collect();
+    let spread_rows: Vec<Vec<String>> = keys
+        .iter()
+        .filter(|(_, conns)| *conns > 1)
+        .map(|(mode, conns)| {
+            let mut row = vec![mode.clone(), conns.to_string()];
+            row.extend(peers.iter().map(|p| match find(p, mode, *conns).and_then(|t| t.spread) {
+                Some(s) => format!("{:.2}-{:.2} ({} stalled)", s.min_of_mean, s.max_of_mean, s.stalled),
+                None => "-".to_owned(),
+            }));
+            row
+        })
+        .collect();
     let mut headers = vec!["mode", "conns"];
     headers.extend(&peers);
     let cpu_headers = headers.clone();
     headers.push("konnq/upstream");
-    "THROUGHPUT  Gbit/s (server + agent CPU seconds per GB moved)\n".to_owned()
+    let mut out = "THROUGHPUT  Gbit/s (server + agent CPU seconds per GB moved)\n".to_owned()
         + &table(&headers, &rows)
         + &format!("\nTHROUGHPUT {CPU}\n")
-        + &table(&cpu_headers, &cpu_rows)
+        + &table(&cpu_headers, &cpu_rows);
+    if !spread_rows.is_empty() {
+        out += "\nTHROUGHPUT PER CONNECTION  slowest-fastest connection's bytes / the mean (connections that moved nothing)\n";
+        out += &table(&cpu_headers, &spread_rows);
+    }
+    out
 }
 
 fn mib(bytes: u64) -> String {
@@ -452,6 +469,10 @@ mod tests {
         assert!(mem.contains("30/94/32 (+64)"), "{mem}");
         let up = text.lines().find(|l| l.starts_with("konnq     64 ")).expect("upload accounting row");
         assert!(up.contains("(0.0%)") && up.contains("(0.4%)"), "{up}");
+        let spread = text.split("THROUGHPUT PER CONNECTION").nth(1).expect("spread section");
+        let row = spread.lines().find(|l| l.starts_with("oneway  64 ")).expect("spread row");
+        // 64 connections alternating 100 and 120 bytes: mean 110.
+        assert!(row.contains("0.91-1.09 (0 stalled)"), "{row}");
         let by = text.split("THROUGHPUT CPU BY COMPONENT").nth(1).expect("component section");
         let cols = |who: &str| -> Vec<String> {
             let line = by.lines().find(|l| l.contains(&format!(" {who} "))).unwrap_or_else(|| panic!("{who} row"));

@@ -89,6 +89,7 @@ pub fn sample_report() -> Report {
                     memory: memory(peer, conns),
                     upload: (mode == "upload").then(|| upload(gbps)),
                     components: (peer == "konnq" && mode == "oneway" && conns == 1).then(components),
+                    spread: ConnSpread::of(&(0..conns as u64).map(|i| 100 + i % 2 * 20).collect::<Vec<_>>()),
                 });
             }
         }

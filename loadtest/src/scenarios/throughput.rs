@@ -25,7 +25,7 @@ use super::{cpu_mark, cpu_split};
 use crate::conn::Conn;
 use crate::peers::Peer;
 use crate::progress::{Counters, Progress};
-use crate::report::{CellComponents, ThroughputResult, UploadFigures};
+use crate::report::{CellComponents, ConnSpread, ThroughputResult, UploadFigures};
 use crate::settings::{Mode, Throughput};
 use crate::stats::{cpu_per_gb, gbit_per_s};
 use crate::target::{sink_count, SinkCount, Targets};
@@ -62,8 +62,9 @@ pub async fn run(
 
     let mut set = JoinSet::new();
     let budget = Arc::new(AtomicU64::new(s.max_bytes));
-    for conn in opened {
-        let c = Arc::clone(&counters);
+    let per_conn: Vec<Arc<AtomicU64>> = (0..opened.len()).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    for (conn, mine) in opened.into_iter().zip(&per_conn) {
+        let c = Tally { all: Arc::clone(&counters), mine: Arc::clone(mine) };
         let (chunk, window, budget) = (s.chunk_bytes, s.window_bytes, Arc::clone(&budget));
         set.spawn(async move {
             let result = match mode {
@@ -87,10 +88,13 @@ pub async fn run(
         _ => None,
     };
     let window_start = (counters.bytes.load(Ordering::Relaxed), cpu_mark(peer, targets));
+    let conn_start: Vec<u64> = per_conn.iter().map(|b| b.load(Ordering::Relaxed)).collect();
     let rx0 = if mode == Mode::Upload { Some(sink_count(targets.count).await?) } else { None };
     sleep_until(end).await;
     let rx1 = if mode == Mode::Upload { Some(sink_count(targets.count).await?) } else { None };
     let (bytes1, mark1) = (counters.bytes.load(Ordering::Relaxed), cpu_mark(peer, targets));
+    let conn_window: Vec<u64> =
+        per_conn.iter().zip(&conn_start).map(|(b, s0)| b.load(Ordering::Relaxed) - s0).collect();
     let recorded = match recording {
         Some((server, agent)) => Some((server.stop().await?, agent.stop().await?)),
         None => None,
@@ -147,7 +151,21 @@ pub async fn run(
         memory: (memory.server.is_some() || memory.agent.is_some()).then_some(memory),
         upload,
         components,
+        spread: ConnSpread::of(&conn_window),
     })
+}
+
+/// Bytes of one connection, counted into the cell's total as well.
+struct Tally {
+    all: Arc<Counters>,
+    mine: Arc<AtomicU64>,
+}
+
+impl Tally {
+    fn add(&self, n: usize) {
+        self.all.add_bytes(n);
+        self.mine.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// The sink's count once it has seen every connection end (everything that
@@ -169,7 +187,7 @@ async fn sink_drained(targets: Targets) -> anyhow::Result<SinkCount> {
 
 /// Writes `chunk`-sized buffers until `end` or until the cell's `budget`
 /// of bytes is spent, counting what the client's tunnel library accepted.
-async fn write_until(conn: Conn, end: Instant, chunk: usize, budget: &AtomicU64, c: &Counters) -> anyhow::Result<Conn> {
+async fn write_until(conn: Conn, end: Instant, chunk: usize, budget: &AtomicU64, c: &Tally) -> anyhow::Result<Conn> {
     let data = Bytes::from(vec![0x6bu8; chunk]);
     let take = |n: u64| budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n)).is_ok();
     while take(chunk as u64) {
@@ -177,17 +195,17 @@ async fn write_until(conn: Conn, end: Instant, chunk: usize, budget: &AtomicU64,
             Ok(r) => r?,
             Err(_) => break,
         }
-        c.add_bytes(chunk);
+        c.add(chunk);
     }
     Ok(conn)
 }
 
 /// Counts received bytes until `end`.
-async fn read_until(mut conn: Conn, end: Instant, c: &Counters) -> anyhow::Result<Conn> {
+async fn read_until(mut conn: Conn, end: Instant, c: &Tally) -> anyhow::Result<Conn> {
     while let Ok(read) = timeout_at(end, conn.read_some()).await {
         match read? {
             0 => anyhow::bail!("the target closed the stream"),
-            n => c.add_bytes(n),
+            n => c.add(n),
         }
     }
     Ok(conn)
@@ -195,7 +213,7 @@ async fn read_until(mut conn: Conn, end: Instant, c: &Counters) -> anyhow::Resul
 
 /// Writes chunks and counts what comes back until `end`, with at most
 /// `window` bytes in flight.
-async fn echo_until(mut conn: Conn, end: Instant, chunk: usize, window: usize, c: &Counters) -> anyhow::Result<Conn> {
+async fn echo_until(mut conn: Conn, end: Instant, chunk: usize, window: usize, c: &Tally) -> anyhow::Result<Conn> {
     let credit = Arc::new(Semaphore::new(window / chunk));
     let writer = conn.writer.clone();
     let data = Bytes::from(vec![0x33u8; chunk]);
@@ -214,7 +232,7 @@ async fn echo_until(mut conn: Conn, end: Instant, chunk: usize, window: usize, c
             Err(_) => break Ok(()),
             Ok(Ok(0)) => break Err(anyhow::anyhow!("the echo target closed the stream")),
             Ok(Ok(n)) => {
-                c.add_bytes(n);
+                c.add(n);
                 returned += n;
                 credit.add_permits(returned / chunk);
                 returned %= chunk;
