@@ -51,9 +51,12 @@ fn lab_smoke_runs_every_experiment_and_cleans_up() {
     assert_eq!(json["meta"]["smoke"], true);
     let cells = json["cells"].as_array().expect("cells");
     let experiments: Vec<&str> = cells.iter().filter_map(|c| c["experiment"].as_str()).collect();
-    for e in ["hol", "slow-reader", "migration", "restart"] {
+    for e in ["hol", "slow-reader", "migration", "restart", "fairness"] {
         assert!(experiments.contains(&e), "{e} missing: {experiments:?}");
     }
+    let fair = cells.iter().find(|c| c["experiment"] == "fairness").expect("fairness cell");
+    assert!(fair["competitor"]["mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0, "the competing flow moved: {fair}");
+    assert!(fair["outcome"]["bulk_mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0, "the tunnel moved: {fair}");
     // Every cell says when things happened: the link's bytes and the slowest
     // ping per half second.
     for c in cells {

@@ -18,7 +18,9 @@
 //!   moves its QUIC connection to a new UDP port (SIGUSR1); upstream's TCP
 //!   connection cannot move, which is what destroying it (`ss -K`) amounts to;
 //! - `restart`: the agent, then the server, restarted (SIGTERM, then started
-//!   again) under traffic: time until a new connection works, how clients end.
+//!   again) under traffic: time until a new connection works, how clients end;
+//! - `fairness`: the bulk download beside a competing kernel TCP flow on the
+//!   same link in the same direction (cubic, bbr): each flow's share.
 
 pub mod report;
 pub mod workload;
@@ -42,7 +44,7 @@ use crate::progress::Progress;
 use crate::report::model::ScenarioError;
 use crate::settings::KonnqBin;
 use crate::target::Targets;
-use report::{Cell, CellSample, EventOutcome, LabReport, LinkCheck, LinkInfo};
+use report::{Cell, CellSample, Competitor, EventOutcome, LabReport, LinkCheck, LinkInfo};
 use workload::{Outcome, Plan};
 
 /// Namespace name prefix; a crashed run's leftovers with it are removed at start.
@@ -55,10 +57,12 @@ pub enum Experiment {
     SlowReader,
     Migration,
     Restart,
+    Fairness,
 }
 
 impl Experiment {
-    const ALL: [Experiment; 4] = [Experiment::Hol, Experiment::SlowReader, Experiment::Migration, Experiment::Restart];
+    const ALL: [Experiment; 5] =
+        [Experiment::Hol, Experiment::SlowReader, Experiment::Migration, Experiment::Restart, Experiment::Fairness];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -66,6 +70,7 @@ impl Experiment {
             Experiment::SlowReader => "slow-reader",
             Experiment::Migration => "migration",
             Experiment::Restart => "restart",
+            Experiment::Fairness => "fairness",
         }
     }
 }
@@ -76,7 +81,7 @@ impl std::str::FromStr for Experiment {
         Experiment::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| format!("unknown experiment {s:?} (hol, slow-reader, migration, restart)"))
+            .ok_or_else(|| format!("unknown experiment {s:?} (hol, slow-reader, migration, restart, fairness)"))
     }
 }
 
@@ -93,8 +98,14 @@ pub struct LabArgs {
     pub frontend: Frontend,
     #[arg(long, value_delimiter = ',', default_value = "konnq,upstream")]
     pub peers: Vec<PeerKind>,
-    #[arg(long, value_delimiter = ',', default_value = "hol,slow-reader,migration,restart")]
+    #[arg(long, value_delimiter = ',', default_value = "hol,slow-reader,migration,restart,fairness")]
     pub experiments: Vec<Experiment>,
+    /// Fairness: the competing kernel TCP flow's congestion controls.
+    #[arg(long, value_delimiter = ',', default_value = "cubic,bbr")]
+    pub fairness_cc: Vec<String>,
+    /// Fairness: loss rates (percent, each direction).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub fairness_loss: Vec<f64>,
     /// Random loss rates (percent, each direction) of the head-of-line experiment.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,5")]
     pub loss: Vec<f64>,
@@ -162,6 +173,8 @@ pub struct LabSettings {
     pub slow_reader_loss: f64,
     pub slow_reader_rounds: u32,
     pub event_loss: f64,
+    pub fairness_cc: Vec<String>,
+    pub fairness_loss: Vec<f64>,
     pub secs: f64,
     pub warmup_secs: f64,
     pub pings: usize,
@@ -187,6 +200,14 @@ impl LabArgs {
             pct("loss", l, &mut p);
         }
         pct("slow-reader-loss", self.slow_reader_loss, &mut p);
+        for &l in &self.fairness_loss {
+            pct("fairness-loss", l, &mut p);
+        }
+        for cc in &self.fairness_cc {
+            if cc.is_empty() || !cc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                p.push(format!("--fairness-cc {cc:?}: not a congestion control name"));
+            }
+        }
         pct("event-loss", self.event_loss, &mut p);
         let in_range = |name: &str, v: f64, lo: f64, hi: f64, p: &mut Vec<String>| {
             if !(v.is_finite() && v >= lo && v <= hi) {
@@ -236,6 +257,8 @@ impl LabArgs {
             slow_reader_loss: self.slow_reader_loss,
             slow_reader_rounds: self.slow_reader_rounds,
             event_loss: self.event_loss,
+            fairness_cc: self.fairness_cc,
+            fairness_loss: self.fairness_loss,
             secs: self.secs,
             warmup_secs: self.warmup_secs,
             pings: self.pings,
@@ -258,6 +281,8 @@ impl LabArgs {
             s.ping_interval_ms = 100;
             s.link_check = false;
             s.slow_reader_rounds = 1;
+            s.fairness_cc.truncate(1);
+            s.fairness_loss = vec![1.0];
         }
         Ok(s)
     }
@@ -314,6 +339,9 @@ struct Ctx<'a> {
     report: &'a mut LabReport,
     /// Round of a repeated experiment (0: the first or only one).
     round: u32,
+    /// A kernel TCP flow with this congestion control competes with the
+    /// cell's traffic (fairness).
+    competitor: Option<String>,
 }
 
 /// Runs the lab; returns the report (files not yet written).
@@ -390,7 +418,7 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
         report.peers.push(info);
     }
 
-    let mut ctx = Ctx { s, lab: &lab, env: &env, progress: &progress, report: &mut report, round: 0 };
+    let mut ctx = Ctx { s, lab: &lab, env: &env, progress: &progress, report: &mut report, round: 0, competitor: None };
     for &e in &s.experiments {
         match e {
             Experiment::Hol => {
@@ -426,6 +454,18 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
                     ctx.cell(e, "server-restart", *kind, bins, s.event_loss, plan, Action::RestartServer).await;
                 }
             }
+            Experiment::Fairness => {
+                for cc in &s.fairness_cc {
+                    for &loss in &s.fairness_loss {
+                        for (kind, bins) in &peers {
+                            ctx.competitor = Some(cc.clone());
+                            let variant = format!("vs-{cc}");
+                            ctx.cell(e, &variant, *kind, bins, loss, s.plan(true, false), Action::None).await;
+                        }
+                    }
+                }
+                ctx.competitor = None;
+            }
         }
     }
     stop.send_replace(true);
@@ -447,6 +487,73 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
         loadavg_end: crate::machine::loadavg(),
     };
     Ok(report)
+}
+
+/// A kernel TCP flow from side B to side A (the direction of the bulk
+/// download) with congestion control `cc`, sending as fast as it may until
+/// `end`; its goodput in `[window_start, end)`, counted by the receiver.
+async fn competing_flow(
+    listener: Result<std::io::Result<std::net::TcpListener>, konnq_netlab::LabError>,
+    b: std::io::Result<std::os::fd::OwnedFd>,
+    cc: String,
+    window_start: Instant,
+    end: Instant,
+) -> anyhow::Result<Competitor> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = listener?.context("listening in side A")?;
+    let b = b.context("side B's namespace")?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let to = listener.local_addr()?;
+    let fd = tokio::task::spawn_blocking(move || konnq_netlab::netns::tcp_socket_in(&b)).await??;
+    set_congestion_control(&fd, &cc).with_context(|| format!("TCP_CONGESTION {cc}"))?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    let (sender, accepted) = tokio::join!(socket.connect(to), listener.accept());
+    let (mut sender, (mut receiver, _)) = (sender.context("connecting")?, accepted.context("accepting")?);
+    let received = std::sync::Arc::new(AtomicU64::new(0));
+    let count = std::sync::Arc::clone(&received);
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(end, receiver.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            count.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    });
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0x42u8; 64 * 1024];
+        while let Ok(Ok(())) = tokio::time::timeout_at(end, sender.write_all(&chunk)).await {}
+    });
+    tokio::time::sleep_until(window_start).await;
+    let at_start = received.load(Ordering::Relaxed);
+    tokio::time::sleep_until(end).await;
+    let bytes = received.load(Ordering::Relaxed) - at_start;
+    writer.abort();
+    reader.abort();
+    let secs = end.duration_since(window_start).as_secs_f64();
+    Ok(Competitor { cc, mbit_per_s: bytes as f64 * 8.0 / secs / 1e6 })
+}
+
+/// TCP_CONGESTION on one socket (any controller the kernel has, as root).
+fn set_congestion_control(fd: &std::os::fd::OwnedFd, cc: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on an open socket with a buffer of the given length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            cc.as_ptr().cast(),
+            cc.len() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Sets (unless `want` is "inherit") and reads back the TCP congestion
@@ -550,6 +657,11 @@ impl Ctx<'_> {
         let planned = plan.warmup + plan.measure;
         self.progress.stage(label.clone(), planned);
         let running = workload::start(&peer.dialer, self.env.targets, &plan);
+        let competing = self.competitor.clone().map(|cc| {
+            let listener = self.lab.with_ns(Side::A, || std::net::TcpListener::bind((Side::A.addr(), 0)));
+            let ns = self.lab.namespace_fd(Side::B);
+            tokio::spawn(competing_flow(listener, ns, cc, running.window_start, running.end))
+        });
         let sampler = sample_timeline(self.lab, running.end);
         let work = async {
             let event = match action {
@@ -563,6 +675,16 @@ impl Ctx<'_> {
             (event, running.finish().await)
         };
         let ((event, outcome), timeline) = tokio::join!(work, sampler);
+        let competitor = match competing {
+            None => None,
+            Some(task) => match task.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                Ok(c) => Some(c),
+                Err(err) => {
+                    fail(self.report, format!("competing TCP flow: {err:#}"));
+                    None
+                }
+            },
+        };
         let after = self.lab.stats();
         let steal_pct = crate::machine::steal_pct(cpu_before, crate::machine::cpu_times());
         let offered = (after.a_to_b.received + after.b_to_a.received)
@@ -591,6 +713,7 @@ impl Ctx<'_> {
             event,
             timeline,
             round: self.round,
+            competitor,
         });
     }
 
@@ -736,6 +859,17 @@ pub fn smoke_problems(r: &LabReport) -> Vec<String> {
             Some(c) if c.outcome.pings_ok == 0 => p.push(format!("{e} {v}: no ping answered")),
             Some(_) => {}
         }
+    }
+    let fair = r.cells.iter().find(|c| c.experiment == "fairness");
+    match fair {
+        None => p.push("fairness: no figures".into()),
+        Some(c) if c.competitor.as_ref().is_none_or(|x| x.mbit_per_s <= 0.0) => {
+            p.push("fairness: the competing TCP flow moved nothing".into())
+        }
+        Some(c) if c.outcome.bulk_mbit_per_s.is_none_or(|m| m <= 0.0) => {
+            p.push("fairness: no bulk goodput beside the competing flow".into())
+        }
+        Some(_) => {}
     }
     if find("hol", "").and_then(|c| c.outcome.bulk_mbit_per_s).is_none_or(|m| m <= 0.0) {
         p.push("hol: no bulk goodput".into());

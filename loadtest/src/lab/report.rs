@@ -86,6 +86,26 @@ pub struct Cell {
     /// Round of a repeated experiment, from 0.
     #[serde(default)]
     pub round: u32,
+    /// Fairness: the kernel TCP flow that shared the link.
+    #[serde(default)]
+    pub competitor: Option<Competitor>,
+}
+
+/// A competing kernel TCP flow on the link (fairness experiment).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Competitor {
+    /// Its congestion control.
+    pub cc: String,
+    /// Its goodput in the window, counted by its receiver.
+    pub mbit_per_s: f64,
+}
+
+impl Cell {
+    /// The tunnel's share of what both flows moved in the window.
+    pub fn tunnel_share(&self) -> Option<f64> {
+        let (t, c) = (self.outcome.bulk_mbit_per_s?, self.competitor.as_ref()?.mbit_per_s);
+        (t + c > 0.0).then(|| t / (t + c))
+    }
 }
 
 /// One [`super::workload::TIMELINE_BUCKET`] of a cell.
@@ -213,6 +233,7 @@ pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
         &r.slow_reader_ratios(K),
         &upstream,
     ));
+    out.extend(fairness_targets(r));
     let tcp = r.slow_reader_ratios(KT);
     if !tcp.is_empty() {
         out.push(slow_reader_target(
@@ -222,6 +243,46 @@ pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
             &tcp,
             &upstream,
         ));
+    }
+    out
+}
+
+/// Fairness: beside one competing kernel TCP flow, konnq takes at most 60%
+/// of the link without loss and still at least 40% at 1% loss, per
+/// competing congestion control; upstream's share beside.
+fn fairness_targets(r: &LabReport) -> Vec<TargetCheck> {
+    let mut variants: Vec<&str> = Vec::new();
+    for c in r.cells.iter().filter(|c| c.experiment == "fairness") {
+        if !variants.contains(&c.variant.as_str()) {
+            variants.push(&c.variant);
+        }
+    }
+    let share = |peer: &str, variant: &str, loss: f64| {
+        r.cell("fairness", variant, peer, Some(loss)).and_then(Cell::tunnel_share).map(|s| s * 100.0)
+    };
+    let mut out = Vec::new();
+    for v in variants {
+        let cc = v.trim_start_matches("vs-");
+        for (loss, limit, at_most) in [(0.0, 60.0, true), (1.0, 40.0, false)] {
+            let konnq = share(K, v, loss);
+            let verdict = match konnq {
+                None => Verdict::NotMeasured,
+                Some(k) if (at_most && k <= limit) || (!at_most && k >= limit) => Verdict::Met,
+                Some(_) => Verdict::Missed,
+            };
+            out.push(TargetCheck {
+                id: format!("fairness_{cc}_loss{loss}"),
+                target: format!(
+                    "share of the link beside one {cc} TCP flow at {loss}% loss {} {limit:.0}%",
+                    if at_most { "≤" } else { "≥" }
+                ),
+                konnq,
+                upstream: share(U, v, loss),
+                unit: "%".into(),
+                verdict,
+                note: if konnq.is_none() { "no konnq figure".into() } else { String::new() },
+            });
+        }
     }
     out
 }
@@ -362,6 +423,25 @@ pub fn render(r: &LabReport) -> String {
             &events,
         );
     }
+    let fair: Vec<Vec<String>> = r
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let x = c.competitor.as_ref()?;
+            Some(vec![
+                c.peer.clone(),
+                x.cc.clone(),
+                format!("{}", c.loss_pct),
+                opt(c.outcome.bulk_mbit_per_s, 2),
+                format!("{:.2}", x.mbit_per_s),
+                opt(c.tunnel_share().map(|s| s * 100.0), 1),
+            ])
+        })
+        .collect();
+    if !fair.is_empty() {
+        out += "\nFAIRNESS  the tunnel's bulk download beside one kernel TCP flow, same link, same direction\n";
+        out += &table(&["peer", "competing TCP", "loss %", "tunnel Mbit/s", "TCP Mbit/s", "tunnel share %"], &fair);
+    }
     let checks: Vec<Vec<String>> = r
         .targets
         .iter()
@@ -500,6 +580,7 @@ mod tests {
             event: None,
             timeline: Vec::new(),
             round: 0,
+            competitor: None,
         }
     }
 
@@ -543,6 +624,32 @@ mod tests {
         assert_eq!(verdict(&t, "hol_goodput_loss1"), Verdict::Missed);
         assert_eq!(verdict(&t, "hol_ping_p99_vs_upstream_loss5"), Verdict::NotMeasured);
         assert!(evaluate(&LabReport::default()).iter().all(|c| c.verdict == Verdict::NotMeasured));
+    }
+
+    #[test]
+    fn fairness_shares_and_targets() {
+        let mut r = sample();
+        let fair = |peer: &str, cc: &str, loss: f64, tunnel: f64, tcp: f64| {
+            let mut c = cell("fairness", &format!("vs-{cc}"), peer, loss, outcome(60, 90, Some(tunnel)));
+            c.competitor = Some(Competitor { cc: cc.into(), mbit_per_s: tcp });
+            c
+        };
+        // konnq: 55% at 0% loss (met), 30% at 1% (missed) beside cubic.
+        r.cells.push(fair("konnq", "cubic", 0.0, 55.0, 45.0));
+        r.cells.push(fair("konnq", "cubic", 1.0, 30.0, 70.0));
+        r.cells.push(fair("upstream", "cubic", 0.0, 50.0, 50.0));
+        let t = evaluate(&r);
+        assert_eq!(verdict(&t, "fairness_cubic_loss0"), Verdict::Met);
+        assert_eq!(verdict(&t, "fairness_cubic_loss1"), Verdict::Missed);
+        let at0 = t.iter().find(|c| c.id == "fairness_cubic_loss0").unwrap();
+        assert!((at0.konnq.unwrap() - 55.0).abs() < 1e-9 && (at0.upstream.unwrap() - 50.0).abs() < 1e-9);
+        // konnq over the limit without loss: missed.
+        r.cells.push(fair("konnq", "bbr", 0.0, 70.0, 30.0));
+        assert_eq!(verdict(&evaluate(&r), "fairness_bbr_loss0"), Verdict::Missed);
+        assert_eq!(verdict(&evaluate(&r), "fairness_bbr_loss1"), Verdict::NotMeasured);
+        let text = render(&r);
+        let row = text.lines().find(|l| l.starts_with("konnq     cubic")).expect("fairness row");
+        assert!(row.contains("55.0"), "{row}");
     }
 
     #[test]
