@@ -16,6 +16,8 @@ use konnq_netlab::{Lab, Side};
 use konnq_shared::client::{connect_uds, ProxyConn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 const LIMIT: Duration = Duration::from_secs(30);
 /// Downloads running at once: enough data in flight to keep the agent's
 /// send window full on this link.
@@ -35,45 +37,12 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
     let lab = Lab::create("kqbulk", link).expect("lab (root, /dev/net/tun)");
     let socket = dir.path().join("konnq.sock");
 
-    let (server_tx, server_rx) = mpsc::channel();
-    let (stop_server, server_stop) = tokio::sync::oneshot::channel::<()>();
-    let raw = konnq_shared::config::RawServerConfig {
-        uds_name: Some(socket.clone()),
-        agent_bind_address: Some(Side::A.addr().into()),
-        agent_port: Some(0),
-        health_port: Some(0),
-        admin_port: Some(0),
-        cluster_cert: Some(certs.server_cert.clone()),
-        cluster_key: Some(certs.server_key.clone()),
-        cluster_ca_cert: Some(certs.ca_cert.clone()),
-        ..Default::default()
-    };
-    let server = lab
-        .spawn_async_in(Side::A, move || async move {
-            let cfg = raw.validate().expect("server config");
-            let listeners = konnq_server::Listeners::bind(&cfg).await.expect("bind");
-            let handle = konnq_server::start(cfg, listeners).await.expect("server starts");
-            server_tx.send(handle.agent_addr).expect("send");
-            let _ = server_stop.await;
-            handle.shutdown().await;
-        })
-        .expect("server thread");
-    let agent_addr = server_rx.recv_timeout(LIMIT).expect("server up");
+    let server = common::LabServer::start(&lab, &certs, &socket, LIMIT);
 
     // The agent, a source that writes as fast as it may, and an echo target.
     let (agent_tx, agent_rx) = mpsc::channel();
     let (stop_agent, agent_stop) = tokio::sync::oneshot::channel::<()>();
-    let raw = konnq_shared::config::RawAgentConfig {
-        proxy_server_host: Some(Side::A.addr().to_string()),
-        proxy_server_port: Some(agent_addr.port()),
-        ca_cert: Some(certs.ca_cert.clone()),
-        agent_cert: Some(certs.agent_cert.clone()),
-        agent_key: Some(certs.agent_key.clone()),
-        health_server_port: Some(0),
-        admin_server_port: Some(0),
-        sync_interval: Some(Duration::from_millis(100)),
-        ..Default::default()
-    };
+    let raw = server.agent_config(&certs);
     let agent = lab
         .spawn_async_in(Side::B, move || async move {
             let source = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("source");
@@ -170,6 +139,5 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
 
     let _ = stop_agent.send(());
     agent.join().expect("agent thread");
-    let _ = stop_server.send(());
-    server.join().expect("server thread");
+    server.stop();
 }

@@ -16,6 +16,8 @@ use konnq_netlab::{Lab, Side};
 use konnq_shared::client::{connect_uds, ProxyConn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn require_root() {
@@ -58,31 +60,9 @@ fn an_agent_behind_a_udp_drop_rule_uses_tcp_and_returns_to_udp() {
     let socket = dir.path().join("konnq.sock");
 
     // The server, in A.
-    let (server_tx, server_rx) = mpsc::channel();
-    let (stop_server, server_stop) = tokio::sync::oneshot::channel::<()>();
-    let raw = konnq_shared::config::RawServerConfig {
-        uds_name: Some(socket.clone()),
-        agent_bind_address: Some(Side::A.addr().into()),
-        agent_port: Some(0),
-        health_port: Some(0),
-        admin_port: Some(0),
-        cluster_cert: Some(certs.server_cert.clone()),
-        cluster_key: Some(certs.server_key.clone()),
-        cluster_ca_cert: Some(certs.ca_cert.clone()),
-        ..Default::default()
-    };
-    let server = lab
-        .spawn_async_in(Side::A, move || async move {
-            let cfg = raw.validate().expect("server config");
-            let listeners = konnq_server::Listeners::bind(&cfg).await.expect("bind");
-            let handle = konnq_server::start(cfg, listeners).await.expect("server starts");
-            server_tx.send((handle.agent_addr, handle.metrics.clone())).expect("send");
-            let _ = server_stop.await;
-            handle.shutdown().await;
-        })
-        .expect("server thread");
-    let (agent_addr, server_metrics) = server_rx.recv_timeout(LIMIT).expect("server up");
-    let port = agent_addr.port().to_string();
+    let server = common::LabServer::start(&lab, &certs, &socket, LIMIT);
+    let server_metrics = server.metrics.clone();
+    let port = server.agent_addr.port().to_string();
 
     // UDP from B to the agent port is dropped, as a firewall would.
     nft(&lab, Side::B, &["add", "table", "inet", "kqudp"]);
@@ -93,16 +73,8 @@ fn an_agent_behind_a_udp_drop_rule_uses_tcp_and_returns_to_udp() {
     let (agent_tx, agent_rx) = mpsc::channel();
     let (stop_agent, agent_stop) = tokio::sync::oneshot::channel::<()>();
     let raw = konnq_shared::config::RawAgentConfig {
-        proxy_server_host: Some(Side::A.addr().to_string()),
-        proxy_server_port: Some(agent_addr.port()),
-        ca_cert: Some(certs.ca_cert.clone()),
-        agent_cert: Some(certs.agent_cert.clone()),
-        agent_key: Some(certs.agent_key.clone()),
-        health_server_port: Some(0),
-        admin_server_port: Some(0),
-        sync_interval: Some(Duration::from_millis(100)),
         transport_fallback_after: Some(Duration::from_secs(1)),
-        ..Default::default()
+        ..server.agent_config(&certs)
     };
     let agent = lab
         .spawn_async_in(Side::B, move || async move {
@@ -172,6 +144,5 @@ fn an_agent_behind_a_udp_drop_rule_uses_tcp_and_returns_to_udp() {
 
     let _ = stop_agent.send(());
     agent.join().expect("agent thread");
-    let _ = stop_server.send(());
-    server.join().expect("server thread");
+    server.stop();
 }
