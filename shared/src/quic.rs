@@ -456,6 +456,44 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn turns_go_least_written_first_and_a_dropped_waiter_leaves_its_place() {
+        use std::sync::{Arc, Mutex};
+        let turns = Arc::new(Turns::default());
+        // The first holds the turn; three more wait, registered out of order.
+        let first = turns.take(0).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for tag in [300u64, 100, 200] {
+            let (turns, order) = (Arc::clone(&turns), Arc::clone(&order));
+            waiters.push(tokio::spawn(async move {
+                let _turn = turns.take(tag).await;
+                order.lock().unwrap().push(tag);
+            }));
+        }
+        // One more that gives up while waiting: it must not block the rest.
+        let quitter = {
+            let turns = Arc::clone(&turns);
+            tokio::spawn(async move {
+                let _turn = turns.take(50).await;
+                unreachable!("aborted before its turn");
+            })
+        };
+        while turns.lock().len() < 5 {
+            tokio::task::yield_now().await;
+        }
+        quitter.abort();
+        let _ = quitter.await;
+        assert_eq!(turns.lock().len(), 4, "the aborted waiter's place is gone");
+        drop(first);
+        for w in waiters {
+            // A hang guard: a turn that is never handed on fails here.
+            tokio::time::timeout(std::time::Duration::from_secs(10), w).await.expect("turn handed on").expect("waiter");
+        }
+        assert_eq!(*order.lock().unwrap(), [100, 200, 300]);
+        assert!(turns.lock().is_empty());
+    }
+
+    #[tokio::test]
     async fn chunks_arrive_whole_and_in_order_through_short_writes() {
         use tokio::io::AsyncReadExt;
         let sizes = [5usize, 0, 1, 300, 2, 0, 17, 40, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 9];
