@@ -14,7 +14,7 @@ use bytes::Bytes;
 use konnq_netlab::settings::LinkSettings;
 use konnq_netlab::{Lab, Side};
 use konnq_shared::client::{connect_uds, ProxyConn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 mod common;
 
@@ -24,6 +24,40 @@ const LIMIT: Duration = Duration::from_secs(30);
 const DOWNLOADS: usize = 24;
 /// Dials made one after another while the downloads run.
 const DIALS: usize = 20;
+
+/// Bytes all downloads received, and a wake-up whenever it grows.
+#[derive(Default)]
+struct Progress {
+    bytes: AtomicU64,
+    grew: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.grew.notify_waiters();
+    }
+
+    fn get(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Until at least `bytes` arrived in all (bounded by [`LIMIT`]).
+    async fn wait_for(&self, bytes: u64) {
+        let wait = async {
+            loop {
+                let grew = self.grew.notified();
+                let mut grew = std::pin::pin!(grew);
+                grew.as_mut().enable();
+                if self.get() >= bytes {
+                    return;
+                }
+                grew.await;
+            }
+        };
+        tokio::time::timeout(LIMIT, wait).await.unwrap_or_else(|_| panic!("{bytes} bytes never arrived"));
+    }
+}
 
 #[test]
 fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
@@ -56,21 +90,11 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
                     });
                 }
             });
-            tokio::spawn(async move {
-                while let Ok((mut s, _)) = echo.accept().await {
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 4096];
-                        while let Ok(n) = s.read(&mut buf).await {
-                            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            });
+            common::serve_echo(echo);
             let cfg = raw.validate().expect("agent config");
             let listeners = konnq_agent::Listeners::bind(&cfg).await.expect("agent bind");
             let handle = konnq_agent::start(cfg, listeners).await.expect("agent starts");
+            handle.wait_connected(true).await;
             agent_tx.send(targets).expect("send");
             let _ = agent_stop.await;
             handle.shutdown().await;
@@ -80,7 +104,9 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let (dial_times, per_download) = rt.block_on(async {
-        // The agent may still be connecting: the first dial retries briefly.
+        // The agent is connected; the server may take a moment more to
+        // route dials to it (its Hello on the control stream): the first
+        // dial retries briefly.
         let started = Instant::now();
         let mut client = loop {
             let mut c = connect_uds(&socket).await.expect("uds");
@@ -97,19 +123,22 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
             }
         };
         let counts: Vec<Arc<AtomicU64>> = (0..DOWNLOADS).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let total = Arc::new(Progress::default());
         let mut readers = Vec::new();
         for count in &counts {
             let mut conn = ProxyConn::dial(&mut client, &source.to_string()).await.expect("download dial");
-            let count = Arc::clone(count);
+            let (count, total) = (Arc::clone(count), Arc::clone(&total));
             readers.push(tokio::spawn(async move {
                 while let Ok(Some(b)) = conn.read().await {
                     count.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    total.add(b.len() as u64);
                 }
             }));
         }
-        // Let the downloads fill the pipe (at 40 Mbit/s, 16 MiB of send
-        // window takes over 3 s to drain, and the sources keep refilling it).
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The downloads have filled the pipe once 8 MiB arrived (the agent's
+        // 16 MiB send window stays full: the sources refill it faster than
+        // 40 Mbit/s drains it).
+        total.wait_for(8 << 20).await;
         let mut times = Vec::new();
         for i in 0..DIALS {
             let t = Instant::now();
@@ -124,7 +153,7 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
         }
         // Every download moves in a window of its own, not only the dials.
         let before: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        total.wait_for(total.get() + (12 << 20)).await;
         let moved: Vec<u64> = counts.iter().zip(&before).map(|(c, b)| c.load(Ordering::Relaxed) - b).collect();
         for r in readers {
             r.abort();
@@ -133,9 +162,9 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
     });
     let ms: Vec<u128> = dial_times.iter().map(Duration::as_millis).collect();
     eprintln!("dial + echo beside {DOWNLOADS} downloads, ms: {ms:?}");
-    eprintln!("bytes per download in 3 s: {per_download:?}");
+    eprintln!("bytes per download while 12 MiB arrived: {per_download:?}");
     let stalled = per_download.iter().filter(|&&b| b == 0).count();
-    assert_eq!(stalled, 0, "{stalled} of {DOWNLOADS} downloads moved nothing in 3 s: {per_download:?}");
+    assert_eq!(stalled, 0, "{stalled} of {DOWNLOADS} downloads moved nothing while 12 MiB arrived: {per_download:?}");
 
     let _ = stop_agent.send(());
     agent.join().expect("agent thread");

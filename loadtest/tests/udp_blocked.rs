@@ -14,7 +14,6 @@ use bytes::Bytes;
 use konnq_netlab::settings::LinkSettings;
 use konnq_netlab::{Lab, Side};
 use konnq_shared::client::{connect_uds, ProxyConn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
@@ -80,18 +79,7 @@ fn an_agent_behind_a_udp_drop_rule_uses_tcp_and_returns_to_udp() {
         .spawn_async_in(Side::B, move || async move {
             let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("echo");
             let target = echo.local_addr().expect("addr");
-            tokio::spawn(async move {
-                while let Ok((mut s, _)) = echo.accept().await {
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n) = s.read(&mut buf).await {
-                            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            });
+            common::serve_echo(echo);
             let cfg = raw.validate().expect("agent config");
             let listeners = konnq_agent::Listeners::bind(&cfg).await.expect("agent bind");
             let handle = konnq_agent::start(cfg, listeners).await.expect("agent starts");

@@ -71,3 +71,21 @@ impl LabServer {
         self.thread.join().expect("server thread");
     }
 }
+
+/// Echoes whatever each connection to `listener` sends, until it closes
+/// (a target next to the agent). Call from inside a runtime.
+pub fn serve_echo(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
