@@ -240,3 +240,24 @@ fn lease_flags_mean_what_they_mean_upstream() {
     let err = config_warnings(&["--count-server-leases", "--lease-label=app"]).unwrap_err().to_string();
     assert!(err.contains("--lease-label: invalid label format: app"), "{err}");
 }
+
+#[test]
+fn lease_label_selector_is_the_newer_spelling_of_lease_label() {
+    let labels = |args: &[&str]| {
+        let (c, _) = config_warnings(args).expect("valid");
+        konnq_shared::leases::selector(&c.lease_counting.expect("counting").labels)
+    };
+    assert_eq!(labels(&["--count-server-leases", "--lease-label-selector=app=k,tier=cp"]), "app=k,tier=cp");
+    assert_eq!(labels(&["-count-server-leases", "-lease-label-selector", "app=k"]), "app=k", "Go spelling");
+    assert_eq!(
+        labels(&["--count-server-leases", "--lease-label=a=1", "--lease-label-selector=b=2"]),
+        "b=2",
+        "last wins"
+    );
+    let err = config_warnings(&["--count-server-leases", "--lease-label-selector=*notavalidlabel*"]).unwrap_err();
+    assert!(err.to_string().contains("invalid label format: *notavalidlabel*"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "count-server-leases = true\nlease-label-selector = \"app=file\"\n").unwrap();
+    assert_eq!(labels(&["--config", file.to_str().unwrap()]), "app=file", "TOML key too");
+}

@@ -266,4 +266,7 @@ fn lease_flags_mean_what_they_mean_upstream() {
     assert!(err.contains("--lease-label: empty string provided"), "upstream's words: {err}");
     let (c, _) = config_warnings(&["--enable-lease-controller=false", "--lease-label="]).expect("unchecked when off");
     assert_eq!(c.lease_controller, None);
+    let (c, _) = config_warnings(&["--enable-lease-controller", "-lease-label-selector=k8s-app=konnectivity-server"])
+        .expect("newer upstream's spelling");
+    assert_eq!(konnq_shared::leases::selector(&c.lease_controller.expect("on").labels), "k8s-app=konnectivity-server");
 }

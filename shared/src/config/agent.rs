@@ -165,7 +165,9 @@ settings! {
         #[arg(long, value_name = "NAMESPACE")]
         lease_namespace: String = "kube-system".into(),
         /// Labels of the server Leases to count: comma-separated key=value pairs.
-        #[arg(long, value_name = "LABELS")]
+        // Newer upstream releases spell it --lease-label-selector; both are accepted.
+        #[arg(long, value_name = "LABELS", visible_alias = "lease-label-selector")]
+        #[serde(alias = "lease-label-selector")]
         lease_label: String = "k8s-app=konnectivity-server".into(),
         /// Server count to aim for: default (the lease count when counting, else the servers' count) or max (the larger).
         #[arg(long, value_name = "SOURCE")]

@@ -251,7 +251,9 @@ settings! {
         #[arg(long, value_name = "NAMESPACE")]
         lease_namespace: String = "kube-system".into(),
         /// Labels of the server Leases: comma-separated key=value pairs.
-        #[arg(long, value_name = "LABELS")]
+        // Newer upstream releases spell it --lease-label-selector; both are accepted.
+        #[arg(long, value_name = "LABELS", visible_alias = "lease-label-selector")]
+        #[serde(alias = "lease-label-selector")]
         lease_label: String = "k8s-app=konnectivity-server".into(),
         /// Accepted for upstream parity and ignored: TokenReviews are sent as JSON.
         // TOML only: the flag is in upstream::SERVER, with its warning.
