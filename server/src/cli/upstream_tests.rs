@@ -14,7 +14,7 @@ use super::SERVER_ID_ENV;
 /// (klog.InitFlags, underscores turned into dashes), each with a valid value;
 /// `None` = the bare flag (a Go bool). `true`: konnq accepts the flag without
 /// effect, so this value gives exactly one warning.
-const UPSTREAM_FLAGS: &[(&str, Option<&str>, bool)] = &[
+const UPSTREAM_FLAGS: &[upstream::UpstreamFlag] = &[
     ("server-cert", Some("/p/server.crt"), false),
     ("server-key", Some("/p/server.key"), false),
     ("server-ca-cert", Some("/p/ca.crt"), false),
@@ -99,29 +99,9 @@ fn companions(flag: &str) -> &'static [&'static str] {
 
 #[test]
 fn every_upstream_flag_parses_validates_and_warns_only_without_effect() {
-    for &(flag, value, no_effect) in UPSTREAM_FLAGS {
-        // Go's flag packages take both spellings.
-        for dashes in ["--", "-"] {
-            let arg = value.map_or(format!("{dashes}{flag}"), |v| format!("{dashes}{flag}={v}"));
-            let mut args: Vec<&str> = companions(flag).to_vec();
-            args.push(&arg);
-            let (_, warnings) = config_warnings(&args).unwrap_or_else(|e| panic!("{arg}: {e:#}"));
-            if no_effect {
-                assert_eq!(warnings.len(), 1, "{arg}: {warnings:?}");
-                assert!(warnings[0].starts_with(&format!("--{flag} has no effect: ")), "{arg}: {warnings:?}");
-            } else {
-                assert!(warnings.is_empty(), "{arg}: {warnings:?}");
-            }
-        }
-    }
-}
-
-#[test]
-fn every_no_effect_flag_is_an_upstream_flag() {
-    for entry in upstream::KLOG.iter().chain(upstream::SERVER) {
-        let listed = UPSTREAM_FLAGS.iter().find(|(flag, _, _)| *flag == entry.flag);
-        assert!(matches!(listed, Some((_, _, true))), "--{} is not an upstream flag without effect", entry.flag);
-    }
+    let run = |args: &[&str]| config_warnings(args).map(|(_, warnings)| warnings).map_err(|e| format!("{e:#}"));
+    let walked = upstream::walk_flags(UPSTREAM_FLAGS, &[upstream::KLOG, upstream::SERVER], companions, run);
+    walked.unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

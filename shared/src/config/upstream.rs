@@ -200,6 +200,47 @@ impl Given {
     }
 }
 
+/// One flag of an upstream binary as [`walk_flags`] checks it: its name, a
+/// valid value (`None` = the bare flag, a Go bool), and whether konnq
+/// accepts it without effect.
+pub type UpstreamFlag = (&'static str, Option<&'static str>, bool);
+
+/// Checks a binary against the list of its upstream counterpart's flags:
+/// each flag, in both of Go's spellings and with the `companions` it needs
+/// to be valid, parses and validates through `run` (the args to the
+/// warnings, or the error); one without effect gives exactly one warning,
+/// naming it, and any other none. Also checks that every flag of `tables`
+/// is listed as one without effect. Returns the first problem.
+pub fn walk_flags(
+    flags: &[UpstreamFlag],
+    tables: &[&[NoEffect]],
+    companions: impl Fn(&str) -> &'static [&'static str],
+    run: impl Fn(&[&str]) -> Result<Vec<String>, String>,
+) -> Result<(), String> {
+    for &(flag, value, no_effect) in flags {
+        for dashes in ["--", "-"] {
+            let arg = value.map_or(format!("{dashes}{flag}"), |v| format!("{dashes}{flag}={v}"));
+            let mut args: Vec<&str> = companions(flag).to_vec();
+            args.push(&arg);
+            let warnings = run(&args).map_err(|e| format!("{arg}: {e}"))?;
+            let fits = if no_effect {
+                warnings.len() == 1 && warnings[0].starts_with(&format!("--{flag} has no effect: "))
+            } else {
+                warnings.is_empty()
+            };
+            if !fits {
+                return Err(format!("{arg} (without effect: {no_effect}): {warnings:?}"));
+            }
+        }
+    }
+    for entry in tables.iter().flat_map(|t| t.iter()) {
+        if !flags.iter().any(|&(flag, _, no_effect)| flag == entry.flag && no_effect) {
+            return Err(format!("--{} is not an upstream flag without effect", entry.flag));
+        }
+    }
+    Ok(())
+}
+
 const NO_LOG_FILES: &str = "konnq writes no log files; it logs to stderr";
 const ALL_TO_STDERR: &str = "konnq writes every log line to stderr";
 const LOG_FORMAT: &str = "konnq's log lines have one layout per --log-format (text or json)";
