@@ -46,6 +46,7 @@ mod send;
 mod streams;
 #[cfg(test)]
 mod tests;
+mod transmit;
 
 use std::time::Duration;
 

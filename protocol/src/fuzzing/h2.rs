@@ -66,6 +66,22 @@ pub fn message(connect_id: i64, len: usize) -> Vec<u8> {
     m
 }
 
+/// Takes everything the connection has to write, as a driver's vectored
+/// writes take it (a few buffers at a time).
+pub fn transmitted(conn: &mut crate::h2::Connection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while conn.transmit_len() > 0 {
+        let mut slots = [std::io::IoSlice::new(&[]); 3];
+        let k = conn.transmit_slices(&mut slots);
+        let n: usize = slots[..k].iter().map(|s| s.len()).sum();
+        assert!(n > 0, "transmit_len {} but no buffer", conn.transmit_len());
+        slots[..k].iter().for_each(|s| out.extend_from_slice(s));
+        conn.advance_transmit(n);
+    }
+    assert!(conn.transmit().is_empty(), "nothing left once drained");
+    out
+}
+
 /// Splits what the connection wrote into frames; panics unless it is a
 /// whole number of well-formed frames within our peer's frame size.
 pub fn parse_frames(mut out: &[u8]) -> Vec<(FrameHead, Vec<u8>)> {
@@ -191,13 +207,10 @@ impl Harness {
     }
 
     fn drain(&mut self) {
-        for (head, _) in parse_frames(self.conn.transmit()) {
-            let max = self.conn.peer_max_frame();
+        let max = self.conn.peer_max_frame();
+        for (head, _) in parse_frames(&transmitted(&mut self.conn)) {
             assert!(head.kind != FrameType::Data || head.len <= max, "DATA over the client's {max}: {head:?}");
         }
-        let n = self.conn.transmit().len();
-        self.conn.advance_transmit(n);
-        assert!(self.conn.transmit().is_empty());
     }
 }
 

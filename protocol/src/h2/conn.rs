@@ -9,6 +9,7 @@ use bytes::{Buf, BytesMut};
 use super::event::{ConnectionError, Event};
 use super::frame::{ErrorCode, Flags, FrameHead, FrameType, SettingId};
 use super::streams::{ClosedStreams, StreamState};
+use super::transmit::Transmit;
 use super::{streams, *};
 use crate::hpack::Decoder;
 
@@ -34,7 +35,7 @@ pub(crate) struct PendingBlock {
 pub struct Connection {
     pub(crate) config: Config,
     pub(crate) preface_seen: bool,
-    pub(crate) write_buf: BytesMut,
+    pub(crate) write_buf: Transmit,
     pub(crate) decoder: Decoder,
     /// A header block waiting for CONTINUATION.
     pub(crate) header_block: Option<PendingBlock>,
@@ -69,7 +70,7 @@ impl Connection {
         let mut conn = Connection {
             config,
             preface_seen: false,
-            write_buf: BytesMut::new(),
+            write_buf: Transmit::default(),
             decoder: Decoder::new(HEADER_TABLE_SIZE),
             header_block: None,
             streams: HashMap::new(),
@@ -241,18 +242,28 @@ impl Connection {
         event
     }
 
-    /// Bytes to write to the client.
+    /// The first of the buffers to write to the client (empty when there is
+    /// nothing to write); [`Connection::transmit_slices`] gives them all.
     pub fn transmit(&self) -> &[u8] {
-        &self.write_buf
+        self.write_buf.first()
     }
 
-    /// `n` bytes of [`Connection::transmit`] were written. A drained buffer
-    /// is freed, so an idle connection holds none.
+    /// Fills `out` with the buffers to write to the client, in order, for a
+    /// vectored write; returns how many it filled. DATA payloads are the
+    /// buffers the driver handed in, not copies.
+    pub fn transmit_slices<'a>(&'a self, out: &mut [std::io::IoSlice<'a>]) -> usize {
+        self.write_buf.slices(out)
+    }
+
+    /// Bytes waiting to be written to the client.
+    pub fn transmit_len(&self) -> usize {
+        self.write_buf.len()
+    }
+
+    /// `n` bytes of the transmit buffers were written. A drained queue is
+    /// freed, so an idle connection holds none.
     pub fn advance_transmit(&mut self, n: usize) {
-        self.write_buf.advance(n.min(self.write_buf.len()));
-        if self.write_buf.is_empty() {
-            self.write_buf = BytesMut::new();
-        }
+        self.write_buf.advance(n);
     }
 
     /// The final GOAWAY was sent (see [`Connection::go_away`]): no new
@@ -288,8 +299,8 @@ impl Connection {
     }
 
     pub(crate) fn frame(&mut self, kind: FrameType, flags: Flags, stream_id: u32, payload: &[u8]) {
-        FrameHead { len: payload.len(), kind, flags, stream_id }.encode(&mut self.write_buf);
-        self.write_buf.extend_from_slice(payload);
+        self.write_buf.put_slice(&FrameHead { len: payload.len(), kind, flags, stream_id }.to_bytes());
+        self.write_buf.put_slice(payload);
     }
 
     pub(crate) fn window_update(&mut self, stream_id: u32, n: u32) {

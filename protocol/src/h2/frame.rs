@@ -176,6 +176,16 @@ impl FrameHead {
         })
     }
 
+    /// The header's nine bytes.
+    pub fn to_bytes(&self) -> [u8; HEAD_LEN] {
+        let mut head = [0u8; HEAD_LEN];
+        head[..3].copy_from_slice(&(self.len as u32).to_be_bytes()[1..]);
+        head[3] = self.kind.into();
+        head[4] = self.flags.0;
+        head[5..].copy_from_slice(&(self.stream_id & 0x7fff_ffff).to_be_bytes());
+        head
+    }
+
     /// Appends the header and reserves room for its payload.
     pub fn encode(&self, buf: &mut BytesMut) {
         buf.reserve(HEAD_LEN + self.len);

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use super::conn::Connection;
@@ -11,6 +11,7 @@ use super::event::{Event, GrpcStatus};
 use super::fields::{literal, percent_encode, CONTENT_TYPE_GRPC, STATUS_200};
 use super::frame::{ErrorCode, Flags, FrameHead, FrameType};
 use super::streams::StreamState;
+use super::transmit::Transmit;
 use crate::konnectivity::data_head;
 use crate::proto::Packet;
 
@@ -162,7 +163,8 @@ impl Connection {
             st.send_window -= n as i64;
             st.pending_len -= n;
             self.conn_send_window -= n as i64;
-            FrameHead { len: n, kind: FrameType::Data, flags: Flags::NONE, stream_id: id }.encode(&mut self.write_buf);
+            self.write_buf
+                .put_slice(&FrameHead { len: n, kind: FrameType::Data, flags: Flags::NONE, stream_id: id }.to_bytes());
             move_front(&mut st.pending, n, &mut self.write_buf);
         }
         let Some(st) = self.streams.get_mut(&id) else {
@@ -224,20 +226,20 @@ impl Connection {
     }
 }
 
-/// Moves the first `n` bytes of `queue` (which holds at least `n`) to `out`.
-pub(crate) fn move_front(queue: &mut VecDeque<Bytes>, mut n: usize, out: &mut BytesMut) {
+/// Moves the first `n` bytes of `queue` (which holds at least `n`) to `out`,
+/// as the buffers they are in.
+pub(crate) fn move_front(queue: &mut VecDeque<Bytes>, mut n: usize, out: &mut Transmit) {
     while n > 0 {
         let Some(front) = queue.front_mut() else {
             debug_assert!(false, "pending bytes miscounted");
             return;
         };
         let take = front.len().min(n);
-        out.put_slice(&front[..take]);
         n -= take;
         if take == front.len() {
-            queue.pop_front();
+            out.put_bytes(queue.pop_front().expect("front exists"));
         } else {
-            front.advance(take);
+            out.put_bytes(front.split_to(take));
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::*;
-use crate::fuzzing::h2::{frame, message, parse_frames, request_block};
+use crate::fuzzing::h2::{frame, message, parse_frames, request_block, transmitted};
 
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
@@ -47,9 +47,7 @@ impl Client {
     }
 
     fn frames(&mut self) -> Vec<(FrameHead, Vec<u8>)> {
-        let frames = parse_frames(self.conn.transmit());
-        self.conn.advance_transmit(usize::MAX);
-        frames
+        parse_frames(&transmitted(&mut self.conn))
     }
 
     fn events(&mut self) -> Vec<Event> {
@@ -107,7 +105,7 @@ fn outcome(wire: &[u8], pieces: impl Iterator<Item = usize>) -> (Vec<(FrameHead,
     assert_eq!(at, wire.len());
     assert!(buf.is_empty(), "everything taken");
     let events = std::iter::from_fn(|| conn.poll_event()).map(|e| format!("{e:?}")).collect();
-    (parse_frames(conn.transmit()), events)
+    (parse_frames(&transmitted(&mut conn)), events)
 }
 
 #[test]
@@ -130,7 +128,7 @@ fn garbage_is_answered_with_goaway() {
         let mut conn = Connection::new(Config { max_message_bytes: 1, keepalive_time: KEEPALIVE }, Instant::now());
         let err = conn.recv(Instant::now(), &mut BytesMut::from(garbage)).expect_err("garbage");
         assert!(matches!(err, ConnectionError::Protocol { code: ErrorCode::PROTOCOL_ERROR, .. }), "{err}");
-        assert_eq!(goaway(&parse_frames(conn.transmit())), Some(ErrorCode::PROTOCOL_ERROR));
+        assert_eq!(goaway(&parse_frames(&transmitted(&mut conn))), Some(ErrorCode::PROTOCOL_ERROR));
         assert_eq!(conn.poll_timeout(), None, "a failed connection wants no timer");
         conn.recv(Instant::now(), &mut BytesMut::from(&b"more"[..])).expect("then ignored");
     }
@@ -337,13 +335,16 @@ fn pending_chunks_leave_in_order_whatever_the_frame_sizes() {
     let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
     for step in 1..=whole.len() {
         let mut queue: VecDeque<Bytes> = chunks.iter().cloned().collect();
-        let (mut out, mut left) = (BytesMut::new(), whole.len());
+        let (mut out, mut left) = (transmit::Transmit::default(), whole.len());
         while left > 0 {
             let n = step.min(left);
             send::move_front(&mut queue, n, &mut out);
             left -= n;
         }
-        assert_eq!(&out[..], &whole[..], "frames of {step}");
+        let mut slots = [std::io::IoSlice::new(&[]); 8];
+        let k = out.slices(&mut slots);
+        let got: Vec<u8> = slots[..k].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(got, whole, "frames of {step}");
         assert!(queue.is_empty(), "frames of {step}: {queue:?}");
     }
 }

@@ -71,6 +71,9 @@ const READ_MIN: usize = 512;
 const READ_MAX: usize = 64 * 1024;
 /// Stop taking outbound packets while this much is waiting to be written.
 const WRITE_HIGH: usize = 64 * 1024;
+/// Most buffers per vectored write: [`WRITE_HIGH`] of QUIC-sized chunks
+/// goes out in one or two system calls.
+const WRITE_SLICES: usize = 64;
 /// Stop reading while this much is waiting to be written (PING and
 /// SETTINGS acks cannot pile up without bound).
 const WRITE_STOP_READ: usize = 256 * 1024;
@@ -268,14 +271,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.io.write_all(self.machine.transmit()).await?;
-        self.machine.advance_transmit(usize::MAX);
+        while self.machine.transmit_len() > 0 {
+            let n = std::future::poll_fn(|cx| self.poll_write_transmit(cx)).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.machine.advance_transmit(n);
+        }
         self.io.flush().await
     }
 
     async fn serve(&mut self) -> Result<(), ConnError> {
         loop {
-            let unwritten = !self.machine.transmit().is_empty();
+            let unwritten = self.machine.transmit_len() > 0;
             if self.eof && !unwritten && !self.needs_flush {
                 return Ok(());
             }
@@ -296,7 +304,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Wake::Wrote(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
                 Wake::Wrote(Ok(n)) => {
                     self.machine.advance_transmit(n);
-                    self.needs_flush |= self.machine.transmit().is_empty();
+                    self.needs_flush |= self.machine.transmit_len() == 0;
                 }
                 Wake::Wrote(Err(e)) => return Err(e.into()),
                 Wake::Flushed(r) => {
@@ -336,11 +344,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         }
     }
 
+    /// Writes what the connection has for the client: its buffers in one
+    /// vectored write where the transport takes one (DATA payloads are the
+    /// agents' buffers, not copies), else the first buffer.
+    fn poll_write_transmit(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.io.is_write_vectored() {
+            let mut slices = [std::io::IoSlice::new(&[]); WRITE_SLICES];
+            let k = self.machine.transmit_slices(&mut slices);
+            Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k])
+        } else {
+            Pin::new(&mut self.io).poll_write(cx, self.machine.transmit())
+        }
+    }
+
     /// The next thing to do. Outbound packets are gathered before a write,
     /// so a burst goes out in one system call; reading and gathering stop
     /// while the write buffer is full, so both stay bounded.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        let unwritten = self.machine.transmit().len();
+        let unwritten = self.machine.transmit_len();
         if !self.eof && unwritten < WRITE_STOP_READ {
             let spare = self.read_buf.capacity() - self.read_buf.len();
             let wanted = h2::wanted_bytes(&self.read_buf).max(READ_MIN);
@@ -361,7 +382,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             }
         }
         if unwritten > 0 {
-            if let Poll::Ready(r) = Pin::new(&mut self.io).poll_write(cx, self.machine.transmit()) {
+            if let Poll::Ready(r) = self.poll_write_transmit(cx) {
                 return Poll::Ready(Wake::Wrote(r));
             }
         } else if self.needs_flush {
