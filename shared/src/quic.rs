@@ -201,11 +201,14 @@ pub struct SendShare {
     clock: std::sync::Arc<ShareClock>,
     tag: u64,
     priority: i32,
+    /// Records quinn's wake-up of a blocked write (see [`write_shared`]);
+    /// made at the stream's first write and kept for the rest.
+    woken: Option<std::sync::Arc<Woken>>,
 }
 
 impl SendShare {
     pub fn new(clock: std::sync::Arc<ShareClock>) -> SendShare {
-        SendShare { clock, tag: 0, priority: 0 }
+        SendShare { clock, tag: 0, priority: 0, woken: None }
     }
 
     /// Records `n` bytes written; returns the stream's new priority when it
@@ -245,15 +248,17 @@ pub async fn write_shared(
         // Fails only on a stream that is already closed; the write reports it.
         let _ = send.set_priority(priority);
     }
+    let woken = &*share.woken.get_or_insert_with(Default::default);
     let mut bufs = [data];
     let mut turn = None;
     while !bufs[0].is_empty() {
-        let woken = std::sync::Arc::new(Woken::default());
-        let attempt = try_write_chunks(send, &mut bufs, &woken);
+        let attempt = try_write_chunks(send, &mut bufs, woken);
         drop(turn.take());
         match attempt {
             std::task::Poll::Ready(r) => r?,
             std::task::Poll::Pending => {
+                // A wake-up left over from an earlier write only costs one
+                // more attempt, which waits again if there is still no room.
                 woken.0.notified().await;
                 turn = Some(share.clock.turns.take(share.tag).await);
             }
@@ -277,7 +282,7 @@ fn try_write_chunks(
 }
 
 /// quinn's wake-up of a blocked write, kept until it is awaited.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Woken(tokio::sync::Notify);
 
 impl std::task::Wake for Woken {
