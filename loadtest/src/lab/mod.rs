@@ -507,7 +507,7 @@ async fn competing_flow(
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let to = listener.local_addr()?;
     let fd = tokio::task::spawn_blocking(move || konnq_netlab::netns::tcp_socket_in(&b)).await??;
-    set_congestion_control(&fd, &cc).with_context(|| format!("TCP_CONGESTION {cc}"))?;
+    socket2::SockRef::from(&fd).set_tcp_congestion(cc.as_bytes()).with_context(|| format!("TCP_CONGESTION {cc}"))?;
     let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
     let (sender, accepted) = tokio::join!(socket.connect(to), listener.accept());
     let (mut sender, (mut receiver, _)) = (sender.context("connecting")?, accepted.context("accepting")?);
@@ -534,26 +534,6 @@ async fn competing_flow(
     reader.abort();
     let secs = end.duration_since(window_start).as_secs_f64();
     Ok(Competitor { cc, mbit_per_s: bytes as f64 * 8.0 / secs / 1e6 })
-}
-
-/// TCP_CONGESTION on one socket (any controller the kernel has, as root).
-fn set_congestion_control(fd: &std::os::fd::OwnedFd, cc: &str) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on an open socket with a buffer of the given length.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            cc.as_ptr().cast(),
-            cc.len() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Sets (unless `want` is "inherit") and reads back the TCP congestion
