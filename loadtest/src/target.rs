@@ -138,7 +138,8 @@ async fn accept(listener: TcpListener, handle: fn(TcpStream) -> ConnFuture) {
     }
 }
 
-async fn echo_conn(mut s: TcpStream) -> std::io::Result<()> {
+/// Echoes what the peer sends until it closes.
+pub async fn echo_conn(mut s: TcpStream) -> std::io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = s.read(&mut buf).await?;
@@ -149,7 +150,8 @@ async fn echo_conn(mut s: TcpStream) -> std::io::Result<()> {
     }
 }
 
-async fn source_conn(s: TcpStream) -> std::io::Result<()> {
+/// Writes as fast as the peer reads until it closes.
+pub async fn source_conn(s: TcpStream) -> std::io::Result<()> {
     let (mut r, mut w) = s.into_split();
     let data = vec![0x5au8; CHUNK];
     let writer = async move {

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use konnq_netlab::settings::LinkSettings;
 use konnq_netlab::{Lab, Side};
 use konnq_shared::client::{connect_uds, ProxyConn};
-use tokio::io::AsyncWriteExt;
 
 mod common;
 
@@ -82,15 +81,8 @@ fn dials_and_every_download_progress_while_bulk_data_fills_the_send_window() {
             let source = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("source");
             let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("echo");
             let targets = (source.local_addr().expect("addr"), echo.local_addr().expect("addr"));
-            tokio::spawn(async move {
-                while let Ok((mut s, _)) = source.accept().await {
-                    tokio::spawn(async move {
-                        let chunk = vec![0x5au8; 64 * 1024];
-                        while s.write_all(&chunk).await.is_ok() {}
-                    });
-                }
-            });
-            common::serve_echo(echo);
+            common::serve_with(source, konnq_loadtest::target::source_conn);
+            common::serve_with(echo, konnq_loadtest::target::echo_conn);
             let cfg = raw.validate().expect("agent config");
             let listeners = konnq_agent::Listeners::bind(&cfg).await.expect("agent bind");
             let handle = konnq_agent::start(cfg, listeners).await.expect("agent starts");

@@ -79,7 +79,7 @@ fn an_agent_behind_a_udp_drop_rule_uses_tcp_and_returns_to_udp() {
         .spawn_async_in(Side::B, move || async move {
             let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("echo");
             let target = echo.local_addr().expect("addr");
-            common::serve_echo(echo);
+            common::serve_with(echo, konnq_loadtest::target::echo_conn);
             let cfg = raw.validate().expect("agent config");
             let listeners = konnq_agent::Listeners::bind(&cfg).await.expect("agent bind");
             let handle = konnq_agent::start(cfg, listeners).await.expect("agent starts");

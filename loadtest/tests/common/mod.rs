@@ -72,20 +72,17 @@ impl LabServer {
     }
 }
 
-/// Echoes whatever each connection to `listener` sends, until it closes
-/// (a target next to the agent). Call from inside a runtime.
-pub fn serve_echo(listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Serves each connection to `listener` with `serve` (one of the load
+/// tester's targets), until the listener is dropped. Call from inside a
+/// runtime.
+pub fn serve_with<F, Fut>(listener: tokio::net::TcpListener, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
         }
     });
 }
