@@ -51,12 +51,20 @@ fn lab_smoke_runs_every_experiment_and_cleans_up() {
     assert_eq!(json["meta"]["smoke"], true);
     let cells = json["cells"].as_array().expect("cells");
     let experiments: Vec<&str> = cells.iter().filter_map(|c| c["experiment"].as_str()).collect();
-    for e in ["hol", "slow-reader", "migration", "restart", "fairness"] {
+    for e in ["hol", "slow-reader", "migration", "restart", "fairness", "upload"] {
         assert!(experiments.contains(&e), "{e} missing: {experiments:?}");
     }
     let fair = cells.iter().find(|c| c["experiment"] == "fairness").expect("fairness cell");
     assert!(fair["competitor"]["mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0, "the competing flow moved: {fair}");
     assert!(fair["outcome"]["bulk_mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0, "the tunnel moved: {fair}");
+    // Both ways over the link; the upload is what the sink target counted.
+    for way in ["download", "upload"] {
+        let c = cells.iter().find(|c| c["experiment"] == "upload" && c["variant"] == way).expect("upload cell");
+        assert!(c["outcome"]["bulk_mbit_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{way} moved nothing: {c}");
+        let counted: u64 =
+            c["outcome"]["bulk_timeline"].as_array().expect("bulk timeline").iter().map(|b| b.as_u64().unwrap()).sum();
+        assert!(counted > 0, "{way}: nothing on the bulk timeline: {c}");
+    }
     // Every cell says when things happened: the link's bytes and the slowest
     // ping per half second.
     for c in cells {

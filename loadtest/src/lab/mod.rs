@@ -20,7 +20,10 @@
 //! - `restart`: the agent, then the server, restarted (SIGTERM, then started
 //!   again) under traffic: time until a new connection works, how clients end;
 //! - `fairness`: the bulk download beside a competing kernel TCP flow on the
-//!   same link in the same direction (cubic, bbr): each flow's share.
+//!   same link in the same direction (cubic, bbr): each flow's share;
+//! - `upload`: per loss rate, the bulk connection downloading, then
+//!   uploading (client → target, counted where the target reads): whether
+//!   the tunnel moves a link's worth both ways.
 
 pub mod report;
 pub mod workload;
@@ -45,7 +48,7 @@ use crate::report::model::ScenarioError;
 use crate::settings::KonnqBin;
 use crate::target::Targets;
 use report::{Cell, CellSample, Competitor, EventOutcome, LabReport, LinkCheck, LinkInfo};
-use workload::{Outcome, Plan};
+use workload::{Bulk, Outcome, Plan};
 
 /// Namespace name prefix; a crashed run's leftovers with it are removed at start.
 const NS_PREFIX: &str = "kqlab";
@@ -58,11 +61,18 @@ pub enum Experiment {
     Migration,
     Restart,
     Fairness,
+    Upload,
 }
 
 impl Experiment {
-    const ALL: [Experiment; 5] =
-        [Experiment::Hol, Experiment::SlowReader, Experiment::Migration, Experiment::Restart, Experiment::Fairness];
+    const ALL: [Experiment; 6] = [
+        Experiment::Hol,
+        Experiment::SlowReader,
+        Experiment::Migration,
+        Experiment::Restart,
+        Experiment::Fairness,
+        Experiment::Upload,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -71,6 +81,7 @@ impl Experiment {
             Experiment::Migration => "migration",
             Experiment::Restart => "restart",
             Experiment::Fairness => "fairness",
+            Experiment::Upload => "upload",
         }
     }
 }
@@ -81,7 +92,7 @@ impl std::str::FromStr for Experiment {
         Experiment::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| format!("unknown experiment {s:?} (hol, slow-reader, migration, restart, fairness)"))
+            .ok_or_else(|| format!("unknown experiment {s:?} (hol, slow-reader, migration, restart, fairness, upload)"))
     }
 }
 
@@ -98,7 +109,7 @@ pub struct LabArgs {
     pub frontend: Frontend,
     #[arg(long, value_delimiter = ',', default_value = "konnq,upstream")]
     pub peers: Vec<PeerKind>,
-    #[arg(long, value_delimiter = ',', default_value = "hol,slow-reader,migration,restart,fairness")]
+    #[arg(long, value_delimiter = ',', default_value = "hol,slow-reader,migration,restart,fairness,upload")]
     pub experiments: Vec<Experiment>,
     /// Fairness: the competing kernel TCP flow's congestion controls.
     #[arg(long, value_delimiter = ',', default_value = "cubic,bbr")]
@@ -106,6 +117,9 @@ pub struct LabArgs {
     /// Fairness: loss rates (percent, each direction).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub fairness_loss: Vec<f64>,
+    /// Upload: loss rates (percent, each direction).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub upload_loss: Vec<f64>,
     /// Random loss rates (percent, each direction) of the head-of-line experiment.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,5")]
     pub loss: Vec<f64>,
@@ -175,6 +189,7 @@ pub struct LabSettings {
     pub event_loss: f64,
     pub fairness_cc: Vec<String>,
     pub fairness_loss: Vec<f64>,
+    pub upload_loss: Vec<f64>,
     pub secs: f64,
     pub warmup_secs: f64,
     pub pings: usize,
@@ -202,6 +217,9 @@ impl LabArgs {
         pct("slow-reader-loss", self.slow_reader_loss, &mut p);
         for &l in &self.fairness_loss {
             pct("fairness-loss", l, &mut p);
+        }
+        for &l in &self.upload_loss {
+            pct("upload-loss", l, &mut p);
         }
         for cc in &self.fairness_cc {
             if cc.is_empty() || !cc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -259,6 +277,7 @@ impl LabArgs {
             event_loss: self.event_loss,
             fairness_cc: self.fairness_cc,
             fairness_loss: self.fairness_loss,
+            upload_loss: self.upload_loss,
             secs: self.secs,
             warmup_secs: self.warmup_secs,
             pings: self.pings,
@@ -283,6 +302,7 @@ impl LabArgs {
             s.slow_reader_rounds = 1;
             s.fairness_cc.truncate(1);
             s.fairness_loss = vec![1.0];
+            s.upload_loss = vec![1.0];
         }
         Ok(s)
     }
@@ -309,7 +329,7 @@ impl LabSettings {
         s + &format!(",rate={}mbit,queue={}", self.rate_mbit, self.queue_bytes)
     }
 
-    fn plan(&self, bulk: bool, stalled: bool) -> Plan {
+    fn plan(&self, bulk: Option<Bulk>, stalled: bool) -> Plan {
         Plan {
             pings: self.pings,
             ping_bytes: self.ping_bytes,
@@ -391,6 +411,9 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
         agent_ns: Arc::new(lab.namespace_fd(Side::B)?),
         server_ip,
     };
+    // The targets listen on side B's loopback; the sink's count (uploads)
+    // is read from there.
+    crate::conn::set_client_netns(placement.agent_ns.clone())?;
     let max = Duration::from_secs(6 * 3600);
     let target_prog = Program::plain(exe.clone()).in_netns(placement.agent_ns.clone());
     let (target_proc, targets) =
@@ -424,7 +447,7 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
             Experiment::Hol => {
                 for &loss in &s.loss {
                     for (kind, bins) in &peers {
-                        ctx.cell(e, "", *kind, bins, loss, s.plan(true, false), Action::None).await;
+                        ctx.cell(e, "", *kind, bins, loss, s.plan(Some(Bulk::Download), false), Action::None).await;
                     }
                 }
             }
@@ -435,21 +458,21 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
                     ctx.round = round;
                     for (kind, bins) in &peers {
                         let loss = s.slow_reader_loss;
-                        ctx.cell(e, "baseline", *kind, bins, loss, s.plan(false, false), Action::None).await;
-                        ctx.cell(e, "stalled-reader", *kind, bins, loss, s.plan(false, true), Action::None).await;
+                        ctx.cell(e, "baseline", *kind, bins, loss, s.plan(None, false), Action::None).await;
+                        ctx.cell(e, "stalled-reader", *kind, bins, loss, s.plan(None, true), Action::None).await;
                     }
                 }
                 ctx.round = 0;
             }
             Experiment::Migration => {
                 for (kind, bins) in &peers {
-                    let plan = s.plan(true, false);
+                    let plan = s.plan(Some(Bulk::Download), false);
                     ctx.cell(e, "rebind", *kind, bins, s.event_loss, plan, Action::MoveAgentAddress).await;
                 }
             }
             Experiment::Restart => {
                 for (kind, bins) in &peers {
-                    let plan = s.plan(false, false);
+                    let plan = s.plan(None, false);
                     ctx.cell(e, "agent-restart", *kind, bins, s.event_loss, plan.clone(), Action::RestartAgent).await;
                     ctx.cell(e, "server-restart", *kind, bins, s.event_loss, plan, Action::RestartServer).await;
                 }
@@ -460,11 +483,21 @@ pub async fn run(s: &LabSettings, command: Vec<String>) -> anyhow::Result<LabRep
                         for (kind, bins) in &peers {
                             ctx.competitor = Some(cc.clone());
                             let variant = format!("vs-{cc}");
-                            ctx.cell(e, &variant, *kind, bins, loss, s.plan(true, false), Action::None).await;
+                            ctx.cell(e, &variant, *kind, bins, loss, s.plan(Some(Bulk::Download), false), Action::None)
+                                .await;
                         }
                     }
                 }
                 ctx.competitor = None;
+            }
+            Experiment::Upload => {
+                for &loss in &s.upload_loss {
+                    for (kind, bins) in &peers {
+                        for (variant, way) in [("download", Bulk::Download), ("upload", Bulk::Upload)] {
+                            ctx.cell(e, variant, *kind, bins, loss, s.plan(Some(way), false), Action::None).await;
+                        }
+                    }
+                }
             }
         }
     }
@@ -853,6 +886,11 @@ pub fn smoke_problems(r: &LabReport) -> Vec<String> {
     }
     if find("hol", "").and_then(|c| c.outcome.bulk_mbit_per_s).is_none_or(|m| m <= 0.0) {
         p.push("hol: no bulk goodput".into());
+    }
+    for v in ["download", "upload"] {
+        if find("upload", v).and_then(|c| c.outcome.bulk_mbit_per_s).is_none_or(|m| m <= 0.0) {
+            p.push(format!("upload {v}: no bulk goodput"));
+        }
     }
     for v in ["agent-restart", "server-restart"] {
         if find("restart", v).and_then(|c| c.event.as_ref()?.ready_after_secs).is_none() {

@@ -64,10 +64,10 @@ pub struct LinkCheck {
 /// One run of traffic through one peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cell {
-    /// hol, slow-reader, migration, restart.
+    /// hol, slow-reader, migration, restart, fairness, upload.
     pub experiment: String,
     /// What differs within the experiment: "", baseline, stalled-reader,
-    /// rebind, agent-restart, server-restart.
+    /// rebind, agent-restart, server-restart, vs-<cc>, download, upload.
     pub variant: String,
     pub peer: String,
     pub loss_pct: f64,
@@ -165,6 +165,14 @@ impl LabReport {
             .collect()
     }
 
+    /// Upload experiment: `peer`'s bulk goodput uploading over downloading
+    /// at `loss`, with both figures.
+    pub fn upload_ratio(&self, peer: &str, loss: f64) -> Option<(f64, f64, f64)> {
+        let goodput = |v| self.cell("upload", v, peer, Some(loss))?.outcome.bulk_mbit_per_s;
+        let (up, down) = (goodput("upload")?, goodput("download")?);
+        (down > 0.0).then(|| (up / down, up, down))
+    }
+
     fn hol(&self, peer: &str, loss: f64) -> Option<&Outcome> {
         self.cell("hol", "", peer, Some(loss)).map(|c| &c.outcome)
     }
@@ -234,6 +242,7 @@ pub fn evaluate(r: &LabReport) -> Vec<TargetCheck> {
         &upstream,
     ));
     out.extend(fairness_targets(r));
+    out.extend(upload_targets(r));
     let tcp = r.slow_reader_ratios(KT);
     if !tcp.is_empty() {
         out.push(slow_reader_target(
@@ -285,6 +294,39 @@ fn fairness_targets(r: &LabReport) -> Vec<TargetCheck> {
         }
     }
     out
+}
+
+/// Uploads: per loss rate, konnq's upload goodput at least 0.9 × its
+/// download goodput on the same link; upstream's ratio beside.
+fn upload_targets(r: &LabReport) -> Vec<TargetCheck> {
+    let mut losses: Vec<f64> = Vec::new();
+    for c in r.cells.iter().filter(|c| c.experiment == "upload") {
+        if !losses.iter().any(|l| (l - c.loss_pct).abs() < 1e-9) {
+            losses.push(c.loss_pct);
+        }
+    }
+    losses
+        .into_iter()
+        .map(|loss| {
+            let konnq = r.upload_ratio(K, loss);
+            TargetCheck {
+                id: format!("upload_vs_download_loss{loss}"),
+                target: format!("upload goodput at {loss}% loss ≥ 0.9 × download"),
+                konnq: konnq.map(|k| k.0),
+                upstream: r.upload_ratio(U, loss).map(|u| u.0),
+                unit: "× download".into(),
+                verdict: match konnq {
+                    None => Verdict::NotMeasured,
+                    Some((ratio, ..)) if ratio >= 0.9 => Verdict::Met,
+                    Some(_) => Verdict::Missed,
+                },
+                note: match konnq {
+                    None => "no konnq figure".into(),
+                    Some((_, up, down)) => format!("konnq {up:.1} up, {down:.1} down Mbit/s"),
+                },
+            }
+        })
+        .collect()
 }
 
 /// The slow-reader target of `peer` from its per-round ratios (the median
@@ -441,6 +483,22 @@ pub fn render(r: &LabReport) -> String {
     if !fair.is_empty() {
         out += "\nFAIRNESS  the tunnel's bulk download beside one kernel TCP flow, same link, same direction\n";
         out += &table(&["peer", "competing TCP", "loss %", "tunnel Mbit/s", "TCP Mbit/s", "tunnel share %"], &fair);
+    }
+    let mut updown: Vec<Vec<String>> = Vec::new();
+    for c in r.cells.iter().filter(|c| c.experiment == "upload" && c.variant == "upload") {
+        if let Some((ratio, up, down)) = r.upload_ratio(&c.peer, c.loss_pct) {
+            updown.push(vec![
+                c.peer.clone(),
+                format!("{}", c.loss_pct),
+                format!("{down:.2}"),
+                format!("{up:.2}"),
+                format!("{ratio:.2}"),
+            ]);
+        }
+    }
+    if !updown.is_empty() {
+        out += "\nUPLOAD  one bulk connection each way, same link; upload counted where the target read it\n";
+        out += &table(&["peer", "loss %", "download Mbit/s", "upload Mbit/s", "upload / download"], &updown);
     }
     let checks: Vec<Vec<String>> = r
         .targets
@@ -650,6 +708,34 @@ mod tests {
         let text = render(&r);
         let row = text.lines().find(|l| l.starts_with("konnq     cubic")).expect("fairness row");
         assert!(row.contains("55.0"), "{row}");
+    }
+
+    #[test]
+    fn upload_ratio_and_target_per_loss() {
+        let mut r = sample();
+        assert!(evaluate(&r).iter().all(|c| !c.id.starts_with("upload_")), "only when measured");
+        let bulk = |variant: &str, peer: &str, loss: f64, mbit: f64| {
+            cell("upload", variant, peer, loss, outcome(60, 90, Some(mbit)))
+        };
+        // konnq: 0.95 × at 0% loss (met), 0.8 × at 1% (missed); upstream beside at 0%.
+        r.cells.push(bulk("download", "konnq", 0.0, 90.0));
+        r.cells.push(bulk("upload", "konnq", 0.0, 85.5));
+        r.cells.push(bulk("download", "konnq", 1.0, 80.0));
+        r.cells.push(bulk("upload", "konnq", 1.0, 64.0));
+        r.cells.push(bulk("download", "upstream", 0.0, 80.0));
+        r.cells.push(bulk("upload", "upstream", 0.0, 40.0));
+        let t = evaluate(&r);
+        assert_eq!(verdict(&t, "upload_vs_download_loss0"), Verdict::Met);
+        assert_eq!(verdict(&t, "upload_vs_download_loss1"), Verdict::Missed);
+        let at0 = t.iter().find(|c| c.id == "upload_vs_download_loss0").unwrap();
+        assert!((at0.konnq.unwrap() - 0.95).abs() < 1e-9 && (at0.upstream.unwrap() - 0.5).abs() < 1e-9);
+        assert!(t.iter().find(|c| c.id == "upload_vs_download_loss1").unwrap().upstream.is_none());
+        // No download figure: no ratio, not measured.
+        r.cells.retain(|c| !(c.experiment == "upload" && c.variant == "download" && c.loss_pct == 1.0));
+        assert_eq!(verdict(&evaluate(&r), "upload_vs_download_loss1"), Verdict::NotMeasured);
+        let text = render(&r);
+        let row = text.lines().find(|l| l.starts_with("konnq     0 ")).expect("upload row");
+        assert!(row.contains("90.00") && row.contains("85.50") && row.contains("0.95"), "{row}");
     }
 
     #[test]

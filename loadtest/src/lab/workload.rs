@@ -1,5 +1,6 @@
 //! The lab's traffic through one peer: ping-pong connections whose latency
-//! is recorded, optionally one bulk connection saturating the link and one
+//! is recorded, optionally one bulk connection saturating the link (a
+//! download from the source target or an upload to the sink) and one
 //! connection whose reader has stopped. Everything is spawned, runs on a
 //! fixed schedule and stops by itself at the end of the window; the caller
 //! may act on the peer meanwhile (restart it, move the agent's socket).
@@ -34,8 +35,8 @@ pub struct Plan {
     pub ping_bytes: usize,
     /// Each connection sends a ping this often.
     pub interval: Duration,
-    /// One connection reading bulk data from the source target.
-    pub bulk: bool,
+    /// One connection moving bulk data, in this direction.
+    pub bulk: Option<Bulk>,
     /// One connection from the source target that is never read.
     pub stalled: bool,
     /// Traffic before the measurement window (not recorded).
@@ -43,6 +44,21 @@ pub struct Plan {
     /// The measurement window.
     pub measure: Duration,
 }
+
+/// Which way the bulk connection moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bulk {
+    /// The client reads the source target (like `kubectl logs -f`); bytes
+    /// are counted as the client reads them.
+    Download,
+    /// The client writes to the sink target (like `kubectl cp` into a pod);
+    /// bytes are counted as the target reads them, not as the client's
+    /// tunnel library accepts them.
+    Upload,
+}
+
+/// Bytes per write of an upload (kube-apiserver copies 32 KiB at a time).
+const UPLOAD_CHUNK: usize = 32 * 1024;
 
 /// How one connection ended before the window closed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,7 +143,13 @@ pub fn start(dialer: &Dialer, targets: Targets, plan: &Plan) -> Running {
             tokio::spawn(pinger(dialer.clone(), targets, plan.clone(), times))
         })
         .collect();
-    let bulk = plan.bulk.then(|| tokio::spawn(bulk(dialer.clone(), targets, started, window_start, end)));
+    let bulk = plan.bulk.map(|direction| {
+        let times = BulkTimes { started, window_start, end };
+        match direction {
+            Bulk::Download => tokio::spawn(bulk(dialer.clone(), targets, times)),
+            Bulk::Upload => tokio::spawn(upload(dialer.clone(), targets, times)),
+        }
+    });
     let stalled = plan.stalled.then(|| tokio::spawn(stalled(dialer.clone(), targets, end)));
     Running { started, window_start, end, pingers, bulk, stalled, plan: plan.clone() }
 }
@@ -329,8 +351,17 @@ pub async fn sleep_precisely_until(t: Instant) {
     }
 }
 
+/// When the bulk connection starts, and when the window opens and closes.
+#[derive(Clone, Copy)]
+struct BulkTimes {
+    started: Instant,
+    window_start: Instant,
+    end: Instant,
+}
+
 /// One connection reading the source target as fast as the tunnel allows.
-async fn bulk(dialer: Dialer, targets: Targets, started: Instant, window_start: Instant, end: Instant) -> BulkResult {
+async fn bulk(dialer: Dialer, targets: Targets, times: BulkTimes) -> BulkResult {
+    let BulkTimes { started, window_start, end } = times;
     let mut r = BulkResult { window_bytes: 0, timeline: Vec::new(), ending: None };
     let mut conn = match dial(&dialer, targets.source).await {
         Ok(c) => c,
@@ -373,6 +404,80 @@ async fn bulk(dialer: Dialer, targets: Targets, started: Instant, window_start: 
         }
     }
     // Dropping the connection is enough: a bulk sender never finishes on its own.
+    drop(conn);
+    r
+}
+
+/// One connection writing to the sink target as fast as the tunnel takes
+/// the bytes. What counts is what the sink read: its count is sampled at
+/// every [`TIMELINE_BUCKET`] from the start, and when the window opens and
+/// closes (the cell has no other sink connection).
+async fn upload(dialer: Dialer, targets: Targets, times: BulkTimes) -> BulkResult {
+    let BulkTimes { started, window_start, end } = times;
+    let mut r = BulkResult { window_bytes: 0, timeline: Vec::new(), ending: None };
+    let conn = match dial(&dialer, targets.sink).await {
+        Ok(c) => c,
+        Err(error) => {
+            r.ending = ending_now(window_start, false, error);
+            return r;
+        }
+    };
+    let writer = async {
+        let data = Bytes::from(vec![0x6bu8; UPLOAD_CHUNK]);
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            match tokio::time::timeout(PING_TIMEOUT.min(end - now), conn.write(data.clone())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return ending_now(window_start, false, format!("upload: {e:#}")),
+                Err(_) if Instant::now() >= end => return None,
+                Err(_) => {
+                    return ending_now(window_start, true, format!("upload: no write taken for {PING_TIMEOUT:?}"))
+                }
+            }
+        }
+    };
+    let counter = async {
+        let mut marks: Vec<Instant> = Vec::new();
+        let mut t = started + TIMELINE_BUCKET;
+        while t < end {
+            marks.push(t);
+            t += TIMELINE_BUCKET;
+        }
+        marks.extend([window_start, end]);
+        marks.sort();
+        marks.dedup();
+        let (mut last, mut at_window) = (crate::target::sink_count(targets.count).await?.received, None);
+        let first = last;
+        for mark in marks {
+            tokio::time::sleep_until(mark).await;
+            let now = crate::target::sink_count(targets.count).await?.received;
+            let bucket = ((mark - started).as_secs_f64() / TIMELINE_BUCKET.as_secs_f64()).ceil() as usize;
+            if r.timeline.len() < bucket {
+                r.timeline.resize(bucket, 0);
+            }
+            if let Some(b) = bucket.checked_sub(1) {
+                r.timeline[b] += now - last;
+            }
+            last = now;
+            if mark == window_start {
+                at_window = Some(now);
+            }
+        }
+        r.window_bytes = last - at_window.unwrap_or(first);
+        anyhow::Ok(())
+    };
+    let (ending, counted) = tokio::join!(writer, counter);
+    r.ending = ending;
+    if let Err(e) = counted {
+        r.ending.get_or_insert(Ending {
+            at_secs: since(window_start, Instant::now()),
+            timed_out: false,
+            error: format!("upload: counting at the sink: {e:#}"),
+        });
+    }
     drop(conn);
     r
 }
