@@ -21,7 +21,10 @@
 //!   fresh: only a queue standing for the whole window makes the
 //!   controller drain in `ProbeRtt` (window ½ BDP for [`PROBE_RTT_TIME`]).
 //! - **Startup** grows the window like slow start until the bandwidth stops
-//!   growing by 25% for 3 round trips; **Drain** then lets the queue that
+//!   growing by 25% for 3 round trips (a round in which the sender ran out
+//!   of data counts only if a queue stood at the bottleneck all round: a
+//!   receive window above the bandwidth-delay product keeps the sender
+//!   short of data, and startup must still end); **Drain** then lets the queue that
 //!   startup built empty; **ProbeBw** cycles the window gain through
 //!   1.25, 0.75 and six rounds of 1.0.
 //! - **Loss** does not shrink the window: random loss is not congestion.
@@ -183,6 +186,8 @@ pub struct Bbr {
     next_round_delivered: u64,
     round_delivered_start: u64,
     round_lost: u64,
+    /// The smallest RTT sample of the current round.
+    round_min_rtt: Option<Duration>,
 
     bw: RoundMax<BW_WINDOW_ROUNDS>,
     min_rtt: Option<Duration>,
@@ -229,6 +234,7 @@ impl Bbr {
             min_rtt_stamp: now,
             probe_rtt_min: None,
             probe_rtt_done: None,
+            round_min_rtt: None,
             full_bw: 0,
             full_bw_rounds: 0,
             filled_pipe: false,
@@ -348,6 +354,7 @@ impl Bbr {
 
         if let Some(rtt) = batch.min_rtt {
             self.update_min_rtt(now, rtt);
+            self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |m| m.min(rtt)));
         }
 
         let mut round_start = false;
@@ -394,10 +401,21 @@ impl Bbr {
         let lost = self.round_lost;
         self.round_delivered_start = self.delivered;
         self.round_lost = 0;
+        // Every ack of the round came back a quarter above the path's
+        // minimum RTT: a queue stood at the bottleneck all round, so the
+        // pipe was full even if the sender ran out of data to send. That
+        // happens when the receiver's flow-control window, not the
+        // sender's data, is what runs out, and that window is larger than
+        // the bandwidth-delay product: such rounds are app-limited, and
+        // without them startup would never end.
+        let queued = match (self.round_min_rtt.take(), self.min_rtt) {
+            (Some(round), Some(min)) => round >= min + min / 4,
+            _ => false,
+        };
         if self.filled_pipe && lost > 0 && lost as f64 > HIGH_LOSS * (lost + delivered) as f64 {
             self.bw.scale(0.85);
         }
-        if !self.filled_pipe && !app_limited {
+        if !self.filled_pipe && (!app_limited || queued) {
             let bw = self.bandwidth();
             if bw as f64 >= self.full_bw as f64 * FULL_BW_GROWTH {
                 self.full_bw = bw;
@@ -613,6 +631,9 @@ mod tests {
         loss: f64,
         /// What the application offers, bytes/s; `None`: always has data.
         offered: Option<f64>,
+        /// The receiver's flow-control window: most bytes sent and not yet
+        /// acknowledged (the receiver reads at once); `None`: unlimited.
+        flow_window: Option<u64>,
     }
 
     #[derive(Default, Debug)]
@@ -717,7 +738,8 @@ mod tests {
                 app_credit = (app_credit + offered * STEP.as_secs_f64()).min(2.0 * size as f64);
             }
             let mut batch = 0;
-            while in_flight + size <= window && tokens >= size as f64 {
+            let flow_window = p.flow_window.unwrap_or(u64::MAX);
+            while in_flight + size <= window && in_flight + size <= flow_window && tokens >= size as f64 {
                 if p.offered.is_some() {
                     if app_credit < size as f64 {
                         break;
@@ -745,8 +767,9 @@ mod tests {
             if batch > 0 {
                 cc.sent(now, batch);
             }
-            // quinn's notion: nothing left to send although the window had room.
-            app_limited = p.offered.is_some() && in_flight + size <= window;
+            // quinn's notion: nothing left to send although the window had
+            // room (data blocked by flow control is not sendable either).
+            app_limited = (p.offered.is_some() || in_flight + size > flow_window) && in_flight + size <= window;
             if measuring {
                 queue_delay_sum += queued_bytes as f64 / p.rate;
                 samples += 1;
@@ -763,7 +786,7 @@ mod tests {
         let rate = mbit * 1e6 / 8.0;
         let one_way = Duration::from_millis(rtt_ms) / 2;
         let queue = (rate * one_way.as_secs_f64() * 2.0) as u64; // one BDP
-        Path { rate, one_way, queue, loss, offered: None }
+        Path { rate, one_way, queue, loss, offered: None, flow_window: None }
     }
 
     #[test]
@@ -772,6 +795,19 @@ mod tests {
         let o = simulate(path, &[], Duration::from_secs(12), Duration::from_secs(8));
         assert!(o.goodput >= 0.9 * path.rate, "goodput {:.1} Mbit/s: {o:?}", o.goodput * 8e-6);
         assert!(o.mean_queue_delay <= Duration::from_millis(8), "{o:?}");
+        assert_eq!(o.overflow_drops, 0, "{o:?}");
+    }
+
+    #[test]
+    fn a_flow_control_window_above_the_bdp_leaves_no_standing_queue() {
+        // 100 Mbit/s at 200 ms is 2.5 MB; the receiver allows 4 MiB. The
+        // sender is never short of window, so every round is app-limited;
+        // startup must still end, or its 2.9 × window lets the 4 MiB sit
+        // in flight and 1.7 MB of it queue at the bottleneck (~135 ms).
+        let path = Path { flow_window: Some(4 << 20), ..link(100.0, 200, 0.0) };
+        let o = simulate(path, &[], Duration::from_secs(20), Duration::from_secs(8));
+        assert!(o.goodput >= 0.9 * path.rate, "goodput {:.1} Mbit/s: {o:?}", o.goodput * 8e-6);
+        assert!(o.mean_queue_delay <= Duration::from_millis(30), "{o:?}");
         assert_eq!(o.overflow_drops, 0, "{o:?}");
     }
 
