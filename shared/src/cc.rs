@@ -24,8 +24,8 @@
 //!   growing by 25% for 3 round trips (a round in which the sender ran out
 //!   of data counts only if a queue stood at the bottleneck all round: a
 //!   receive window above the bandwidth-delay product keeps the sender
-//!   short of data, and startup must still end); **Drain** then lets the queue that
-//!   startup built empty; **ProbeBw** cycles the window gain through
+//!   short of data, and startup must still end); **Drain** then lets the
+//!   queue that startup built empty; **ProbeBw** cycles the window gain through
 //!   1.25, 0.75 and six rounds of 1.0.
 //! - **Loss** does not shrink the window: random loss is not congestion.
 //!   A round trip that loses more than [`HIGH_LOSS`] of what it sent
@@ -801,7 +801,7 @@ mod tests {
     #[test]
     fn a_flow_control_window_above_the_bdp_leaves_no_standing_queue() {
         // 100 Mbit/s at 200 ms is 2.5 MB; the receiver allows 4 MiB. The
-        // sender is never short of window, so every round is app-limited;
+        // sender is never short of congestion window, so every round is app-limited;
         // startup must still end, or its 2.9 × window lets the 4 MiB sit
         // in flight and 1.7 MB of it queue at the bottleneck (~135 ms).
         let path = Path { flow_window: Some(4 << 20), ..link(100.0, 200, 0.0) };

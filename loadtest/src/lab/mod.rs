@@ -89,10 +89,10 @@ impl Experiment {
 impl std::str::FromStr for Experiment {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Experiment::ALL
-            .into_iter()
-            .find(|e| e.name() == s)
-            .ok_or_else(|| format!("unknown experiment {s:?} (hol, slow-reader, migration, restart, fairness, upload)"))
+        Experiment::ALL.into_iter().find(|e| e.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Experiment::ALL.iter().map(|e| e.name()).collect();
+            format!("unknown experiment {s:?} ({})", names.join(", "))
+        })
     }
 }
 

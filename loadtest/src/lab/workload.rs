@@ -242,6 +242,14 @@ fn note_max(timeline: &mut Vec<Duration>, bucket: usize, value: Duration) {
     timeline[bucket] = timeline[bucket].max(value);
 }
 
+/// Adds `n` to `timeline[bucket]`, growing the timeline as needed.
+fn add_at(timeline: &mut Vec<u64>, bucket: usize, n: u64) {
+    if timeline.len() <= bucket {
+        timeline.resize(bucket + 1, 0);
+    }
+    timeline[bucket] += n;
+}
+
 /// Element-wise maximum of `other` into `into`.
 fn max_into(into: &mut Vec<Duration>, other: &[Duration]) {
     for (bucket, &value) in other.iter().enumerate() {
@@ -384,10 +392,7 @@ async fn bulk(dialer: Dialer, targets: Targets, times: BulkTimes) -> BulkResult 
             Ok(Ok(n)) => {
                 let now = Instant::now();
                 let bucket = ((now - started).as_secs_f64() / TIMELINE_BUCKET.as_secs_f64()) as usize;
-                if r.timeline.len() <= bucket {
-                    r.timeline.resize(bucket + 1, 0);
-                }
-                r.timeline[bucket] += n as u64;
+                add_at(&mut r.timeline, bucket, n as u64);
                 if now >= window_start && now < end {
                     r.window_bytes += n as u64;
                 }
@@ -454,12 +459,10 @@ async fn upload(dialer: Dialer, targets: Targets, times: BulkTimes) -> BulkResul
         for mark in marks {
             tokio::time::sleep_until(mark).await;
             let now = crate::target::sink_count(targets.count).await?.received;
+            // What arrived since the last mark belongs to the bucket that ends at this one.
             let bucket = ((mark - started).as_secs_f64() / TIMELINE_BUCKET.as_secs_f64()).ceil() as usize;
-            if r.timeline.len() < bucket {
-                r.timeline.resize(bucket, 0);
-            }
             if let Some(b) = bucket.checked_sub(1) {
-                r.timeline[b] += now - last;
+                add_at(&mut r.timeline, b, now - last);
             }
             last = now;
             if mark == window_start {

@@ -189,10 +189,7 @@ impl FrameHead {
     /// Appends the header and reserves room for its payload.
     pub fn encode(&self, buf: &mut BytesMut) {
         buf.reserve(HEAD_LEN + self.len);
-        buf.put_slice(&(self.len as u32).to_be_bytes()[1..]);
-        buf.put_u8(self.kind.into());
-        buf.put_u8(self.flags.0);
-        buf.put_u32(self.stream_id & 0x7fff_ffff);
+        buf.put_slice(&self.to_bytes());
     }
 }
 
